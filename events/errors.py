@@ -1,0 +1,43 @@
+"""bucketrun's own small exception hierarchy; library errors are translated into these at the boundary."""
+
+from __future__ import annotations
+
+
+class BucketrunError(Exception):
+    """Base of every error bucketrun raises on purpose; the CLI prints these as one line."""
+
+
+class ConfigError(BucketrunError):
+    """A setting (bucket URL, option, environment) is unusable."""
+
+
+class StorageError(BucketrunError):
+    """A bucket backend failed for a reason other than a precondition or a missing key."""
+
+
+class NotFound(StorageError):
+    """The key does not exist."""
+
+
+class PreconditionFailed(StorageError):
+    """A conditional write lost: the key already existed, or its ETag changed."""
+
+
+class InvalidKey(StorageError):
+    """A key that a backend cannot hold (empty segment, '..', a folder clash)."""
+
+
+class JobError(BucketrunError):
+    """A job-level rule was broken."""
+
+
+class UnknownJob(JobError):
+    """No job with that id exists in the bucket."""
+
+
+class IllegalTransition(JobError):
+    """The lifecycle table does not allow this move from the job's latest state."""
+
+
+class StaleAttempt(JobError):
+    """A writer from an older attempt tried to write after the job moved on (fencing)."""

@@ -1,0 +1,180 @@
+"""The job lifecycle: one enum, one transition table, and `append_transition`, the only writer of a state.
+
+Each transition is a write-once object at jobs/<id>/events/<seq>.json created with If-None-Match, so two
+writers racing for the same sequence number cannot both win; the loser re-reads and decides again.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from . import codec, keys
+from .errors import IllegalTransition, NotFound, PreconditionFailed, StaleAttempt, UnknownJob
+from .storage import Bucket
+
+
+class JobState(str, Enum):
+    SUBMITTED = "submitted"
+    QUEUED = "queued"
+    LAUNCHED = "launched"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+S = JobState
+TERMINAL = frozenset({S.SUCCEEDED, S.REJECTED, S.CANCELLED, S.FAILED})
+
+# None is "no history yet". RUNNING/LAUNCHED -> QUEUED is a retry (a new attempt); FAILED -> QUEUED is an
+# explicit retry of a failed job. FAILED counts as terminal until someone retries it.
+TRANSITIONS: dict[JobState | None, frozenset[JobState]] = {
+    None: frozenset({S.SUBMITTED, S.REJECTED}),
+    S.SUBMITTED: frozenset({S.QUEUED, S.REJECTED, S.CANCELLED}),
+    S.QUEUED: frozenset({S.LAUNCHED, S.FAILED, S.CANCELLED}),
+    S.LAUNCHED: frozenset({S.RUNNING, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.QUEUED}),
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.QUEUED}),
+    S.FAILED: frozenset({S.QUEUED}),
+    S.SUCCEEDED: frozenset(),
+    S.REJECTED: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+
+
+def is_legal(current: JobState | None, target: JobState) -> bool:
+    return target in TRANSITIONS[current]
+
+
+@dataclass(frozen=True)
+class Transition:
+    seq: int
+    state: JobState
+    at: str
+    attempt: int
+    writer: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "state": self.state.value, "at": self.at, "attempt": self.attempt,
+                "writer": self.writer, "detail": self.detail}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "Transition":
+        return cls(int(obj["seq"]), JobState(obj["state"]), obj["at"], int(obj["attempt"]), obj["writer"],
+                   obj.get("detail") or {})
+
+    @property
+    def time(self) -> datetime:
+        return codec.parse_iso(self.at)
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as its transition log tells it; derived, never stored."""
+
+    job_id: str
+    history: tuple[Transition, ...]
+
+    @property
+    def latest(self) -> Transition | None:
+        return self.history[-1] if self.history else None
+
+    @property
+    def state(self) -> JobState | None:
+        return self.latest.state if self.latest else None
+
+    @property
+    def attempt(self) -> int:
+        return self.latest.attempt if self.latest else 0
+
+    @property
+    def next_seq(self) -> int:
+        return (self.latest.seq + 1) if self.latest else 1
+
+
+def default_writer(role: str) -> str:
+    return f"{role}@{socket.gethostname()}:{os.getpid()}"
+
+
+def read_view(bucket: Bucket, job_id: str, known: JobView | None = None) -> JobView:
+    """Reads only events after the ones already known, so a re-read after a lost race is cheap."""
+    history = list(known.history) if known else []
+    start = keys.event_key(job_id, history[-1].seq) if history else None
+    for info in bucket.list(keys.events_prefix(job_id), start_after=start):
+        if keys.parse_event_key(info.key) is None:
+            continue
+        try:
+            history.append(Transition.from_json(codec.loads(bucket.get(info.key).data)))
+        except NotFound:
+            continue
+    return JobView(job_id, tuple(history))
+
+
+def require_view(bucket: Bucket, job_id: str) -> JobView:
+    view = read_view(bucket, job_id)
+    if not view.history:
+        raise UnknownJob(f"no job {job_id!r} in {bucket.url}")
+    return view
+
+
+def append_transition(
+    bucket: Bucket,
+    job_id: str,
+    target: JobState,
+    *,
+    writer: str,
+    detail: dict[str, Any] | None = None,
+    attempt: int | None = None,
+    expect: JobState | set[JobState] | None = None,
+    view: JobView | None = None,
+) -> tuple[Transition, JobView]:
+    """The only writer of job state.
+
+    `attempt` fences workers: a writer of attempt N cannot write once the job is on another attempt.
+    `expect` lets a caller say which state it decided from; if the job moved elsewhere meanwhile it
+    raises IllegalTransition instead of writing on top of a state the caller never saw.
+    Moves to QUEUED from a launched/running/failed job start a new attempt.
+    """
+    expected = {expect} if isinstance(expect, JobState) else expect
+    view = view if view is not None else read_view(bucket, job_id)
+    while True:
+        current = view.state
+        if attempt is not None and current is not None and attempt != view.attempt:
+            raise StaleAttempt(f"job {job_id}: attempt {attempt} is stale, the job is on attempt {view.attempt}")
+        if expected is not None and current not in expected:
+            raise IllegalTransition(f"job {job_id} is {current.value if current else 'new'}, "
+                                    f"not {'/'.join(sorted(s.value for s in expected))}")
+        if not is_legal(current, target):
+            raise IllegalTransition(f"job {job_id}: {current.value if current else 'new'} -> {target.value} "
+                                    "is not allowed")
+        next_attempt = view.attempt or 1
+        if target is S.QUEUED and current in (S.LAUNCHED, S.RUNNING, S.FAILED):
+            next_attempt = view.attempt + 1
+        transition = Transition(view.next_seq, target, codec.iso(codec.now()), next_attempt, writer, detail or {})
+        try:
+            bucket.create(keys.event_key(job_id, transition.seq), codec.dumps(transition.to_json()),
+                          "application/json")
+        except PreconditionFailed:
+            view = read_view(bucket, job_id, known=view)
+            continue
+        return transition, JobView(job_id, view.history + (transition,))
+
+
+def list_job_ids(bucket: Bucket) -> list[str]:
+    """Job ids in time order, from manifest/intake/event keys (one listing of jobs/)."""
+    seen: dict[str, None] = {}
+    for info in bucket.list(keys.JOBS):
+        job_id = keys.job_id_from_key(info.key)
+        if job_id:
+            seen.setdefault(job_id, None)
+    return list(seen)

@@ -1,0 +1,86 @@
+"""The storage contract every backend meets; tests/test_storage_contract.py runs against each one."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from ..errors import InvalidKey
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    etag: str
+    size: int
+    last_modified: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Blob:
+    key: str
+    data: bytes
+    etag: str
+
+
+def check_key(key: str) -> str:
+    """Keys that every backend can hold: no empty or dot segments, no leading slash."""
+    if not key or key.startswith("/") or len(key.encode()) > 1024:
+        raise InvalidKey(f"invalid key {key!r}")
+    for part in key.split("/"):
+        if part in ("", ".", "..") or "\x00" in part:
+            raise InvalidKey(f"invalid key {key!r}: bad segment {part!r}")
+    return key
+
+
+class Bucket(abc.ABC):
+    """Keys are relative to the bucket URL's prefix; `url` reopens the same bucket in another process."""
+
+    url: str
+    name: str  # the bucket's name as notifications carry it ("local" for a folder)
+
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        """Unconditional write; returns the new ETag."""
+
+    @abc.abstractmethod
+    def create(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        """Write only if absent (If-None-Match: *); PreconditionFailed if the key exists."""
+
+    @abc.abstractmethod
+    def replace(self, key: str, data: bytes, etag: str, content_type: str = "application/octet-stream") -> str:
+        """Write only if the current ETag equals `etag` (If-Match); PreconditionFailed otherwise."""
+
+    @abc.abstractmethod
+    def get(self, key: str) -> Blob:
+        """Data and ETag from one read, so a later replace() compares against what was read."""
+
+    @abc.abstractmethod
+    def head(self, key: str) -> ObjectInfo: ...
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Lexicographic (UTF-8 byte) order, keys strictly after `start_after`."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Idempotent: deleting a missing key is not an error (as on S3)."""
+
+    @abc.abstractmethod
+    def full_key(self, key: str) -> str:
+        """The key as the store and its notifications name it (with the URL's prefix)."""
+
+    @abc.abstractmethod
+    def relative_key(self, full_key: str) -> str | None:
+        """Inverse of full_key; None for keys outside this bucket's prefix."""
+
+    def exists(self, key: str) -> bool:
+        from ..errors import NotFound
+
+        try:
+            self.head(key)
+        except NotFound:
+            return False
+        return True

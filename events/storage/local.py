@@ -1,0 +1,198 @@
+"""A local folder standing in for a bucket, with S3's conditional-write guarantees across processes.
+
+Creates are os.link() of a finished temp file (atomic, never torn, fails if the key exists); replaces and
+deletes hold an flock stripe for the key so If-Match compare-and-swap is linearisable between processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import InvalidKey, NotFound, PreconditionFailed, StorageError
+from .base import Blob, Bucket, ObjectInfo, check_key
+
+INTERNAL = ".bucketrun"
+_STRIPES = 256
+
+
+def _etag(data: bytes) -> str:
+    return '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
+
+
+def _file_etag(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return '"' + h.hexdigest() + '"'
+
+
+class LocalBucket(Bucket):
+    def __init__(self, root: Path):
+        self.root = Path(root).absolute()
+        self.url = str(self.root)
+        self.name = "local"
+        try:
+            (self.root / INTERNAL / "tmp").mkdir(parents=True, exist_ok=True)
+            (self.root / INTERNAL / "locks").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot use {self.root} as a bucket: {exc.strerror}") from exc
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def _path(self, key: str) -> Path:
+        check_key(key)
+        if key == INTERNAL or key.startswith(INTERNAL + "/"):
+            raise InvalidKey(f"key {key!r} is reserved for the folder backend")
+        return self.root / key
+
+    @contextlib.contextmanager
+    def _lock(self, key: str):
+        stripe = int(hashlib.sha1(key.encode()).hexdigest(), 16) % _STRIPES
+        fd = os.open(self.root / INTERNAL / "locks" / f"{stripe:03d}", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _tmp(self, data: bytes) -> Path:
+        tmp = self.root / INTERNAL / "tmp" / uuid.uuid4().hex
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return tmp
+
+    def _install(self, path: Path, data: bytes, exclusive: bool) -> str:
+        """Move finished bytes into place; retried because a concurrent delete may prune the parent folder."""
+        tmp = self._tmp(data)
+        try:
+            for _ in range(5):
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    if exclusive:
+                        os.link(tmp, path)
+                    else:
+                        if path.is_dir():
+                            raise InvalidKey(f"key {self._rel(path)!r} clashes with a folder of keys")
+                        os.replace(tmp, path)
+                    return _etag(data)
+                except FileNotFoundError:
+                    continue
+                except FileExistsError as exc:
+                    raise PreconditionFailed(f"{self._rel(path)} already exists") from exc
+                except (NotADirectoryError, IsADirectoryError) as exc:
+                    raise InvalidKey(f"key {self._rel(path)!r} clashes with an existing key") from exc
+                except OSError as exc:
+                    raise StorageError(f"write {self._rel(path)}: {exc.strerror}") from exc
+            raise StorageError(f"write {self._rel(path)}: folder kept vanishing")
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def _prune(self, folder: Path) -> None:
+        while folder != self.root:
+            try:
+                folder.rmdir()
+            except OSError:
+                return
+            folder = folder.parent
+
+    # -- contract ------------------------------------------------------------------------------------
+    def put(self, key, data, content_type="application/octet-stream"):
+        path = self._path(key)
+        with self._lock(key):
+            return self._install(path, data, exclusive=False)
+
+    def create(self, key, data, content_type="application/octet-stream"):
+        path = self._path(key)
+        if path.is_dir():
+            raise InvalidKey(f"key {key!r} clashes with a folder of keys")
+        return self._install(path, data, exclusive=True)
+
+    def replace(self, key, data, etag, content_type="application/octet-stream"):
+        path = self._path(key)
+        with self._lock(key):
+            try:
+                current = _file_etag(path)
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+                raise PreconditionFailed(f"{key} does not exist") from exc
+            if current != etag:
+                raise PreconditionFailed(f"{key} changed (ETag {current} != {etag})")
+            return self._install(path, data, exclusive=False)
+
+    def get(self, key):
+        path = self._path(key)
+        try:
+            data = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+            raise NotFound(key) from exc
+        except OSError as exc:
+            raise StorageError(f"read {key}: {exc.strerror}") from exc
+        return Blob(key, data, _etag(data))
+
+    def head(self, key):
+        path = self._path(key)
+        try:
+            st = path.stat()
+            if not path.is_file():
+                raise NotFound(key)
+            return ObjectInfo(key, _file_etag(path), st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc))
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise NotFound(key) from exc
+
+    def list(self, prefix="", start_after=None) -> Iterator[ObjectInfo]:
+        base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        keys: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            rel_dir = Path(dirpath).relative_to(self.root).as_posix()
+            if rel_dir == ".":
+                dirnames[:] = [d for d in dirnames if d != INTERNAL]
+                rel_dir = ""
+            else:
+                rel_dir += "/"
+            keys.extend(rel_dir + f for f in filenames if (rel_dir + f).startswith(prefix))
+        keys.sort()
+        for key in keys:
+            if start_after is not None and key <= start_after:
+                continue
+            try:
+                st = (self.root / key).stat()
+                etag = _file_etag(self.root / key)
+            except FileNotFoundError:
+                continue  # deleted while listing, as a racing S3 list may also miss it
+            yield ObjectInfo(key, etag, st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc))
+
+    def delete(self, key):
+        path = self._path(key)
+        with self._lock(key):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EISDIR, errno.ENOTDIR):
+                    return
+                raise StorageError(f"delete {key}: {exc.strerror}") from exc
+        self._prune(path.parent)
+
+    def full_key(self, key):
+        return key
+
+    def relative_key(self, full_key):
+        return None if full_key.startswith(INTERNAL + "/") else full_key
+
+    def path_of(self, key: str) -> Path:
+        """Where a key lives on disk, for the watcher and for users browsing the folder."""
+        return self._path(key)

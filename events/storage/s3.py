@@ -1,0 +1,73 @@
+"""S3-compatible backend (AWS S3, R2, MinIO) over boto3, using only standard calls and the standard
+credential chain; AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 point it at R2 or MinIO."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .base import Bucket, ObjectInfo
+from .s3_common import S3Keys, client_config, translate
+
+_LIBRARY_ERRORS: tuple[type[Exception], ...]
+try:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    _LIBRARY_ERRORS = (ClientError, BotoCoreError)
+except ImportError:  # pragma: no cover - boto3 is a core dependency
+    _LIBRARY_ERRORS = ()
+
+
+class S3Bucket(Bucket):
+    def __init__(self, bucket: str, prefix: str = "", client=None):
+        import boto3
+
+        self.k = S3Keys(bucket, prefix)
+        self.url = self.k.url
+        self.name = bucket
+        self.client = client or boto3.session.Session().client("s3", config=client_config())
+
+    def _call(self, op: str, key: str, **params):
+        try:
+            return getattr(self.client, op)(**params)
+        except _LIBRARY_ERRORS as exc:
+            raise translate(exc, op, key) from exc
+
+    def put(self, key, data, content_type="application/octet-stream"):
+        return self._call("put_object", key, **self.k.put_params(key, data, content_type))["ETag"]
+
+    def create(self, key, data, content_type="application/octet-stream"):
+        params = self.k.put_params(key, data, content_type, if_none_match=True)
+        return self._call("put_object", key, **params)["ETag"]
+
+    def replace(self, key, data, etag, content_type="application/octet-stream"):
+        params = self.k.put_params(key, data, content_type, if_match=etag)
+        return self._call("put_object", key, **params)["ETag"]
+
+    def get(self, key):
+        response = self._call("get_object", key, **self.k.key_params(key))
+        try:
+            data = response["Body"].read()
+        except _LIBRARY_ERRORS as exc:
+            raise translate(exc, "get_object", key) from exc
+        return self.k.blob(key, data, response)
+
+    def head(self, key):
+        return self.k.info(key, self._call("head_object", key, **self.k.key_params(key)))
+
+    def list(self, prefix="", start_after=None) -> Iterator[ObjectInfo]:
+        token = None
+        while True:
+            response = self._call("list_objects_v2", prefix, **self.k.list_params(prefix, start_after, token))
+            items, token = self.k.list_page(response)
+            yield from items
+            if not token:
+                return
+
+    def delete(self, key):
+        self._call("delete_object", key, **self.k.key_params(key))
+
+    def full_key(self, key):
+        return self.k.full_key(key)
+
+    def relative_key(self, full_key):
+        return self.k.relative_key(full_key)

@@ -1,0 +1,103 @@
+"""What the sync (boto3) and async (aioboto3) S3 backends share: request shapes, results and error translation.
+
+Both backends only move these dicts over the wire, so a precondition or a missing key means the same thing
+in a Lambda, the local simulation and an asyncio fleet worker.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..errors import NotFound, PreconditionFailed, StorageError
+from .base import Blob, ObjectInfo, check_key
+
+PRECONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
+
+
+def client_config():
+    """Standard botocore settings only; checksums 'when_required' keeps R2 and older MinIO happy."""
+    from botocore.config import Config
+
+    addressing = os.environ.get("BUCKETRUN_S3_ADDRESSING_STYLE", "auto")
+    return Config(
+        retries={"max_attempts": 5, "mode": "standard"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": addressing},
+    )
+
+
+class S3Keys:
+    """Prefix handling shared by both backends: the URL's prefix is invisible to callers."""
+
+    def __init__(self, bucket: str, prefix: str):
+        self.bucket = bucket
+        self.prefix = prefix
+        self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+
+    def full_key(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def relative_key(self, full_key: str) -> str | None:
+        if not full_key.startswith(self.prefix):
+            return None
+        return full_key[len(self.prefix):] or None
+
+    def put_params(self, key: str, data: bytes, content_type: str, *, if_none_match: bool = False,
+                   if_match: str | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self.full_key(key), "Body": data,
+                                  "ContentType": content_type}
+        if if_none_match:
+            params["IfNoneMatch"] = "*"
+        if if_match is not None:
+            params["IfMatch"] = if_match
+        return params
+
+    def key_params(self, key: str) -> dict[str, Any]:
+        return {"Bucket": self.bucket, "Key": self.full_key(key)}
+
+    def list_params(self, prefix: str, start_after: str | None, token: str | None) -> dict[str, Any]:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
+        if token:
+            params["ContinuationToken"] = token
+        elif start_after is not None:
+            params["StartAfter"] = self.prefix + start_after
+        return params
+
+    def list_page(self, response: dict[str, Any]) -> tuple[list[ObjectInfo], str | None]:
+        items = [
+            ObjectInfo(o["Key"][len(self.prefix):], o.get("ETag", ""), o.get("Size", 0), o.get("LastModified"))
+            for o in response.get("Contents", [])
+        ]
+        token = response.get("NextContinuationToken") if response.get("IsTruncated") else None
+        return items, token
+
+    def blob(self, key: str, data: bytes, response: dict[str, Any]) -> Blob:
+        return Blob(key, data, response["ETag"])
+
+    def info(self, key: str, response: dict[str, Any]) -> ObjectInfo:
+        return ObjectInfo(key, response["ETag"], response.get("ContentLength", 0), response.get("LastModified"))
+
+
+def error_code(exc: Exception) -> str:
+    response = getattr(exc, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = str(response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+    return code or status
+
+
+def translate(exc: Exception, op: str, key: str) -> Exception:
+    """Map a botocore/aiobotocore error onto ours; callers `raise translate(e, ...) from e`."""
+    code = error_code(exc)
+    if code in PRECONDITION_CODES:
+        return PreconditionFailed(f"{op} {key}: precondition failed ({code})")
+    if code in NOT_FOUND_CODES:
+        return NotFound(key)
+    if code in {"NoSuchBucket"}:
+        return StorageError(f"{op} {key}: the bucket does not exist")
+    if code in {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+        return StorageError(f"{op} {key}: access denied ({code}); check the AWS credential chain")
+    detail = code or type(exc).__name__
+    return StorageError(f"{op} {key}: {detail}: {exc}")

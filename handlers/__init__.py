@@ -1,0 +1,1 @@
+"""Reactions to events: bucket notifications (dispatch), and the command line a person drives."""

@@ -1,0 +1,1 @@
+"""What runs on the GPU (or, offline, on the CPU): one package per worker image."""

@@ -1,0 +1,89 @@
+"""Bring the job's media to a local file: a URL through yt-dlp (audio only), or an object in the bucket."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlparse
+
+from events.errors import NotFound, StorageError
+from events.failures import FailureClass, JobFailure
+from events.storage import Bucket
+
+ENV_ALLOWED_SCHEMES = "BUCKETRUN_ALLOW_URL_SCHEMES"  # operator opt-in, e.g. "file"
+
+
+def allowed_schemes() -> set[str]:
+    extra = {s.strip().lower() for s in os.environ.get(ENV_ALLOWED_SCHEMES, "").split(",") if s.strip()}
+    return {"http", "https"} | extra
+
+
+def check_url(url: str) -> None:
+    scheme = urlparse(url).scheme.lower()
+    if scheme not in allowed_schemes():
+        raise JobFailure(FailureClass.BAD_INPUT,
+                         f"URL scheme {scheme or '(none)'!r} is not allowed; use http(s) "
+                         f"(an operator can allow more with {ENV_ALLOWED_SCHEMES})", where="source.url")
+
+
+def fetch_url(url: str, workdir: Path, on_progress: Callable[[float], None] | None = None) -> Path:
+    check_url(url)
+    try:
+        import yt_dlp
+        from yt_dlp.utils import DownloadError, UnsupportedError
+    except ImportError as exc:
+        raise JobFailure(FailureClass.OTHER, "yt-dlp is not installed; install bucketrun[transcribe]") from exc
+
+    def hook(d: dict) -> None:
+        if on_progress and d.get("status") == "downloading":
+            total = d.get("total_bytes") or d.get("total_bytes_estimate")
+            if total:
+                on_progress(min(d.get("downloaded_bytes", 0) / total, 1.0))
+
+    opts = {
+        "format": "bestaudio/best",
+        "outtmpl": str(workdir / "source.%(ext)s"),
+        "noplaylist": True,
+        "quiet": True,
+        "no_warnings": True,
+        "noprogress": True,
+        "progress_hooks": [hook],
+        "retries": 3,
+        "socket_timeout": 30,
+        "cachedir": False,
+        "enable_file_urls": "file" in allowed_schemes(),
+    }
+    try:
+        with yt_dlp.YoutubeDL(opts) as ydl:
+            info = ydl.extract_info(url, download=True)
+            path = Path(ydl.prepare_filename(info))
+    except DownloadError as exc:
+        message = str(exc).removeprefix("ERROR: ").strip().splitlines()[0]
+        cause = getattr(exc, "exc_info", None)
+        unsupported = isinstance(cause[1] if cause else None, UnsupportedError) or "Unsupported URL" in message
+        if unsupported:
+            raise JobFailure(FailureClass.BAD_INPUT, f"yt-dlp found no media at this URL: {message}",
+                             where="source.url") from exc
+        raise JobFailure(FailureClass.DOWNLOAD_ERROR, f"download failed: {message}", where="source.url") from exc
+    if not path.is_file():
+        found = sorted(workdir.glob("source.*"))
+        if not found:
+            raise JobFailure(FailureClass.DOWNLOAD_ERROR, "yt-dlp reported success but wrote no file",
+                             where="source.url")
+        path = found[0]
+    return path
+
+
+def fetch_key(bucket: Bucket, key: str, workdir: Path) -> Path:
+    try:
+        blob = bucket.get(key)
+    except NotFound as exc:
+        raise JobFailure(FailureClass.BAD_INPUT, f"source key {key!r} does not exist in {bucket.url}",
+                         where="source.key") from exc
+    except StorageError as exc:
+        raise JobFailure(FailureClass.DOWNLOAD_ERROR, f"reading source key {key!r} failed: {exc}",
+                         where="source.key") from exc
+    path = workdir / ("source" + (Path(key).suffix or ".bin"))
+    path.write_bytes(blob.data)
+    return path

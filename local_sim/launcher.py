@@ -1,0 +1,99 @@
+"""Local GPU capacity: one warm worker process (images.transcribe.local_worker), restarted if it dies."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from handlers.launch import LaunchError
+
+log = logging.getLogger("bucketrun.sim")
+
+
+class LocalProcessLauncher:
+    name = "local"
+
+    def __init__(self, preload: str | None = "default", log_path: Path | None = None):
+        self.preload = preload
+        self.log_path = log_path or Path(tempfile.gettempdir()) / f"bucketrun-local-worker-{os.getpid()}.log"
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._launched = 0
+        self.results: list[dict] = []
+
+    def start(self) -> None:
+        with self._lock:
+            self._ensure()
+
+    def _ensure(self) -> subprocess.Popen:
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc
+        if self._proc is not None:
+            log.warning("local worker exited with %s; starting a new one", self._proc.returncode)
+        cmd = [sys.executable, "-m", "images.transcribe.local_worker"]
+        if self.preload:
+            cmd += ["--preload", self.preload]
+        logfile = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logfile,
+                                          text=True, bufsize=1)
+        except OSError as exc:
+            raise LaunchError(f"cannot start the local worker: {exc}") from exc
+        finally:
+            logfile.close()
+        self._ready.clear()
+        threading.Thread(target=self._read, args=(self._proc,), daemon=True, name="local-worker-out").start()
+        return self._proc
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if msg.get("ready"):
+                self._ready.set()
+                continue
+            self.results.append(msg)
+            log.info("worker: %s", msg)
+
+    def wait_ready(self, timeout: float = 120) -> bool:
+        return self._ready.wait(timeout)
+
+    def launch(self, bucket_url: str, job_id: str, attempt: int) -> str:
+        with self._lock:
+            proc = self._ensure()
+            line = json.dumps({"bucket": bucket_url, "job_id": job_id, "attempt": attempt})
+            try:
+                assert proc.stdin is not None
+                proc.stdin.write(line + "\n")
+                proc.stdin.flush()
+            except (BrokenPipeError, OSError) as exc:
+                raise LaunchError(f"the local worker did not accept the job: {exc}") from exc
+            self._launched += 1
+            return f"local-{proc.pid}-{self._launched}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def close(self, timeout: float = 10) -> None:
+        with self._lock:
+            proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            if proc.stdin:
+                proc.stdin.close()
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
