@@ -7,10 +7,10 @@ from typing import Any
 
 import orjson
 
-from .errors import BucketrunError
+from .errors import CorruptObject
 
 
-class DecodeError(BucketrunError):
+class DecodeError(CorruptObject):
     """An object that should hold JSON does not."""
 
 

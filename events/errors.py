@@ -27,6 +27,10 @@ class InvalidKey(StorageError):
     """A key that a backend cannot hold (empty segment, '..', a folder clash)."""
 
 
+class CorruptObject(BucketrunError):
+    """An object bucketrun wrote has a shape bucketrun does not recognise."""
+
+
 class JobError(BucketrunError):
     """A job-level rule was broken."""
 

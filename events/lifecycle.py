@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Any
 
 from . import codec, keys
-from .errors import IllegalTransition, NotFound, PreconditionFailed, StaleAttempt, UnknownJob
+from .errors import CorruptObject, IllegalTransition, NotFound, PreconditionFailed, StaleAttempt, UnknownJob
 from .storage import Bucket
 
 
@@ -69,9 +69,12 @@ class Transition:
                 "writer": self.writer, "detail": self.detail}
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "Transition":
-        return cls(int(obj["seq"]), JobState(obj["state"]), obj["at"], int(obj["attempt"]), obj["writer"],
-                   obj.get("detail") or {})
+    def from_json(cls, obj: Any, key: str = "") -> "Transition":
+        try:
+            return cls(int(obj["seq"]), JobState(obj["state"]), str(obj["at"]), int(obj["attempt"]),
+                       str(obj["writer"]), dict(obj.get("detail") or {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptObject(f"{key or 'transition'} is not a transition object: {exc!r}") from exc
 
     @property
     def time(self) -> datetime:
@@ -114,7 +117,7 @@ def read_view(bucket: Bucket, job_id: str, known: JobView | None = None) -> JobV
         if keys.parse_event_key(info.key) is None:
             continue
         try:
-            history.append(Transition.from_json(codec.loads(bucket.get(info.key).data)))
+            history.append(Transition.from_json(codec.loads(bucket.get(info.key).data), info.key))
         except NotFound:
             continue
     return JobView(job_id, tuple(history))

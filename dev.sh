@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Set-up and entry points for a fresh machine with Python 3.11+:
+#   ./dev.sh demo   install the transcription worker and run the demo end to end
+#   ./dev.sh test   install everything the tests need (Debian and pip packages) and run the whole suite
+#   ./dev.sh bench  run the benchmark in bench/
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
+VENV=${BUCKETRUN_VENV:-.venv}
+DEBS=(espeak-ng ffmpeg sox)
+
+need_debs() {
+  local missing=()
+  command -v espeak-ng >/dev/null || missing+=(espeak-ng)
+  command -v ffmpeg >/dev/null || missing+=(ffmpeg)
+  command -v sox >/dev/null || missing+=(sox)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing Debian packages: ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${DEBS[@]}" >/dev/null
+}
+
+venv() {
+  local extras=$1 stamp="$VENV/.installed-$1"
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+    "$VENV/bin/python" -m pip install -q -e ".[$extras]"
+    touch "$stamp"
+  fi
+}
+
+case "${1:-}" in
+  demo)
+    venv transcribe
+    shift
+    exec "$VENV/bin/bucketrun" "$@" demo
+    ;;
+  test)
+    need_debs
+    venv dev
+    shift
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  bench)
+    need_debs
+    venv dev
+    shift
+    exec "$VENV/bin/python" bench/e2e_vs_bare.py "$@"
+    ;;
+  *)
+    echo "usage: ./dev.sh demo|test|bench [args]" >&2
+    exit 2
+    ;;
+esac

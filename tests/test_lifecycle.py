@@ -1,0 +1,91 @@
+"""The transition table and its single writer: legal moves, no forks under races, attempt fencing."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+
+from events import codec, keys
+from events.errors import IllegalTransition, StaleAttempt
+from events.lifecycle import TRANSITIONS, JobState, append_transition, is_legal, read_view
+from events.storage import open_bucket
+
+S = JobState
+
+
+def test_table_covers_every_state_and_terminals_are_final():
+    assert set(TRANSITIONS) == set(S) | {None}
+    for state in (S.SUCCEEDED, S.REJECTED, S.CANCELLED):
+        assert TRANSITIONS[state] == frozenset()
+    assert is_legal(None, S.SUBMITTED) and is_legal(None, S.REJECTED)
+    assert not is_legal(None, S.RUNNING)
+    assert is_legal(S.RUNNING, S.QUEUED)  # retry
+    assert not is_legal(S.SUCCEEDED, S.QUEUED)
+
+
+def test_job_ids_and_event_keys_sort_in_time_order():
+    from datetime import datetime, timedelta, timezone
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    ids = [keys.new_job_id(t0 + timedelta(milliseconds=ms)) for ms in (0, 1, 999, 1000, 86_400_000)]
+    assert ids == sorted(ids) and all(keys.is_job_id(i) for i in ids)
+    assert [keys.event_key("j", n) for n in (1, 2, 10, 100)] == sorted(keys.event_key("j", n) for n in (1, 2, 10, 100))
+    assert keys.parse_event_key(keys.event_key("abc", 12)) == ("abc", 12)
+
+
+def test_append_walks_the_lifecycle_and_records_who_and_why(bucket):
+    w = "test@host:1"
+    append_transition(bucket, "j1", S.SUBMITTED, writer=w)
+    append_transition(bucket, "j1", S.QUEUED, writer=w)
+    append_transition(bucket, "j1", S.LAUNCHED, writer=w, detail={"backend_id": "x-1"})
+    with pytest.raises(IllegalTransition):
+        append_transition(bucket, "j1", S.SUBMITTED, writer=w)
+    view = read_view(bucket, "j1")
+    assert [t.state for t in view.history] == [S.SUBMITTED, S.QUEUED, S.LAUNCHED]
+    assert [t.seq for t in view.history] == [1, 2, 3]
+    assert view.latest.detail == {"backend_id": "x-1"} and view.latest.writer == w and view.attempt == 1
+    raw = codec.loads(bucket.get(keys.event_key("j1", 3)).data)
+    assert set(raw) == {"seq", "state", "at", "attempt", "writer", "detail"}
+
+
+def test_retry_is_a_new_attempt_and_fences_the_old_one(bucket):
+    w = "t"
+    for s in (S.SUBMITTED, S.QUEUED, S.LAUNCHED, S.RUNNING):
+        append_transition(bucket, "j2", s, writer=w)
+    t, _ = append_transition(bucket, "j2", S.QUEUED, writer="sweep", detail={"reason": "stall"})
+    assert t.attempt == 2
+    with pytest.raises(StaleAttempt):
+        append_transition(bucket, "j2", S.SUCCEEDED, writer="old-worker", attempt=1)
+    assert read_view(bucket, "j2").state is S.QUEUED
+
+
+def _race_append(url, target, barrier, results, i):
+    bucket = open_bucket(url)
+    barrier.wait()
+    try:
+        t, _ = append_transition(bucket, "race", JobState(target), writer=f"w{i}", expect=JobState.RUNNING)
+        results.put(("won", i, t.seq))
+    except IllegalTransition:
+        results.put(("lost", i, None))
+
+
+def test_racing_writers_never_fork_a_history(bucket_url):
+    """Eight processes try to end one running job, half with succeeded and half with failed."""
+    bucket = open_bucket(bucket_url)
+    for s in (S.SUBMITTED, S.QUEUED, S.LAUNCHED, S.RUNNING):
+        append_transition(bucket, "race", s, writer="setup")
+    ctx = multiprocessing.get_context("fork")
+    n = 8
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_race_append, args=(bucket_url, "succeeded" if i % 2 else "failed", barrier,
+                                                      results, i)) for i in range(n)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert sum(1 for o in outcomes if o[0] == "won") == 1, outcomes
+    view = read_view(bucket, "race")
+    assert [t.seq for t in view.history] == [1, 2, 3, 4, 5]
+    assert view.state in (S.SUCCEEDED, S.FAILED)

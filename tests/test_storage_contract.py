@@ -1,0 +1,191 @@
+"""One contract, every backend: the folder, S3 over boto3, and S3 over aioboto3."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import threading
+
+import pytest
+
+from events.errors import InvalidKey, NotFound, PreconditionFailed
+from events.storage import open_bucket, split_s3_url
+from events.storage.s3_async import AsyncS3Bucket
+
+from conftest import make_s3_bucket
+
+
+class SyncOverAsync:
+    """Drives AsyncS3Bucket from the synchronous contract tests through one event loop thread."""
+
+    def __init__(self, name: str, prefix: str):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.inner = self._run(AsyncS3Bucket(name, prefix).__aenter__())
+        self.url = self.inner.url
+
+    def _run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    def close(self):
+        self._run(self.inner.__aexit__(None, None, None))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+    def __getattr__(self, op):
+        method = getattr(self.inner, op)
+        if op == "list":
+            async def collect(*a, **kw):
+                return [x async for x in method(*a, **kw)]
+            return lambda *a, **kw: iter(self._run(collect(*a, **kw)))
+        return lambda *a, **kw: self._run(method(*a, **kw))
+
+    def exists(self, key):
+        try:
+            self.head(key)
+            return True
+        except NotFound:
+            return False
+
+
+@pytest.fixture(params=["local", "s3", "s3-async"])
+def store(request, tmp_path):
+    if request.param == "local":
+        yield open_bucket(str(tmp_path / "b"))
+        return
+    request.getfixturevalue("s3_endpoint")
+    name = make_s3_bucket()
+    if request.param == "s3":
+        yield open_bucket(f"s3://{name}/pre/fix")
+    else:
+        shim = SyncOverAsync(name, "pre/fix/")
+        yield shim
+        shim.close()
+
+
+def test_put_get_head_roundtrip(store):
+    etag = store.put("a/b.json", b'{"x": 1}', "application/json")
+    blob = store.get("a/b.json")
+    assert blob.data == b'{"x": 1}' and blob.etag == etag
+    info = store.head("a/b.json")
+    assert info.size == 8 and info.etag == etag
+    assert store.put("a/b.json", b"other") != etag
+
+
+def test_missing_key_is_not_found(store):
+    with pytest.raises(NotFound):
+        store.get("nope.json")
+    with pytest.raises(NotFound):
+        store.head("nope.json")
+
+
+def test_create_if_absent(store):
+    store.create("once.json", b"1")
+    with pytest.raises(PreconditionFailed):
+        store.create("once.json", b"2")
+    assert store.get("once.json").data == b"1"
+
+
+def test_replace_if_unchanged(store):
+    etag = store.put("cas.json", b"v1")
+    new = store.replace("cas.json", b"v2", etag)
+    with pytest.raises(PreconditionFailed):
+        store.replace("cas.json", b"v3", etag)  # stale ETag
+    assert store.get("cas.json").data == b"v2"
+    store.replace("cas.json", b"v3", new)
+    assert store.get("cas.json").data == b"v3"
+
+
+def test_replace_missing_key_fails_precondition(store):
+    with pytest.raises((PreconditionFailed, NotFound)):
+        store.replace("ghost.json", b"x", '"0123456789abcdef0123456789abcdef"')
+
+
+def test_list_is_lexicographic_by_prefix_and_start_after(store):
+    names = ["jobs/b/2", "jobs/a/1", "jobs/a/10", "jobs/a/2", "inbox/x.json", "jobs/é/1", "jobs/Z/1"]
+    for n in names:
+        store.put(n, n.encode())
+    listed = [i.key for i in store.list("jobs/")]
+    assert listed == sorted((n for n in names if n.startswith("jobs/")), key=lambda s: s.encode())
+    assert [i.key for i in store.list("jobs/a/")] == ["jobs/a/1", "jobs/a/10", "jobs/a/2"]
+    assert [i.key for i in store.list("jobs/a/", start_after="jobs/a/10")] == ["jobs/a/2"]
+    assert [i.key for i in store.list("jobs/a")] == ["jobs/a/1", "jobs/a/10", "jobs/a/2"]
+    assert all(i.etag and i.size > 0 for i in store.list("jobs/"))
+
+
+def test_delete_is_idempotent(store):
+    store.put("d/x", b"1")
+    store.delete("d/x")
+    store.delete("d/x")
+    assert not store.exists("d/x")
+    assert [i.key for i in store.list("d/")] == []
+
+
+@pytest.mark.parametrize("key", ["", "/abs", "a//b", "a/../b", "./a"])
+def test_invalid_keys_are_refused(store, key):
+    with pytest.raises(InvalidKey):
+        store.put(key, b"x")
+
+
+def test_prefix_is_invisible_to_callers(s3_endpoint):
+    name = make_s3_bucket()
+    a, b = open_bucket(f"s3://{name}/team-a"), open_bucket(f"s3://{name}/team-b")
+    a.put("inbox/x.json", b"a")
+    assert [i.key for i in a.list("")] == ["inbox/x.json"]
+    assert list(b.list("")) == []
+    assert a.full_key("inbox/x.json") == "team-a/inbox/x.json"
+    assert a.relative_key("team-b/inbox/x.json") is None
+    assert split_s3_url("s3://n/p/q/") == ("n", "p/q/")
+
+
+# -- races between processes ---------------------------------------------------------------------------
+
+N_RACERS = 8
+
+
+def _race_create(url, barrier, results, i):
+    bucket = open_bucket(url)
+    barrier.wait()
+    try:
+        bucket.create("race/create.json", f"writer-{i}".encode())
+        results.put(("won", i))
+    except PreconditionFailed:
+        results.put(("lost", i))
+
+
+def _race_cas(url, etag, barrier, results, i):
+    bucket = open_bucket(url)
+    barrier.wait()
+    try:
+        bucket.replace("race/cas.json", f"writer-{i}".encode(), etag)
+        results.put(("won", i))
+    except PreconditionFailed:
+        results.put(("lost", i))
+
+
+def _run_racers(target, *args):
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(N_RACERS), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, barrier, results, i)) for i in range(N_RACERS)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    return outcomes
+
+
+def test_race_create_exactly_one_wins(bucket_url):
+    outcomes = _run_racers(_race_create, bucket_url)
+    winners = [i for what, i in outcomes if what == "won"]
+    assert len(winners) == 1, outcomes
+    assert open_bucket(bucket_url).get("race/create.json").data == f"writer-{winners[0]}".encode()
+
+
+def test_race_compare_and_swap_exactly_one_wins(bucket_url):
+    etag = open_bucket(bucket_url).put("race/cas.json", b"start")
+    outcomes = _run_racers(_race_cas, bucket_url, etag)
+    winners = [i for what, i in outcomes if what == "won"]
+    assert len(winners) == 1, outcomes
+    assert open_bucket(bucket_url).get("race/cas.json").data == f"writer-{winners[0]}".encode()
