@@ -26,9 +26,11 @@ need_debs() {
 venv() {
   local extras=$1 stamp="$VENV/.installed-$1"
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$VENV/bin/python" -m pip install -q -e ".[$extras]"
+    # constraints.txt pins a resolved, tested set: boto3's newest release would otherwise send pip
+    # backtracking through aioboto3's exact botocore pins.
+    "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[$extras]"
     touch "$stamp"
   fi
 }
