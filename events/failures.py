@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import random
 from enum import Enum
 from typing import Any
 
 
 class FailureClass(str, Enum):
-    BAD_INPUT = "bad_input"  # the manifest or the media is wrong: fix the input, do not retry
-    DOWNLOAD_ERROR = "download_error"  # the source could not be fetched
+    # retry the same configuration, with backoff, up to max_attempts
+    TRANSIENT = "transient"  # network or throttling
+    DOWNLOAD_ERROR = "download_error"  # the source could not be fetched (often transient)
+    LOST = "lost"  # preempted, or the worker vanished
+    STALL = "stall"  # the worker went silent past stall_after
+    TIMED_OUT = "timed_out"  # the backend's execution timeout ended it
+    # no automatic retry: the detail says what to change
+    BAD_INPUT = "bad_input"  # the manifest or the media is wrong
     MODEL_ERROR = "model_error"  # the model could not be loaded or run
-    OTHER = "other"  # anything unclassified: a bug to report
+    OUT_OF_MEMORY = "out_of_memory"  # needs a bigger GPU or a smaller model/batch
+    CODE_ERROR = "code_error"  # a bug in the worker or the launcher
+    OTHER = "other"  # unclassified: treat as a bug
 
     @property
     def retryable(self) -> bool:
-        return self is FailureClass.DOWNLOAD_ERROR
+        return self in RETRYABLE
+
+
+RETRYABLE = frozenset({FailureClass.TRANSIENT, FailureClass.DOWNLOAD_ERROR, FailureClass.LOST,
+                       FailureClass.STALL, FailureClass.TIMED_OUT})
 
 
 class JobFailure(Exception):
@@ -35,3 +48,8 @@ def error_detail(cls: FailureClass, message: str, where: str | None = None,
     if fields:
         error["fields"] = fields
     return {"error": error}
+
+
+def backoff_s(attempt: int, base: float = 5.0, cap: float = 300.0, rng: random.Random | None = None) -> float:
+    """Full-jitter exponential backoff before attempt `attempt + 1`."""
+    return (rng or random).uniform(0, min(cap, base * 2 ** (attempt - 1)))

@@ -36,12 +36,12 @@ class JobState(str, Enum):
 S = JobState
 TERMINAL = frozenset({S.SUCCEEDED, S.REJECTED, S.CANCELLED, S.FAILED})
 
-# None is "no history yet". RUNNING/LAUNCHED -> QUEUED is a retry (a new attempt); FAILED -> QUEUED is an
-# explicit retry of a failed job. FAILED counts as terminal until someone retries it.
+# None is "no history yet". Any move into QUEUED from QUEUED/LAUNCHED/RUNNING/FAILED is a retry and starts a
+# new attempt (QUEUED -> QUEUED retries a failed launch). FAILED is terminal until someone retries it.
 TRANSITIONS: dict[JobState | None, frozenset[JobState]] = {
     None: frozenset({S.SUBMITTED, S.REJECTED}),
     S.SUBMITTED: frozenset({S.QUEUED, S.REJECTED, S.CANCELLED}),
-    S.QUEUED: frozenset({S.LAUNCHED, S.FAILED, S.CANCELLED}),
+    S.QUEUED: frozenset({S.LAUNCHED, S.FAILED, S.CANCELLED, S.QUEUED}),
     S.LAUNCHED: frozenset({S.RUNNING, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.QUEUED}),
     S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.QUEUED}),
     S.FAILED: frozenset({S.QUEUED}),
@@ -49,6 +49,9 @@ TRANSITIONS: dict[JobState | None, frozenset[JobState]] = {
     S.REJECTED: frozenset(),
     S.CANCELLED: frozenset(),
 }
+
+
+RETRY_FROM = frozenset({S.QUEUED, S.LAUNCHED, S.RUNNING, S.FAILED})
 
 
 def is_legal(current: JobState | None, target: JobState) -> bool:
@@ -161,7 +164,7 @@ def append_transition(
             raise IllegalTransition(f"job {job_id}: {current.value if current else 'new'} -> {target.value} "
                                     "is not allowed")
         next_attempt = view.attempt or 1
-        if target is S.QUEUED and current in (S.LAUNCHED, S.RUNNING, S.FAILED):
+        if target is S.QUEUED and current in RETRY_FROM:
             next_attempt = view.attempt + 1
         transition = Transition(view.next_seq, target, codec.iso(codec.now()), next_attempt, writer, detail or {})
         try:

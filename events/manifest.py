@@ -60,11 +60,28 @@ class TranscribeOptions(Strict):
         return list(dict.fromkeys(v))
 
 
+class Resources(Strict):
+    """How long and how often: liveness, stall detection, retries and the backend's own limits."""
+
+    heartbeat_s: float = Field(10.0, ge=1, le=600, description="progress is rewritten at least this often")
+    stall_after_s: float = Field(120.0, ge=5, le=86400, description="silent this long = stalled")
+    max_attempts: int = Field(3, ge=1, le=10)
+    execution_timeout_s: int = Field(3600, ge=10, le=7 * 86400, description="Runpod policy.executionTimeout")
+    ttl_s: int = Field(86400, ge=60, le=7 * 86400, description="Runpod policy.ttl")
+
+    @model_validator(mode="after")
+    def _stall_after_heartbeat(self) -> "Resources":
+        if self.stall_after_s < 2 * self.heartbeat_s:
+            raise ValueError("stall_after_s must be at least twice heartbeat_s")
+        return self
+
+
 class TranscribeManifest(Strict):
     kind: Literal["transcribe"]
     request_id: str | None = Field(None, min_length=1, max_length=256)
     source: Source
     options: TranscribeOptions = Field(default_factory=TranscribeOptions)
+    resources: Resources = Field(default_factory=Resources)
 
 
 Manifest = Union[TranscribeManifest]
@@ -131,3 +148,11 @@ def parse_manifest(raw: bytes) -> Manifest:
         fields = [{"loc": _loc(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         summary = "; ".join(f"{f['loc']}: {f['msg']}" for f in fields)
         raise ManifestRejected(f"invalid {kind} manifest: {summary}", fields) from exc
+
+
+def load_job_manifest(bucket, job_id: str) -> TranscribeManifest:
+    """The job's validated manifest as written at intake (jobs/<id>/manifest.json)."""
+    from . import keys
+
+    obj = codec.loads(bucket.get(keys.manifest_key(job_id)).data)
+    return KINDS[obj["kind"]].model_validate(obj)  # type: ignore[return-value]

@@ -144,6 +144,26 @@ def cmd_get(args) -> int:
     return 0
 
 
+def cmd_cancel(args) -> int:
+    from events.lifecycle import default_writer
+
+    from .control import cancel
+
+    t = cancel(_bucket(args), args.job, default_writer("cli"))
+    print(f"{args.job} {t.state.value} (attempt {t.attempt})")
+    return 0
+
+
+def cmd_retry(args) -> int:
+    from events.lifecycle import default_writer
+
+    from .control import retry
+
+    t = retry(_bucket(args), args.job, default_writer("cli"))
+    print(f"{args.job} {t.state.value} as attempt {t.attempt}")
+    return 0
+
+
 def cmd_sim(args) -> int:
     from local_sim.launcher import LocalProcessLauncher
     from local_sim.sim import Simulation
@@ -152,7 +172,7 @@ def cmd_sim(args) -> int:
     bucket = _bucket(args)
     launcher = LocalProcessLauncher(preload=None if args.no_preload else "default")
     launcher.start()
-    sim = Simulation(bucket, launcher, poll_s=args.poll)
+    sim = Simulation(bucket, launcher, poll_s=args.poll, sweep_s=args.sweep)
     print(f"bucketrun sim: watching {bucket.url} (Ctrl-C to stop)", file=sys.stderr)
     try:
         sim.run()
@@ -196,8 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("get", cmd_get, "download a succeeded job's verified artifacts")
     p.add_argument("job")
     p.add_argument("--out", help="folder to write into (default: ./JOB)")
+    p = add("cancel", cmd_cancel, "cancel a job in any non-terminal state")
+    p.add_argument("job")
+    p = add("retry", cmd_retry, "retry a failed job as a new attempt")
+    p.add_argument("job")
     p = add("sim", cmd_sim, "the local simulation: watch (folder) or poll (s3) the inbox and run jobs")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between listings of an s3:// inbox")
+    p.add_argument("--sweep", type=float, default=5.0, help="seconds between sweeps for stalled jobs")
     p.add_argument("--no-preload", action="store_true", help="load the model on the first job, not at start")
     add("demo", cmd_demo, "transcribe the bundled speech clip end to end on a local bucket")
     return parser

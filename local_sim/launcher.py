@@ -11,7 +11,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from handlers.launch import LaunchError
+from handlers.launch import BackendStatus, LaunchError
 
 log = logging.getLogger("bucketrun.sim")
 
@@ -80,6 +80,25 @@ class LocalProcessLauncher:
                 raise LaunchError(f"the local worker did not accept the job: {exc}") from exc
             self._launched += 1
             return f"local-{proc.pid}-{self._launched}"
+
+    def _pid_of(self, backend_id: str) -> int | None:
+        parts = backend_id.split("-")
+        return int(parts[1]) if len(parts) == 3 and parts[0] == "local" and parts[1].isdigit() else None
+
+    def status(self, backend_id: str) -> BackendStatus:
+        """A live worker with that pid may still be on the job; a dead one has lost it."""
+        proc = self._proc
+        alive = proc is not None and proc.poll() is None and proc.pid == self._pid_of(backend_id)
+        return BackendStatus.IN_PROGRESS if alive else BackendStatus.UNKNOWN
+
+    def cancel(self, backend_id: str) -> None:
+        """A silent worker process is killed (and restarted on the next launch); a healthy one stops by
+        itself when its heartbeat sees the job left its attempt."""
+        with self._lock:
+            proc = self._proc
+            if proc is not None and proc.pid == self._pid_of(backend_id) and proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
     @property
     def pid(self) -> int | None:

@@ -40,12 +40,14 @@ def s3_record(bucket: Bucket, info: ObjectInfo) -> dict[str, Any]:
 
 
 class Simulation:
-    def __init__(self, bucket: Bucket, launcher: Launcher, poll_s: float = 1.0, writer: str | None = None):
+    def __init__(self, bucket: Bucket, launcher: Launcher, poll_s: float = 1.0, writer: str | None = None,
+                 sweep_s: float | None = 5.0):
         from events.lifecycle import default_writer
 
         self.bucket = bucket
         self.ctx = DispatchContext(bucket, launcher, writer or default_writer("sim"))
         self.poll_s = poll_s
+        self.sweep_s = sweep_s
         self.stop_event = threading.Event()
         self.seen: dict[str, str] = {}
         self.dispatched = 0
@@ -75,7 +77,19 @@ class Simulation:
                 count += 1
         return count
 
+    def _sweep_loop(self) -> None:
+        """The scheduled sweep, simulated: stalled jobs are retried or failed, retries are launched."""
+        from handlers.sweep import sweep
+
+        while not self.stop_event.wait(self.sweep_s):
+            try:
+                sweep(self.bucket, self.ctx.launcher, self.ctx.writer)
+            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+                log.error("sweep failed: %s", exc)
+
     def run(self) -> None:
+        if self.sweep_s:
+            threading.Thread(target=self._sweep_loop, name="bucketrun-sweep", daemon=True).start()
         if isinstance(self.bucket, LocalBucket):
             self._watch(self.bucket)
         else:

@@ -123,13 +123,14 @@ BAD_MEDIA = {
     "file-scheme": ({"url": "file:///etc/passwd"}, "bad_input", "scheme 'file' is not allowed"),
     "http-404": ({"url": "{http}/missing.ogg"}, "download_error", "404"),
 }
+ONE_ATTEMPT = {"max_attempts": 1, "heartbeat_s": 2, "stall_after_s": 30}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_MEDIA))
 def test_bad_media_fails_with_its_class_and_the_sim_keeps_running(sim, tmp_path, http_media, case):
     source, cls, message = BAD_MEDIA[case]
     source = {k: v.replace("{http}", http_media) for k, v in source.items()}
-    job_id, done = submit_wait(sim, {"kind": "transcribe", "source": source}, tmp_path)
+    job_id, done = submit_wait(sim, {"kind": "transcribe", "source": source, "resources": ONE_ATTEMPT}, tmp_path)
     assert done.returncode == 1
     status = json.loads(cli("--bucket", sim["url"], "status", job_id, "--json").stdout)
     assert status["state"] == "failed", status
@@ -165,3 +166,16 @@ def test_a_manifest_dropped_with_a_plain_client_is_picked_up(sim):
     else:
         pytest.fail("the plainly uploaded manifest was not processed: " + sim["log"].read_text()[-2000:])
     assert sim["proc"].poll() is None
+
+
+def test_a_retryable_failure_is_retried_then_fails_with_its_attempt_history(sim, tmp_path, http_media):
+    resources = {"max_attempts": 2, "heartbeat_s": 2, "stall_after_s": 30}
+    job_id, done = submit_wait(sim, {"kind": "transcribe", "source": {"url": f"{http_media}/missing.ogg"},
+                                     "resources": resources}, tmp_path)
+    assert done.returncode == 1, done.stderr
+    view = read_view(open_bucket(sim["url"]), job_id)
+    assert view.state is JobState.FAILED and view.attempt == 2
+    assert [a["attempt"] for a in view.latest.detail["attempts"]] == [1, 2]
+    assert {a["error"]["class"] for a in view.latest.detail["attempts"]} == {"download_error"}
+    retry = next(t for t in view.history if t.state is JobState.QUEUED and "retry" in t.detail)
+    assert retry.attempt == 2 and retry.detail["retry"]["not_before"]

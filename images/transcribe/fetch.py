@@ -33,7 +33,7 @@ def fetch_url(url: str, workdir: Path, on_progress: Callable[[float], None] | No
         import yt_dlp
         from yt_dlp.utils import DownloadError, UnsupportedError
     except ImportError as exc:
-        raise JobFailure(FailureClass.OTHER, "yt-dlp is not installed; install bucketrun[transcribe]") from exc
+        raise JobFailure(FailureClass.CODE_ERROR, "yt-dlp is not installed; install bucketrun[transcribe]") from exc
 
     def hook(d: dict) -> None:
         if on_progress and d.get("status") == "downloading":

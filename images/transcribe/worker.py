@@ -19,6 +19,7 @@ from events.errors import BucketrunError, IllegalTransition, StaleAttempt
 from events.failures import FailureClass, JobFailure, error_detail
 from events.lifecycle import JobState, JobView, append_transition, default_writer, read_view
 from events.manifest import TranscribeManifest
+from events.retry import record_failure
 from events.storage import Bucket, open_bucket
 
 from . import fetch, media, model, subtitles
@@ -64,30 +65,36 @@ def run_job(bucket_url: str, job_id: str, attempt: int, writer: str | None = Non
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("bucketrun").addHandler(handler)
     started = time.monotonic()
+    manifest: TranscribeManifest | None = None
+    error: dict[str, Any] | None = None
     try:
-        with Heartbeat(bucket, job_id, attempt) as beat:
-            try:
-                detail = _transcribe(bucket, job_id, attempt, beat)
-                target = JobState.SUCCEEDED
-            except JobFailure as exc:
-                log.error("job failed (%s): %s", exc.cls.value, exc.message)
-                detail, target = error_detail(exc.cls, exc.message, where=exc.where), JobState.FAILED
-            except Superseded:
-                return {"job_id": job_id, "attempt": attempt, "status": "superseded"}
-            except Exception as exc:  # noqa: BLE001 - the job must end in a state, whatever broke
-                log.exception("unexpected error")
-                detail = error_detail(FailureClass.OTHER, f"internal error: {type(exc).__name__}: {exc}",
-                                      where="worker")
-                target = JobState.FAILED
-        detail["elapsed_s"] = round(time.monotonic() - started, 3)
         try:
-            append_transition(bucket, job_id, target, writer=writer, attempt=attempt,
-                              expect=JobState.RUNNING, detail=detail)
+            manifest = TranscribeManifest.model_validate(codec.loads(bucket.get(keys.manifest_key(job_id)).data))
+            with Heartbeat(bucket, job_id, attempt, every_s=manifest.resources.heartbeat_s) as beat:
+                detail = _transcribe(bucket, job_id, attempt, manifest, beat)
+        except JobFailure as exc:
+            log.error("job failed (%s): %s", exc.cls.value, exc.message)
+            error = error_detail(exc.cls, exc.message, where=exc.where)["error"]
+        except Superseded:
+            return {"job_id": job_id, "attempt": attempt, "status": "superseded"}
+        except Exception as exc:  # noqa: BLE001 - the job must end in a state, whatever broke
+            log.exception("unexpected error")
+            error = error_detail(FailureClass.CODE_ERROR, f"internal error: {type(exc).__name__}: {exc}",
+                                 where="worker")["error"]
+        elapsed = {"elapsed_s": round(time.monotonic() - started, 3)}
+        try:
+            if error is None:
+                t, _ = append_transition(bucket, job_id, JobState.SUCCEEDED, writer=writer, attempt=attempt,
+                                         expect=JobState.RUNNING, detail={**detail, **elapsed})
+            else:
+                max_attempts = manifest.resources.max_attempts if manifest else 1
+                t = record_failure(bucket, job_id, error, writer=writer, attempt=attempt,
+                                   max_attempts=max_attempts, extra=elapsed)
         except (IllegalTransition, StaleAttempt) as exc:
             log.warning("result not recorded: %s", exc)
             return {"job_id": job_id, "attempt": attempt, "status": "superseded", "reason": str(exc)}
-        return {"job_id": job_id, "attempt": attempt, "status": target.value,
-                "artifacts": [a["key"] for a in detail.get("artifacts", [])]}
+        return {"job_id": job_id, "attempt": attempt, "status": t.state.value,
+                "artifacts": [a["key"] for a in t.detail.get("artifacts", [])]}
     finally:
         logging.getLogger("bucketrun").removeHandler(handler)
         try:
@@ -96,8 +103,8 @@ def run_job(bucket_url: str, job_id: str, attempt: int, writer: str | None = Non
             pass
 
 
-def _transcribe(bucket: Bucket, job_id: str, attempt: int, beat: Heartbeat) -> dict[str, Any]:
-    manifest = TranscribeManifest.model_validate(codec.loads(bucket.get(keys.manifest_key(job_id)).data))
+def _transcribe(bucket: Bucket, job_id: str, attempt: int, manifest: TranscribeManifest,
+                beat: Heartbeat) -> dict[str, Any]:
     opts = manifest.options
     with tempfile.TemporaryDirectory(prefix="bucketrun-") as tmp:
         workdir = Path(tmp)

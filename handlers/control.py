@@ -1,0 +1,45 @@
+"""Operator actions on a job: cancel (any non-terminal state) and retry (a failed job, as a new attempt)."""
+
+from __future__ import annotations
+
+import logging
+
+from events.errors import BucketrunError, IllegalTransition
+from events.lifecycle import JobState, Transition, append_transition, require_view
+from events.storage import Bucket
+
+from .launch import Launcher, backend_id_of
+
+log = logging.getLogger("bucketrun.control")
+
+
+def cancel(bucket: Bucket, job_id: str, writer: str, launcher: Launcher | None = None,
+           reason: str = "cancelled by request") -> Transition:
+    """Cancelled is terminal, so the job never launches again; a running worker stops at its next
+    heartbeat, and a backend job is cancelled too when a launcher for it is at hand."""
+    view = require_view(bucket, job_id)
+    if view.state is not None and view.state.terminal:
+        raise IllegalTransition(f"job {job_id} is already {view.state.value}")
+    backend_id = backend_id_of(view) if view.state in (JobState.LAUNCHED, JobState.RUNNING) else None
+    transition, _ = append_transition(bucket, job_id, JobState.CANCELLED, writer=writer, view=view,
+                                      expect=view.state,
+                                      detail={"error": {"class": "cancelled", "message": reason}})
+    if launcher is not None and backend_id:
+        try:
+            launcher.cancel(backend_id)
+        except BucketrunError as exc:
+            log.warning("backend cancel of %s failed (the worker stops at its next heartbeat): %s", backend_id, exc)
+    return transition
+
+
+def retry(bucket: Bucket, job_id: str, writer: str) -> Transition:
+    """A failed job goes back to queued as a new attempt; the sweep (or sim) launches it."""
+    view = require_view(bucket, job_id)
+    if view.state is not JobState.FAILED:
+        raise IllegalTransition(f"job {job_id} is {view.state.value if view.state else 'new'}; only a failed "
+                                "job can be retried")
+    transition, _ = append_transition(bucket, job_id, JobState.QUEUED, writer=writer, view=view,
+                                      expect=JobState.FAILED,
+                                      detail={"retry": {"attempt": view.attempt, "requested": True,
+                                                        "error": (view.latest.detail or {}).get("error")}})
+    return transition

@@ -1,0 +1,149 @@
+"""The sweep: visit every non-terminal job, detect silence past `stall_after`, ask the backend, and write
+what it found as a transition. `decide` is pure; `sweep_job` applies it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from events import codec, keys
+from events.errors import BucketrunError, IllegalTransition, NotFound, StaleAttempt
+from events.failures import FailureClass, error_detail
+from events.lifecycle import JobState, JobView, append_transition, list_job_ids, read_view
+from events.manifest import Resources, load_job_manifest
+from events.progress import read_progress
+from events.retry import record_failure
+from events.storage import Bucket
+
+from .intake import advance
+from .launch import BackendStatus, Launcher, backend_id_of
+
+log = logging.getLogger("bucketrun.sweep")
+INTAKE_GRACE_S = 30.0  # a job left in submitted/queued-unclaimed this long lost its dispatcher
+
+
+class Step(str, Enum):
+    NONE = "none"
+    ADVANCE = "advance"  # intake stopped midway (submitted, or queued with no launch claim)
+    LOST_LAUNCH = "lost_launch"  # a launch was claimed but `launched` never came
+    ASK_BACKEND = "ask_backend"  # launched/running and silent past stall_after
+
+
+@dataclass(frozen=True)
+class Decision:
+    step: Step
+    silent_s: float = 0.0
+    why: str = ""
+
+
+def last_sign_of_life(view: JobView, progress: dict[str, Any] | None) -> datetime:
+    latest = view.latest
+    assert latest is not None
+    signs = [latest.time]
+    if progress and progress.get("attempt") == view.attempt and progress.get("updated_at"):
+        signs.append(codec.parse_iso(progress["updated_at"]))
+    return max(signs)
+
+
+def decide(view: JobView, progress: dict[str, Any] | None, resources: Resources, now: datetime,
+           launch_claimed: bool) -> Decision:
+    state = view.state
+    if state is None or state.terminal:
+        return Decision(Step.NONE)
+    silent = (now - last_sign_of_life(view, progress)).total_seconds()
+    if state is JobState.SUBMITTED:
+        return Decision(Step.ADVANCE, silent) if silent > INTAKE_GRACE_S else Decision(Step.NONE, silent)
+    if state is JobState.QUEUED:
+        not_before = view.latest.detail.get("retry", {}).get("not_before")
+        if not_before and now < codec.parse_iso(not_before):
+            return Decision(Step.NONE, silent, "retry backoff")
+        if not launch_claimed:
+            retry = bool(view.latest.detail.get("retry"))
+            return Decision(Step.ADVANCE, silent) if retry or silent > INTAKE_GRACE_S else Decision(Step.NONE)
+        if silent > resources.stall_after_s:
+            return Decision(Step.LOST_LAUNCH, silent, "launch claimed but never recorded")
+        return Decision(Step.NONE, silent)
+    if silent > resources.stall_after_s:
+        return Decision(Step.ASK_BACKEND, silent, f"silent for {silent:.0f} s (stall_after {resources.stall_after_s:.0f} s)")
+    return Decision(Step.NONE, silent)
+
+
+_BACKEND_CLASSES = {
+    BackendStatus.FAILED: (FailureClass.CODE_ERROR, "the backend reports the worker failed without recording why"),
+    BackendStatus.TIMED_OUT: (FailureClass.TIMED_OUT, "the backend's execution timeout ended the worker"),
+    BackendStatus.UNKNOWN: (FailureClass.LOST, "the backend has no live worker for this attempt (lost or preempted)"),
+    BackendStatus.COMPLETED: (FailureClass.LOST, "the backend reports completion but no result reached the bucket"),
+    BackendStatus.IN_PROGRESS: (FailureClass.STALL, "the worker is running but silent"),
+}
+
+
+def sweep_job(bucket: Bucket, job_id: str, launcher: Launcher, writer: str,
+              now: datetime | None = None) -> dict[str, Any] | None:
+    now = now or codec.now()
+    view = read_view(bucket, job_id)
+    if view.state is None or view.state.terminal:
+        return None
+    try:
+        resources = load_job_manifest(bucket, job_id).resources
+    except NotFound:
+        resources = Resources()
+    claimed = bucket.exists(keys.launch_claim_key(job_id, view.attempt)) if view.state is JobState.QUEUED else True
+    decision = decide(view, read_progress(bucket, job_id), resources, now, claimed)
+    if decision.step is Step.NONE:
+        return None
+    outcome: dict[str, Any] = {"job_id": job_id, "step": decision.step.value, "attempt": view.attempt}
+    try:
+        if decision.step is Step.ADVANCE:
+            outcome["state"] = advance(bucket, job_id, launcher, writer).state.value
+        elif decision.step is Step.LOST_LAUNCH:
+            error = error_detail(FailureClass.LOST, f"{decision.why} after {decision.silent_s:.0f} s",
+                                 where="launch")["error"]
+            outcome["state"] = record_failure(bucket, job_id, error, writer=writer, attempt=view.attempt,
+                                              max_attempts=resources.max_attempts, view=view).state.value
+        else:
+            outcome.update(_ask_backend(bucket, view, launcher, writer, resources, decision))
+    except (IllegalTransition, StaleAttempt) as exc:
+        outcome["state"] = "moved-on"
+        outcome["note"] = str(exc)  # someone else (worker, another sweep) wrote first: nothing to do
+    log.info("sweep %s", outcome)
+    return outcome
+
+
+def _ask_backend(bucket: Bucket, view: JobView, launcher: Launcher, writer: str, resources: Resources,
+                 decision: Decision) -> dict[str, Any]:
+    backend_id = backend_id_of(view)
+    status = launcher.status(backend_id) if backend_id else BackendStatus.UNKNOWN
+    if status is BackendStatus.IN_QUEUE:
+        return {"backend": status.value, "state": view.state.value}  # still waiting for capacity
+    if status is BackendStatus.CANCELLED:
+        t, _ = append_transition(bucket, view.job_id, JobState.CANCELLED, writer=writer, attempt=view.attempt,
+                                 view=view, detail={"error": {"class": "cancelled",
+                                                              "message": "cancelled at the backend"}})
+        return {"backend": status.value, "state": t.state.value}
+    cls, message = _BACKEND_CLASSES[status]
+    if status is BackendStatus.IN_PROGRESS and backend_id:
+        try:
+            launcher.cancel(backend_id)  # a silent worker is stopped before its attempt is retried
+        except BucketrunError as exc:
+            log.warning("cancel of stalled %s failed: %s", backend_id, exc)
+    error = error_detail(cls, f"{message}; {decision.why}", where="sweep")["error"]
+    t = record_failure(bucket, view.job_id, error, writer=writer, attempt=view.attempt,
+                       max_attempts=resources.max_attempts, view=view, extra={"backend_status": status.value})
+    return {"backend": status.value, "state": t.state.value, "class": cls.value}
+
+
+def sweep(bucket: Bucket, launcher: Launcher, writer: str, now: datetime | None = None) -> list[dict[str, Any]]:
+    """One pass over every job; one job's error never stops the pass."""
+    outcomes = []
+    for job_id in list_job_ids(bucket):
+        try:
+            outcome = sweep_job(bucket, job_id, launcher, writer, now)
+        except BucketrunError as exc:
+            log.error("sweep of %s failed: %s", job_id, exc)
+            outcome = {"job_id": job_id, "error": str(exc)}
+        if outcome:
+            outcomes.append(outcome)
+    return outcomes

@@ -1,0 +1,160 @@
+"""Stalls, retries, fencing and cancellation, with the real local worker process and the real model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from events import codec, keys
+from events.errors import IllegalTransition, StaleAttempt
+from events.lifecycle import JobState, append_transition, read_view
+from events.progress import read_progress
+from events.storage import open_bucket
+from handlers import client
+from handlers.control import cancel
+from handlers.sweep import sweep
+from images.transcribe.worker import run_job
+from local_sim.launcher import LocalProcessLauncher
+from local_sim.sim import Simulation
+
+BUCKETRUN = str(Path(sys.executable).with_name("bucketrun"))
+pytestmark = pytest.mark.slow
+FAST = {"heartbeat_s": 1, "stall_after_s": 5, "max_attempts": 3}
+
+
+@pytest.fixture(scope="module")
+def long_clip(media_dir) -> Path:
+    """About a minute of speech, so a job is still transcribing when the test interferes."""
+    out = media_dir / "long.ogg"
+    if not out.exists():
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-stream_loop", "3", "-i", str(media_dir / "speech.ogg"),
+                        "-c:a", "libopus", "-b:a", "32k", str(out)], check=True)
+    return out
+
+
+@pytest.fixture
+def running_sim(bucket, long_clip):
+    bucket.put("media/long.ogg", long_clip.read_bytes())
+    launcher = LocalProcessLauncher(preload="default")
+    launcher.start()
+    assert launcher.wait_ready(120)
+    sim = Simulation(bucket, launcher, poll_s=0.3, sweep_s=1.0)
+    sim.start_thread()
+    sim.ready.wait(30)
+    yield sim, launcher
+    sim.stop()
+    launcher.close()
+
+
+def wait_for(predicate, timeout=120, every=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
+
+
+def transcribing(bucket, job_id, attempt=1):
+    def check():
+        view = read_view(bucket, job_id)
+        progress = read_progress(bucket, job_id) or {}
+        return (view.state is JobState.RUNNING and view.attempt == attempt and progress.get("attempt") == attempt
+                and progress.get("stage") == "transcribe")
+    return check
+
+
+def test_killed_worker_is_detected_as_stalled_and_the_retry_succeeds(bucket, running_sim):
+    sim, launcher = running_sim
+    manifest = {"kind": "transcribe", "source": {"key": "media/long.ogg"}, "options": {"language": "en"},
+                "resources": FAST}
+    job_id, _ = client.submit(bucket, codec.dumps(manifest))
+    wait_for(transcribing(bucket, job_id))
+    os.kill(launcher.pid, signal.SIGKILL)  # the worker dies mid-job, silently
+
+    status = client.wait(bucket, job_id, timeout_s=180)
+    assert status["state"] == "succeeded" and status["attempt"] == 2, status
+    view = read_view(bucket, job_id)
+    retry = next(t for t in view.history if t.state is JobState.QUEUED and t.attempt == 2)
+    assert retry.detail["retry"]["error"]["class"] == "lost"
+    assert all(a["key"].startswith(keys.artifacts_prefix(job_id, 2)) for a in status["artifacts"])
+
+    # The attempt-1 worker coming back cannot touch attempt 2's result.
+    assert run_job(bucket.url, job_id, 1)["status"] == "skipped"
+    with pytest.raises(StaleAttempt):
+        append_transition(bucket, job_id, JobState.FAILED, writer="zombie", attempt=1)
+    assert read_view(bucket, job_id).state is JobState.SUCCEEDED
+
+
+def test_cancel_while_running_stops_the_worker_and_it_never_launches_again(bucket, running_sim):
+    sim, launcher = running_sim
+    manifest = {"kind": "transcribe", "source": {"key": "media/long.ogg"}, "resources": FAST}
+    job_id, _ = client.submit(bucket, codec.dumps(manifest))
+    wait_for(transcribing(bucket, job_id))
+    done = subprocess.run([BUCKETRUN, "--bucket", bucket.url, "cancel", job_id], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: any(r.get("job_id") == job_id for r in launcher.results), timeout=60)
+    result = next(r for r in launcher.results if r.get("job_id") == job_id)
+    assert result["status"] == "superseded"
+    time.sleep(3)  # several sweeps pass
+    view = read_view(bucket, job_id)
+    assert view.state is JobState.CANCELLED and view.attempt == 1
+    assert list(bucket.list(keys.artifacts_prefix(job_id, 1))) == []
+    again = subprocess.run([BUCKETRUN, "--bucket", bucket.url, "cancel", job_id], capture_output=True, text=True)
+    assert again.returncode == 1 and "already cancelled" in again.stderr
+
+
+def test_cancel_while_queued_means_no_launch(bucket):
+    for s in (JobState.SUBMITTED, JobState.QUEUED):
+        append_transition(bucket, "q1", s, writer="intake")
+    bucket.put(keys.manifest_key("q1"), codec.dumps({"kind": "transcribe", "source": {"key": "media/x.ogg"}}))
+    cancel(bucket, "q1", "test")
+    launcher = LocalProcessLauncher(preload=None)
+    try:
+        from datetime import timedelta
+
+        assert sweep(bucket, launcher, "sweep", now=codec.now() + timedelta(hours=1)) == []
+    finally:
+        launcher.close()
+    assert not bucket.exists(keys.launch_claim_key("q1", 1))
+    assert [t.state for t in read_view(bucket, "q1").history][-1] is JobState.CANCELLED
+    with pytest.raises(IllegalTransition):
+        append_transition(bucket, "q1", JobState.QUEUED, writer="x")
+
+
+def test_two_sweeps_at_once_launch_a_retry_exactly_once(bucket):
+    bucket.put(keys.manifest_key("r1"), codec.dumps({"kind": "transcribe", "source": {"key": "media/none.ogg"},
+                                                     "resources": {"max_attempts": 1}}))
+    for s in (JobState.SUBMITTED, JobState.QUEUED, JobState.LAUNCHED, JobState.RUNNING):
+        append_transition(bucket, "r1", s, writer="setup")
+    append_transition(bucket, "r1", JobState.QUEUED, writer="setup", detail={"retry": {"attempt": 1}})
+    launcher = LocalProcessLauncher(preload=None)
+    barrier = threading.Barrier(4)
+    results = []
+
+    def one_sweep():
+        barrier.wait()
+        results.append(sweep(open_bucket(bucket.url), launcher, f"sweep-{threading.get_ident()}"))
+
+    threads = [threading.Thread(target=one_sweep) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        view = read_view(bucket, "r1")
+        launched = [t for t in view.history if t.state is JobState.LAUNCHED and t.attempt == 2]
+        assert len(launched) == 1, [t.to_json() for t in view.history]
+        assert [i.key for i in bucket.list(keys.job_prefix("r1") + "launch/")] == [keys.launch_claim_key("r1", 2)]
+        wait_for(lambda: read_view(bucket, "r1").state is JobState.FAILED, timeout=60)
+    finally:
+        launcher.close()
