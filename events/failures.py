@@ -19,6 +19,7 @@ class FailureClass(str, Enum):
     MODEL_ERROR = "model_error"  # the model could not be loaded or run
     OUT_OF_MEMORY = "out_of_memory"  # needs a bigger GPU or a smaller model/batch
     CODE_ERROR = "code_error"  # a bug in the worker or the launcher
+    CONFIG_ERROR = "config_error"  # deployment settings: wrong endpoint id, bad API key
     OTHER = "other"  # unclassified: treat as a bug
 
     @property

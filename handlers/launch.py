@@ -10,7 +10,7 @@ from events import codec, keys
 from events.errors import BucketrunError, IllegalTransition, NotFound, PreconditionFailed
 from events.failures import FailureClass, error_detail
 from events.lifecycle import JobState, JobView, append_transition
-from events.manifest import load_job_manifest
+from events.manifest import Resources, load_job_manifest
 from events.retry import record_failure
 from events.storage import Bucket
 
@@ -37,10 +37,22 @@ class BackendStatus(str, Enum):
     UNKNOWN = "UNKNOWN"  # the backend has no such job (lost, expired, or never accepted)
 
 
+# What each backend status means for our lifecycle (COMPLETED counts only once the bucket has the result).
+OUR_STATE = {
+    BackendStatus.IN_QUEUE: JobState.LAUNCHED,
+    BackendStatus.IN_PROGRESS: JobState.RUNNING,
+    BackendStatus.COMPLETED: JobState.SUCCEEDED,
+    BackendStatus.FAILED: JobState.FAILED,
+    BackendStatus.CANCELLED: JobState.CANCELLED,
+    BackendStatus.TIMED_OUT: JobState.FAILED,
+    BackendStatus.UNKNOWN: JobState.FAILED,
+}
+
+
 class Launcher(Protocol):
     name: str
 
-    def launch(self, bucket_url: str, job_id: str, attempt: int) -> str:
+    def launch(self, bucket_url: str, job_id: str, attempt: int, resources: Resources) -> str:
         """Start the worker for this attempt; returns the backend's id. The input names only the job."""
         ...
 
@@ -72,14 +84,15 @@ def launch_attempt(bucket: Bucket, view: JobView, launcher: Launcher, writer: st
     except PreconditionFailed:
         return None
     try:
-        backend_id = launcher.launch(bucket.url, job_id, attempt)
+        resources = load_job_manifest(bucket, job_id).resources
+    except NotFound:
+        resources = Resources()
+    try:
+        backend_id = launcher.launch(bucket.url, job_id, attempt, resources)
     except LaunchError as exc:
-        try:
-            max_attempts = load_job_manifest(bucket, job_id).resources.max_attempts
-        except NotFound:
-            max_attempts = 1
         error = error_detail(exc.cls, f"launch on {launcher.name} failed: {exc}", where="launch")["error"]
-        record_failure(bucket, job_id, error, writer=writer, attempt=attempt, max_attempts=max_attempts, view=view)
+        record_failure(bucket, job_id, error, writer=writer, attempt=attempt,
+                       max_attempts=resources.max_attempts, view=view)
         return None
     try:
         _, view = append_transition(bucket, job_id, JobState.LAUNCHED, writer=writer, attempt=attempt,

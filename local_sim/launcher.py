@@ -68,7 +68,7 @@ class LocalProcessLauncher:
     def wait_ready(self, timeout: float = 120) -> bool:
         return self._ready.wait(timeout)
 
-    def launch(self, bucket_url: str, job_id: str, attempt: int) -> str:
+    def launch(self, bucket_url: str, job_id: str, attempt: int, resources=None) -> str:
         with self._lock:
             proc = self._ensure()
             line = json.dumps({"bucket": bucket_url, "job_id": job_id, "attempt": attempt})

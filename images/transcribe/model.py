@@ -97,8 +97,9 @@ class ModelChoice:
 
 
 def choose(requested: str | None) -> ModelChoice:
+    """The job's model, else the image's (BUCKETRUN_MODEL), else large-v3 on CUDA and base on CPU."""
     cuda = cuda_available()
-    name = requested or ("large-v3" if cuda else OFFLINE_BASE)
+    name = requested or os.environ.get("BUCKETRUN_MODEL") or ("large-v3" if cuda else OFFLINE_BASE)
     return ModelChoice(name, "cuda" if cuda else "cpu", "float16" if cuda else "int8")
 
 
