@@ -12,6 +12,8 @@ from .codec import now
 INBOX = "inbox/"
 JOBS = "jobs/"
 INDEX = "index/"
+CONTROL = "control/"
+CANCEL_PREFIX = "control/cancel/"
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
 JOB_ID_RE = re.compile(r"^\d{8}T\d{9}Z-[0-9a-hjkmnp-tv-z]{6}$")
@@ -31,6 +33,23 @@ def is_job_id(text: str) -> bool:
 
 def is_inbox_manifest(key: str) -> bool:
     return key.startswith(INBOX) and key.endswith(".json") and len(key) > len(INBOX) + 5
+
+
+def cancel_request_key(job_id: str) -> str:
+    """Dropping this object asks the cloud dispatch function to cancel the job (and its backend job)."""
+    return f"{CANCEL_PREFIX}{job_id}.json"
+
+
+def job_id_from_cancel_request(key: str) -> str | None:
+    if not (key.startswith(CANCEL_PREFIX) and key.endswith(".json")):
+        return None
+    job_id = key[len(CANCEL_PREFIX):-len(".json")]
+    return job_id if job_id and "/" not in job_id else None
+
+
+def notify_key(job_id: str, seq: int) -> str:
+    """The delivery record of the webhook for the terminal transition `seq`."""
+    return f"{JOBS}{job_id}/notify/{seq:06d}.json"
 
 
 def inbox_key(name: str) -> str:

@@ -12,7 +12,7 @@ from events.storage import Bucket
 
 from .intake import IntakeOutcome, intake
 from .launch import Launcher
-from .records import ObjectRecord, parse_s3_event
+from .records import ObjectRecord, parse_records
 
 log = logging.getLogger("bucketrun.dispatch")
 
@@ -25,23 +25,29 @@ class DispatchContext:
 
 
 def route(record: ObjectRecord, bucket: Bucket) -> str | None:
-    """The bucket-relative inbox key this record asks us to take in, or None if we do not own it."""
+    """The bucket-relative key of an inbox manifest or a control request, or None if we do not own it."""
     if record.bucket and bucket.name != "local" and record.bucket != bucket.name:
         return None
     key = bucket.relative_key(record.key)
-    return key if key is not None and keys.is_inbox_manifest(key) else None
+    if key is None:
+        return None
+    return key if keys.is_inbox_manifest(key) or keys.job_id_from_cancel_request(key) else None
 
 
 def dispatch(event: dict[str, Any], ctx: DispatchContext) -> list[IntakeOutcome]:
     """Handle every record; failures are raised after the rest are done, so the platform retries them."""
     outcomes: list[IntakeOutcome] = []
     errors: list[BucketrunError] = []
-    for record in parse_s3_event(event):
+    for record in parse_records(event):
         key = route(record, ctx.bucket)
         if key is None:
             continue
         try:
-            outcome = intake(ctx.bucket, key, ctx.launcher, ctx.writer)
+            cancel_job = keys.job_id_from_cancel_request(key)
+            if cancel_job:
+                outcome = _cancel(ctx, key, cancel_job)
+            else:
+                outcome = intake(ctx.bucket, key, ctx.launcher, ctx.writer)
         except BucketrunError as exc:
             log.error("intake of %s failed: %s", key, exc)
             errors.append(exc)
@@ -51,3 +57,16 @@ def dispatch(event: dict[str, Any], ctx: DispatchContext) -> list[IntakeOutcome]
     if errors:
         raise errors[0]
     return outcomes
+
+
+def _cancel(ctx: DispatchContext, key: str, job_id: str) -> IntakeOutcome:
+    """A cancel request object: idempotent, so a redelivery or an already-ended job is not an error."""
+    from events.errors import IllegalTransition, UnknownJob
+
+    from .control import cancel
+
+    try:
+        t = cancel(ctx.bucket, job_id, ctx.writer, ctx.launcher, reason=f"cancel requested by {key}")
+        return IntakeOutcome(key, job_id, t.state.value)
+    except (IllegalTransition, UnknownJob) as exc:
+        return IntakeOutcome(key, job_id, None, str(exc))

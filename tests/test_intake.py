@@ -41,7 +41,7 @@ def launches(bucket, job_id):
 
 
 def test_sample_s3_put_event_creates_and_launches_one_job(s3_endpoint, launcher):
-    event = json.loads((SAMPLES / "s3-put-inbox.json").read_text())
+    event = json.loads((SAMPLES / "s3-put-unicode-key.json").read_text())
     rec = event["Records"][0]["s3"]
     make_s3_bucket(rec["bucket"]["name"])
     bucket = open_bucket(f"s3://{rec['bucket']['name']}")

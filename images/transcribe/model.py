@@ -103,6 +103,12 @@ def choose(requested: str | None) -> ModelChoice:
     return ModelChoice(name, "cuda" if cuda else "cpu", "float16" if cuda else "int8")
 
 
+def _baked(name: str) -> str | None:
+    """A model baked into the image at build time (BUCKETRUN_MODEL=/models/NAME) answers to its NAME."""
+    baked = os.environ.get("BUCKETRUN_MODEL")
+    return baked if baked and Path(baked).is_dir() and Path(baked).name == name else None
+
+
 _models: dict[ModelChoice, object] = {}
 _lock = threading.Lock()
 
@@ -121,6 +127,8 @@ def load(choice: ModelChoice):
             source, local_only = str(offline_base_path()), True
         elif Path(choice.name).expanduser().is_dir():
             source, local_only = str(Path(choice.name).expanduser()), True
+        elif _baked(choice.name):
+            source, local_only = _baked(choice.name), True
         else:
             source, local_only = choice.name, False
         try:

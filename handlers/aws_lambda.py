@@ -1,0 +1,72 @@
+"""AWS Lambda entry points: thin. Parse the event, call the same dispatch/sweep code as the simulation.
+
+Configuration comes from the environment the template sets: BUCKETRUN_BUCKET (s3://bucket/prefix),
+RUNPOD_ENDPOINT_ID, and the Runpod key's Secrets Manager ARN or SSM SecureString name (read once per
+container, never logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from events.errors import ConfigError
+from events.lifecycle import default_writer
+from events.storage import open_bucket
+
+from .dispatch import DispatchContext, dispatch
+from .records import EventKind, classify
+from .runpod_launcher import RunpodLauncher
+from .sweep import sweep
+
+log = logging.getLogger("bucketrun.lambda")
+logging.getLogger().setLevel(logging.INFO)
+_context: DispatchContext | None = None
+
+
+def runpod_api_key() -> str:
+    if os.environ.get("RUNPOD_API_KEY"):
+        return os.environ["RUNPOD_API_KEY"]
+    import boto3
+
+    if os.environ.get("RUNPOD_API_KEY_SECRET_ARN"):
+        return boto3.client("secretsmanager").get_secret_value(
+            SecretId=os.environ["RUNPOD_API_KEY_SECRET_ARN"])["SecretString"].strip()
+    if os.environ.get("RUNPOD_API_KEY_PARAMETER"):
+        return boto3.client("ssm").get_parameter(Name=os.environ["RUNPOD_API_KEY_PARAMETER"],
+                                                 WithDecryption=True)["Parameter"]["Value"].strip()
+    raise ConfigError("no Runpod API key: set RUNPOD_API_KEY_SECRET_ARN or RUNPOD_API_KEY_PARAMETER")
+
+
+def context() -> DispatchContext:
+    """Built once per container and reused across invocations (warm Lambdas keep clients)."""
+    global _context
+    if _context is None:
+        url = os.environ.get("BUCKETRUN_BUCKET", "")
+        if not url.startswith("s3://"):
+            raise ConfigError("BUCKETRUN_BUCKET must be s3://bucket[/prefix] in the cloud")
+        launcher = RunpodLauncher(os.environ.get("RUNPOD_ENDPOINT_ID", ""), api_key=runpod_api_key())
+        _context = DispatchContext(open_bucket(url), launcher, default_writer("lambda"))
+    return _context
+
+
+def reset_context() -> None:
+    global _context
+    _context = None
+
+
+def dispatch_handler(event: dict[str, Any], _lambda_context: Any = None) -> dict[str, Any]:
+    kind = classify(event)
+    if kind in (EventKind.TEST, EventKind.UNKNOWN):
+        log.info("ignored %s event", kind.value)
+        return {"ignored": kind.value}
+    if kind is EventKind.SCHEDULE:
+        return sweep_handler(event, _lambda_context)
+    outcomes = dispatch(event, context())
+    return {"jobs": [{"key": o.inbox_key, "job_id": o.job_id, "state": o.state} for o in outcomes]}
+
+
+def sweep_handler(_event: dict[str, Any], _lambda_context: Any = None) -> dict[str, Any]:
+    ctx = context()
+    return {"swept": sweep(ctx.bucket, ctx.launcher, ctx.writer)}

@@ -1,0 +1,218 @@
+"""The cloud path: sample S3 events into the Lambda entry point, the Runpod launcher against the runpod
+SDK's own local API server running our worker handler, and a loopback S3-protocol bucket."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from events import codec, keys
+from events.lifecycle import JobState, read_view
+from events.storage import open_bucket
+from handlers import aws_lambda
+from handlers.runpod_launcher import RunpodLauncher
+
+from conftest import ROOT, SAMPLES, SPEECH_TEXT, free_port, make_s3_bucket
+from runpod_fakes import ScriptedRunpod
+from subtitle_rules import parse_srt, wer
+
+SAMPLE_BUCKET = "bucketrun-sample"
+SAMPLE_JOB = "20261122T184512123Z-k3f9qz"  # the id named by s3-put-single.json and the cancel sample
+
+
+def sample(name: str) -> dict:
+    return json.loads((SAMPLES / name).read_text())
+
+
+@pytest.fixture(scope="module")
+def runpod_server(s3_endpoint, tmp_path_factory):
+    """`python -m images.transcribe.handler --rp_serve_api`: the SDK's local /run and /status server."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("runpod") / "server.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "images.transcribe.handler", "--rp_serve_api",
+                                 "--rp_api_port", str(port), "--rp_api_host", "127.0.0.1"],
+                                cwd=ROOT, stdout=fh, stderr=fh, env={**os.environ, "UVICORN_LOG_LEVEL": "warning"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.3)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(30)
+
+
+@pytest.fixture
+def cloud(s3_endpoint, monkeypatch, media_dir):
+    """A fresh sample bucket and the Lambda's environment, with Runpod at `endpoint_url`."""
+    import boto3
+
+    s3 = boto3.resource("s3")
+    if s3.Bucket(SAMPLE_BUCKET).creation_date:
+        s3.Bucket(SAMPLE_BUCKET).object_versions.delete()
+    else:
+        make_s3_bucket(SAMPLE_BUCKET)
+    monkeypatch.setenv("BUCKETRUN_BUCKET", f"s3://{SAMPLE_BUCKET}")
+    monkeypatch.setenv("RUNPOD_ENDPOINT_ID", "ep123")
+    monkeypatch.setenv("RUNPOD_API_KEY", "rp-test-not-a-real-key")
+    bucket = open_bucket(f"s3://{SAMPLE_BUCKET}")
+    bucket.put("media/speech.ogg", (media_dir / "speech.ogg").read_bytes())
+
+    def use(endpoint_url: str):
+        monkeypatch.setenv("RUNPOD_ENDPOINT_URL", endpoint_url)
+        aws_lambda.reset_context()
+        return bucket
+
+    yield use
+    aws_lambda.reset_context()
+
+
+MANIFEST = {"kind": "transcribe", "source": {"key": "media/speech.ogg"}, "options": {"language": "en"}}
+
+
+def test_s3_put_to_lambda_to_runpod_transcribes_real_speech(cloud, runpod_server):
+    bucket = cloud(runpod_server)
+    bucket.put(f"inbox/{SAMPLE_JOB}.json", codec.dumps(MANIFEST))
+    answer = aws_lambda.dispatch_handler(sample("s3-put-single.json"), None)
+    assert answer["jobs"] == [{"key": f"inbox/{SAMPLE_JOB}.json", "job_id": SAMPLE_JOB, "state": "launched"}]
+    view = read_view(bucket, SAMPLE_JOB)
+    backend_id = view.latest.detail["backend_id"]
+    assert view.latest.detail["backend"] == "runpod" and backend_id.startswith("test-")
+
+    # The SDK's local server runs the handler when the job's status is asked for: a GPU picking it up.
+    launcher = RunpodLauncher("ep123", endpoint_url=runpod_server, timeout_s=600)
+    assert launcher.status(backend_id).value == "COMPLETED"
+
+    view = read_view(bucket, SAMPLE_JOB)
+    assert [t.state for t in view.history] == [JobState.SUBMITTED, JobState.QUEUED, JobState.LAUNCHED,
+                                               JobState.RUNNING, JobState.SUCCEEDED]
+    assert [t.seq for t in view.history] == [1, 2, 3, 4, 5] and {t.attempt for t in view.history} == {1}
+    assert view.history[3].writer.startswith("worker@") and view.history[0].writer.startswith("lambda@")
+    srt = bucket.get(keys.artifact_key(SAMPLE_JOB, 1, "transcript.srt")).data
+    art = next(a for a in view.latest.detail["artifacts"] if a["format"] == "srt")
+    assert hashlib.sha256(srt).hexdigest() == art["sha256"]
+    assert wer(SPEECH_TEXT, " ".join(" ".join(c[2]) for c in parse_srt(srt.decode()))) <= 0.35
+
+    # Nothing the handlers wrote may match a trigger filter (no recursion).
+    written = [i.key for i in bucket.list("") if not i.key.startswith(("inbox/", "media/"))]
+    assert written and not [k for k in written if k.startswith(("inbox/", "control/"))]
+
+
+def test_the_launch_input_names_only_the_job(cloud):
+    fake = ScriptedRunpod([(200, {"id": "rp-1", "status": "IN_QUEUE"})])
+    try:
+        bucket = cloud(fake.url)
+        bucket.put("inbox/a.json", codec.dumps({**MANIFEST, "resources": {"execution_timeout_s": 900, "ttl_s": 7200}}))
+        aws_lambda.dispatch_handler({"Records": [_record(bucket, "inbox/a.json")]})
+        (method, path, body), = fake.requests
+        assert (method, path) == ("POST", "/v2/ep123/run")
+        assert set(body["input"]) == {"job_id", "bucket", "manifest_key", "attempt"}
+        assert body["policy"] == {"executionTimeout": 900_000, "ttl": 7_200_000}
+        assert "rp-test-not-a-real-key" not in json.dumps(body) and "testing" not in json.dumps(body)
+    finally:
+        fake.close()
+
+
+def _record(bucket, key):
+    from local_sim.sim import s3_record
+
+    return s3_record(bucket, bucket.head(key))
+
+
+def test_duplicate_and_out_of_order_delivery_gives_one_job_and_one_launch_each(cloud):
+    fake = ScriptedRunpod([(200, {"id": f"rp-{i}", "status": "IN_QUEUE"}) for i in range(10)])
+    try:
+        bucket = cloud(fake.url)
+        event = sample("s3-put-multi-record.json")
+        for rec in event["Records"]:
+            bucket.put(rec["s3"]["object"]["key"], codec.dumps(MANIFEST))
+        reordered = {"Records": list(reversed(event["Records"]))}
+        for delivery in (event, reordered, reordered):
+            aws_lambda.dispatch_handler(delivery)
+        job_ids = {o for o in _jobs_by_inbox(bucket).values()}
+        assert set(_jobs_by_inbox(bucket)) == {"inbox/batch/first.json", "inbox/batch/second.json"}
+        assert len(job_ids) == 2
+        for job_id in job_ids:
+            view = read_view(bucket, job_id)
+            assert sum(t.state is JobState.LAUNCHED for t in view.history) == 1
+        assert fake.paths("POST") == ["/v2/ep123/run", "/v2/ep123/run"]
+    finally:
+        fake.close()
+
+
+def _jobs_by_inbox(bucket) -> dict[str, str]:
+    return {codec.loads(bucket.get(i.key).data)["inbox_key"]: keys.job_id_from_key(i.key)
+            for i in bucket.list("jobs/") if i.key.endswith("/intake.json")}
+
+
+def test_throttling_and_server_errors_are_retried_and_launch_once(cloud):
+    fake = ScriptedRunpod([(429, {"error": "throttled"}), (500, {"error": "boom"}), (200, {"id": "rp-9", "status": "IN_QUEUE"})])
+    try:
+        bucket = cloud(fake.url)
+        bucket.put("inbox/t.json", codec.dumps(MANIFEST))
+        (job,) = aws_lambda.dispatch_handler({"Records": [_record(bucket, "inbox/t.json")]})["jobs"]
+        assert fake.paths("POST") == ["/v2/ep123/run"] * 3
+        view = read_view(bucket, job["job_id"])
+        assert view.state is JobState.LAUNCHED and view.latest.detail["backend_id"] == "rp-9"
+        assert sum(t.state is JobState.LAUNCHED for t in view.history) == 1
+    finally:
+        fake.close()
+
+
+def test_a_refused_api_key_fails_the_job_at_once_naming_the_endpoint(cloud):
+    fake = ScriptedRunpod([(401, {"error": "unauthorized"})])
+    try:
+        bucket = cloud(fake.url)
+        bucket.put("inbox/k.json", codec.dumps(MANIFEST))
+        (job,) = aws_lambda.dispatch_handler({"Records": [_record(bucket, "inbox/k.json")]})["jobs"]
+        assert fake.paths() == ["/v2/ep123/run"]  # no retry
+        view = read_view(bucket, job["job_id"])
+        assert view.state is JobState.FAILED
+        error = view.latest.detail["error"]
+        assert error["class"] == "config_error" and "endpoint ep123" in error["message"]
+        assert "rp-test-not-a-real-key" not in json.dumps(view.latest.detail)
+    finally:
+        fake.close()
+
+
+def test_a_cancel_request_object_cancels_the_job_and_its_runpod_job(cloud):
+    fake = ScriptedRunpod([(200, {"id": "rp-c", "status": "IN_QUEUE"}), (200, {"id": "rp-c", "status": "CANCELLED"})])
+    try:
+        bucket = cloud(fake.url)
+        bucket.put(f"inbox/{SAMPLE_JOB}.json", codec.dumps(MANIFEST))
+        aws_lambda.dispatch_handler(sample("s3-put-single.json"))
+        bucket.put(f"control/cancel/{SAMPLE_JOB}.json", b"{}")
+        answer = aws_lambda.dispatch_handler(sample("s3-put-cancel-request.json"))
+        assert answer["jobs"][0]["state"] == "cancelled"
+        assert fake.paths("POST")[-1] == "/v2/ep123/cancel/rp-c"
+        assert read_view(bucket, SAMPLE_JOB).state is JobState.CANCELLED
+        again = aws_lambda.dispatch_handler(sample("s3-put-cancel-request.json"))  # redelivery is harmless
+        assert again["jobs"][0]["state"] is None
+    finally:
+        fake.close()
+
+
+def test_test_events_and_unknown_shapes_are_ignored(cloud):
+    cloud("http://127.0.0.1:9")  # never contacted
+    assert aws_lambda.dispatch_handler(sample("s3-test-event.json")) == {"ignored": "test"}
+    assert aws_lambda.dispatch_handler({"hello": "world"}) == {"ignored": "unknown"}
+
+
+def test_scheduled_event_runs_the_sweep(cloud):
+    fake = ScriptedRunpod()
+    try:
+        cloud(fake.url)
+        assert aws_lambda.dispatch_handler(sample("scheduled-sweep.json")) == {"swept": []}
+    finally:
+        fake.close()
