@@ -48,8 +48,17 @@ def job_id_from_cancel_request(key: str) -> str | None:
 
 
 def notify_key(job_id: str, seq: int) -> str:
-    """The delivery record of the webhook for the terminal transition `seq`."""
+    """The delivery record (every attempt and its outcome) of the webhook for the terminal transition `seq`."""
     return f"{JOBS}{job_id}/notify/{seq:06d}.json"
+
+
+def notify_watch_key(job_id: str) -> str:
+    """Present while a job with a webhook may still owe a notification; the sweep finds these by listing."""
+    return f"{JOBS}{job_id}/notify/watch.json"
+
+
+def is_notify_watch(key: str) -> bool:
+    return key.startswith(JOBS) and key.endswith("/notify/watch.json") and key.count("/") == 3
 
 
 def inbox_key(name: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, Literal, Union
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -76,12 +77,29 @@ class Resources(Strict):
         return self
 
 
+class Notify(Strict):
+    """Where to POST a signed notice on every terminal state (see events/webhook.py)."""
+
+    webhook: str = Field(min_length=8, max_length=2048, description="an http(s) URL")
+
+    @field_validator("webhook")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL with a host")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials; deliveries are signed with the deployment's secret")
+        return v
+
+
 class TranscribeManifest(Strict):
     kind: Literal["transcribe"]
     request_id: str | None = Field(None, min_length=1, max_length=256)
     source: Source
     options: TranscribeOptions = Field(default_factory=TranscribeOptions)
     resources: Resources = Field(default_factory=Resources)
+    notify: Notify | None = None
 
 
 Manifest = Union[TranscribeManifest]

@@ -1,8 +1,8 @@
 """AWS Lambda entry points: thin. Parse the event, call the same dispatch/sweep code as the simulation.
 
 Configuration comes from the environment the template sets: BUCKETRUN_BUCKET (s3://bucket/prefix),
-RUNPOD_ENDPOINT_ID, and the Runpod key's Secrets Manager ARN or SSM SecureString name (read once per
-container, never logged).
+RUNPOD_ENDPOINT_ID, and the Runpod key's (and the optional webhook signing secret's) Secrets Manager ARN or
+SSM SecureString name, read once per container and never logged.
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ import logging
 import os
 from typing import Any
 
+from events import webhook
 from events.errors import ConfigError
 from events.lifecycle import default_writer
 from events.storage import open_bucket
 
 from .dispatch import DispatchContext, dispatch
+from .notify import Notifier
 from .records import EventKind, classify
 from .runpod_launcher import RunpodLauncher
 from .sweep import sweep
@@ -23,20 +25,30 @@ from .sweep import sweep
 log = logging.getLogger("bucketrun.lambda")
 logging.getLogger().setLevel(logging.INFO)
 _context: DispatchContext | None = None
+_notifier: Notifier | None = None
+
+
+def secret_from_env(name: str) -> str | None:
+    """`NAME` itself, else the Secrets Manager secret at `NAME_SECRET_ARN`, else the SSM SecureString
+    `NAME_PARAMETER`; the value is never logged."""
+    if os.environ.get(name):
+        return os.environ[name]
+    import boto3
+
+    if os.environ.get(f"{name}_SECRET_ARN"):
+        return boto3.client("secretsmanager").get_secret_value(
+            SecretId=os.environ[f"{name}_SECRET_ARN"])["SecretString"].strip()
+    if os.environ.get(f"{name}_PARAMETER"):
+        return boto3.client("ssm").get_parameter(Name=os.environ[f"{name}_PARAMETER"],
+                                                 WithDecryption=True)["Parameter"]["Value"].strip()
+    return None
 
 
 def runpod_api_key() -> str:
-    if os.environ.get("RUNPOD_API_KEY"):
-        return os.environ["RUNPOD_API_KEY"]
-    import boto3
-
-    if os.environ.get("RUNPOD_API_KEY_SECRET_ARN"):
-        return boto3.client("secretsmanager").get_secret_value(
-            SecretId=os.environ["RUNPOD_API_KEY_SECRET_ARN"])["SecretString"].strip()
-    if os.environ.get("RUNPOD_API_KEY_PARAMETER"):
-        return boto3.client("ssm").get_parameter(Name=os.environ["RUNPOD_API_KEY_PARAMETER"],
-                                                 WithDecryption=True)["Parameter"]["Value"].strip()
-    raise ConfigError("no Runpod API key: set RUNPOD_API_KEY_SECRET_ARN or RUNPOD_API_KEY_PARAMETER")
+    key = secret_from_env("RUNPOD_API_KEY")
+    if not key:
+        raise ConfigError("no Runpod API key: set RUNPOD_API_KEY_SECRET_ARN or RUNPOD_API_KEY_PARAMETER")
+    return key
 
 
 def context() -> DispatchContext:
@@ -51,9 +63,16 @@ def context() -> DispatchContext:
     return _context
 
 
+def notifier() -> Notifier:
+    global _notifier
+    if _notifier is None:
+        _notifier = Notifier(secret_from_env(webhook.SECRET_ENV))
+    return _notifier
+
+
 def reset_context() -> None:
-    global _context
-    _context = None
+    global _context, _notifier
+    _context = _notifier = None
 
 
 def dispatch_handler(event: dict[str, Any], _lambda_context: Any = None) -> dict[str, Any]:
@@ -69,4 +88,4 @@ def dispatch_handler(event: dict[str, Any], _lambda_context: Any = None) -> dict
 
 def sweep_handler(_event: dict[str, Any], _lambda_context: Any = None) -> dict[str, Any]:
     ctx = context()
-    return {"swept": sweep(ctx.bucket, ctx.launcher, ctx.writer)}
+    return {"swept": sweep(ctx.bucket, ctx.launcher, ctx.writer, notifier=notifier())}

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from events.errors import BucketrunError, IllegalTransition
+from events import codec, keys
+from events.errors import BucketrunError, IllegalTransition, NotFound
 from events.lifecycle import JobState, Transition, append_transition, require_view
 from events.storage import Bucket
 
 from .launch import Launcher, backend_id_of
+from .notify import arm as arm_notice
 
 log = logging.getLogger("bucketrun.control")
 
@@ -38,6 +40,10 @@ def retry(bucket: Bucket, job_id: str, writer: str) -> Transition:
     if view.state is not JobState.FAILED:
         raise IllegalTransition(f"job {job_id} is {view.state.value if view.state else 'new'}; only a failed "
                                 "job can be retried")
+    try:  # the retried job will end again, and that end is owed a notice too
+        arm_notice(bucket, job_id, codec.loads(bucket.get(keys.manifest_key(job_id)).data))
+    except NotFound:
+        pass
     transition, _ = append_transition(bucket, job_id, JobState.QUEUED, writer=writer, view=view,
                                       expect=JobState.FAILED,
                                       detail={"retry": {"attempt": view.attempt, "requested": True,

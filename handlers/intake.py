@@ -18,6 +18,7 @@ from events.manifest import MAX_MANIFEST_BYTES, ManifestRejected, parse_manifest
 from events.storage import Bucket
 
 from .launch import Launcher, launch_attempt
+from .notify import arm as arm_notice
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ def intake(bucket: Bucket, inbox_key: str, launcher: Launcher, writer: str) -> I
             bucket.create(keys.manifest_key(job_id), codec.dumps(decision.manifest), "application/json")
         except PreconditionFailed:
             pass  # written by an earlier delivery; manifests are write-once
+        arm_notice(bucket, job_id, decision.manifest)  # before the job can reach a terminal state
     view = advance(bucket, job_id, launcher, writer, decision)
     return IntakeOutcome(inbox_key, job_id, view.state.value if view.state else None)
 

@@ -12,7 +12,7 @@ from typing import Any
 from events import codec, keys
 from events.errors import BucketrunError, IllegalTransition, NotFound, StaleAttempt
 from events.failures import FailureClass, error_detail
-from events.lifecycle import JobState, JobView, append_transition, list_job_ids, read_view
+from events.lifecycle import JobState, JobView, append_transition, read_view
 from events.manifest import Resources, load_job_manifest
 from events.progress import read_progress
 from events.retry import record_failure
@@ -20,6 +20,7 @@ from events.storage import Bucket
 
 from .intake import advance
 from .launch import BackendStatus, Launcher, backend_id_of
+from .notify import Notifier, notify_job
 
 log = logging.getLogger("bucketrun.sweep")
 INTAKE_GRACE_S = 30.0  # a job left in submitted/queued-unclaimed this long lost its dispatcher
@@ -135,10 +136,26 @@ def _ask_backend(bucket: Bucket, view: JobView, launcher: Launcher, writer: str,
     return {"backend": status.value, "state": t.state.value, "class": cls.value}
 
 
-def sweep(bucket: Bucket, launcher: Launcher, writer: str, now: datetime | None = None) -> list[dict[str, Any]]:
-    """One pass over every job; one job's error never stops the pass."""
+def scan(bucket: Bucket) -> tuple[list[str], set[str]]:
+    """One listing of jobs/: every job id in time order, and the jobs that still owe a webhook notice."""
+    job_ids: dict[str, None] = {}
+    watched: set[str] = set()
+    for info in bucket.list(keys.JOBS):
+        job_id = keys.job_id_from_key(info.key)
+        if job_id:
+            job_ids.setdefault(job_id, None)
+            if keys.is_notify_watch(info.key):
+                watched.add(job_id)
+    return list(job_ids), watched
+
+
+def sweep(bucket: Bucket, launcher: Launcher, writer: str, now: datetime | None = None,
+          notifier: Notifier | None = None) -> list[dict[str, Any]]:
+    """One pass over every job; one job's error never stops the pass, and a notice never fails a job."""
+    notifier = notifier or Notifier.from_env()
     outcomes = []
-    for job_id in list_job_ids(bucket):
+    job_ids, watched = scan(bucket)
+    for job_id in job_ids:
         try:
             outcome = sweep_job(bucket, job_id, launcher, writer, now)
         except BucketrunError as exc:
@@ -146,4 +163,12 @@ def sweep(bucket: Bucket, launcher: Launcher, writer: str, now: datetime | None 
             outcome = {"job_id": job_id, "error": str(exc)}
         if outcome:
             outcomes.append(outcome)
+        if job_id in watched:
+            try:
+                notice = notify_job(bucket, job_id, notifier, writer, now)
+            except BucketrunError as exc:
+                log.error("notice for %s failed: %s", job_id, exc)
+                notice = {"job_id": job_id, "notify": "error", "error": str(exc)}
+            if notice:
+                outcomes.append(notice)
     return outcomes

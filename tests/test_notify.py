@@ -1,0 +1,191 @@
+"""Webhook notices: a real loopback receiver, jobs ended by the real local worker, deliveries by the sweep."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.server
+import json
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+
+from events import codec, keys, webhook
+from events.lifecycle import JobState, read_view
+from handlers.control import retry
+from handlers.dispatch import DispatchContext, dispatch
+from handlers.notify import MAX_DELIVERIES, Notifier
+from handlers.sweep import sweep
+from local_sim.launcher import LocalProcessLauncher
+from local_sim.sim import s3_record
+
+SECRET = "whsec-test-0123456789"
+
+
+class Receiver:
+    """An HTTP endpoint that records every POST and answers with scripted status codes (then 200)."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.script: list[int] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.requests.append({"headers": dict(self.headers), "body": body, "path": self.path})
+                status = outer.script.pop(0) if outer.script else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/bucketrun?team=a"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def launcher(s3_endpoint):
+    """Started after the S3 server, so the warm worker inherits its endpoint."""
+    launcher = LocalProcessLauncher(preload=None)
+    yield launcher
+    launcher.close()
+
+
+def ended_job(bucket, launcher, webhook_url, name="job.json"):
+    """A job whose media is missing: the real worker fails it as bad_input, a terminal state."""
+    manifest = {"kind": "transcribe", "source": {"key": "media/missing.ogg"}, "notify": {"webhook": webhook_url}}
+    key = keys.inbox_key(name)
+    bucket.put(key, codec.dumps(manifest), "application/json")
+    ctx = DispatchContext(bucket, launcher, "test")
+    [outcome] = dispatch({"Records": [s3_record(bucket, bucket.head(key))]}, ctx)
+    assert bucket.exists(keys.notify_watch_key(outcome.job_id))
+    return wait_terminal(bucket, outcome.job_id)
+
+
+def wait_terminal(bucket, job_id, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        view = read_view(bucket, job_id)
+        if view.state is not None and view.state.terminal:
+            return view
+        time.sleep(0.1)
+    raise AssertionError(f"{job_id} did not end: {read_view(bucket, job_id).state}")
+
+
+def record(bucket, job_id, seq):
+    return codec.loads(bucket.get(keys.notify_key(job_id, seq)).data)
+
+
+def test_a_terminal_state_is_posted_once_signed_and_recorded(bucket, launcher, receiver):
+    view = ended_job(bucket, launcher, receiver.url)
+    assert view.state is JobState.FAILED
+    sweep(bucket, launcher, "sweep", notifier=Notifier(SECRET))
+    sweep(bucket, launcher, "sweep", notifier=Notifier(SECRET))  # settled: nothing more is sent
+    [req] = receiver.requests
+    assert req["path"] == "/hooks/bucketrun?team=a"
+    body, headers = req["body"], req["headers"]
+    # Verify independently of events/webhook.py: HMAC-SHA256 over "<t>.<body>".
+    fields = dict(p.split("=", 1) for p in headers[webhook.SIGNATURE_HEADER].split(","))
+    expected = hmac.new(SECRET.encode(), fields["t"].encode() + b"." + body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(fields["v1"], expected)
+    assert abs(int(fields["t"]) - time.time()) < 60
+    assert webhook.verify(SECRET, body, headers[webhook.SIGNATURE_HEADER]) == int(fields["t"])
+    with pytest.raises(webhook.BadSignature):
+        webhook.verify(SECRET, body.replace(b"failed", b"succeeded"), headers[webhook.SIGNATURE_HEADER])
+    with pytest.raises(webhook.BadSignature):
+        webhook.verify("another-secret", body, headers[webhook.SIGNATURE_HEADER])
+    with pytest.raises(webhook.BadSignature):
+        webhook.verify(SECRET, body, headers[webhook.SIGNATURE_HEADER], now=time.time() + 3600)
+    assert headers[webhook.DELIVERY_HEADER] == f"{view.job_id}/{view.latest.seq}"
+    assert headers[webhook.EVENT_HEADER] == "job.failed"
+    payload = json.loads(body)
+    assert payload["job_id"] == view.job_id and payload["state"] == "failed"
+    assert payload["error"]["class"] == "bad_input" and payload["seq"] == view.latest.seq
+    assert SECRET not in body.decode()
+    rec = record(bucket, view.job_id, view.latest.seq)
+    assert rec["delivered"] is True and [a["status"] for a in rec["attempts"]] == [200]
+    assert SECRET not in json.dumps(rec)
+    assert not bucket.exists(keys.notify_watch_key(view.job_id))
+
+
+def test_failed_deliveries_are_retried_with_backoff_and_recorded(bucket, launcher, receiver):
+    view = ended_job(bucket, launcher, receiver.url)
+    receiver.script = [500, 503]
+    t0 = codec.now()
+    sweep(bucket, launcher, "sweep", now=t0, notifier=Notifier(SECRET))
+    assert len(receiver.requests) == 1
+    rec = record(bucket, view.job_id, view.latest.seq)
+    assert rec["delivered"] is False and codec.parse_iso(rec["next_at"]) >= t0 + timedelta(seconds=15)
+    sweep(bucket, launcher, "sweep", now=t0, notifier=Notifier(SECRET))  # not due yet
+    assert len(receiver.requests) == 1
+    sweep(bucket, launcher, "sweep", now=t0 + timedelta(hours=2), notifier=Notifier(SECRET))
+    sweep(bucket, launcher, "sweep", now=t0 + timedelta(hours=4), notifier=Notifier(SECRET))
+    assert len(receiver.requests) == 3
+    assert len({r["headers"][webhook.DELIVERY_HEADER] for r in receiver.requests}) == 1  # one id to dedupe on
+    rec = record(bucket, view.job_id, view.latest.seq)
+    assert [a["status"] for a in rec["attempts"]] == [500, 503, 200] and rec["delivered"] is True
+    assert read_view(bucket, view.job_id).history == view.history  # a notice never touches the job
+
+
+def test_a_receiver_that_keeps_failing_is_given_up_on_and_the_job_is_untouched(bucket, launcher, receiver):
+    view = ended_job(bucket, launcher, receiver.url)
+    receiver.script = [500] * 50
+    t = codec.now()
+    for _ in range(MAX_DELIVERIES + 3):
+        sweep(bucket, launcher, "sweep", now=t, notifier=Notifier(SECRET))
+        t += timedelta(hours=2)
+    assert len(receiver.requests) == MAX_DELIVERIES
+    rec = record(bucket, view.job_id, view.latest.seq)
+    assert rec["gave_up"] is True and rec["delivered"] is False and len(rec["attempts"]) == MAX_DELIVERIES
+    assert not bucket.exists(keys.notify_watch_key(view.job_id))
+    assert read_view(bucket, view.job_id).history == view.history
+
+
+def test_without_a_secret_nothing_unsigned_is_sent(bucket, launcher, receiver, monkeypatch):
+    monkeypatch.delenv(webhook.SECRET_ENV, raising=False)
+    view = ended_job(bucket, launcher, receiver.url)
+    sweep(bucket, launcher, "sweep")
+    assert receiver.requests == []
+    rec = record(bucket, view.job_id, view.latest.seq)
+    assert webhook.SECRET_ENV in rec["attempts"][0]["error"] and rec["delivered"] is False
+
+
+def test_a_retried_job_owes_a_notice_for_its_new_end(bucket, launcher, receiver):
+    first = ended_job(bucket, launcher, receiver.url)
+    sweep(bucket, launcher, "sweep", notifier=Notifier(SECRET))
+    retry(bucket, first.job_id, "operator")
+    sweep(bucket, launcher, "sweep", notifier=Notifier(SECRET))  # launches attempt 2, which fails again
+    second = wait_terminal(bucket, first.job_id)
+    assert second.attempt == 2 and second.latest.seq > first.latest.seq
+    sweep(bucket, launcher, "sweep", notifier=Notifier(SECRET))
+    assert [r["headers"][webhook.DELIVERY_HEADER] for r in receiver.requests] == [
+        f"{first.job_id}/{first.latest.seq}", f"{first.job_id}/{second.latest.seq}"]
+
+
+@pytest.mark.parametrize("url", ["https://user:pw@hooks.example.com/x", "ftp://hooks.example.com/x", "not a url"])
+def test_a_bad_webhook_url_rejects_the_manifest_naming_the_field(bucket, launcher, url):
+    manifest = {"kind": "transcribe", "source": {"key": "media/a.ogg"}, "notify": {"webhook": url}}
+    bucket.put("inbox/bad.json", codec.dumps(manifest), "application/json")
+    ctx = DispatchContext(bucket, launcher, "test")
+    [outcome] = dispatch({"Records": [s3_record(bucket, bucket.head("inbox/bad.json"))]}, ctx)
+    latest = read_view(bucket, outcome.job_id).latest
+    assert latest.state is JobState.REJECTED
+    assert [f["loc"] for f in latest.detail["error"]["fields"]] == ["notify.webhook"]
+    assert "pw" not in json.dumps(latest.detail)
