@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from events import codec, keys
+from events import codec, keys, webhook
 from events.lifecycle import JobState, read_view
 from events.storage import open_bucket
 from handlers import aws_lambda
@@ -22,6 +22,7 @@ from handlers.runpod_launcher import RunpodLauncher
 from conftest import ROOT, SAMPLES, SPEECH_TEXT, free_port, make_s3_bucket
 from runpod_fakes import ScriptedRunpod
 from subtitle_rules import parse_srt, wer
+from webhook_receiver import Receiver
 
 SAMPLE_BUCKET = "bucketrun-sample"
 SAMPLE_JOB = "20261122T184512123Z-k3f9qz"  # the id named by s3-put-single.json and the cancel sample
@@ -81,9 +82,11 @@ def cloud(s3_endpoint, monkeypatch, media_dir):
 MANIFEST = {"kind": "transcribe", "source": {"key": "media/speech.ogg"}, "options": {"language": "en"}}
 
 
-def test_s3_put_to_lambda_to_runpod_transcribes_real_speech(cloud, runpod_server):
+def test_s3_put_to_lambda_to_runpod_transcribes_real_speech(cloud, runpod_server, monkeypatch):
     bucket = cloud(runpod_server)
-    bucket.put(f"inbox/{SAMPLE_JOB}.json", codec.dumps(MANIFEST))
+    receiver = Receiver()
+    monkeypatch.setenv(webhook.SECRET_ENV, "whsec-cloud-test")
+    bucket.put(f"inbox/{SAMPLE_JOB}.json", codec.dumps({**MANIFEST, "notify": {"webhook": receiver.url}}))
     answer = aws_lambda.dispatch_handler(sample("s3-put-single.json"), None)
     assert answer["jobs"] == [{"key": f"inbox/{SAMPLE_JOB}.json", "job_id": SAMPLE_JOB, "state": "launched"}]
     view = read_view(bucket, SAMPLE_JOB)
@@ -103,6 +106,16 @@ def test_s3_put_to_lambda_to_runpod_transcribes_real_speech(cloud, runpod_server
     art = next(a for a in view.latest.detail["artifacts"] if a["format"] == "srt")
     assert hashlib.sha256(srt).hexdigest() == art["sha256"]
     assert wer(SPEECH_TEXT, " ".join(" ".join(c[2]) for c in parse_srt(srt.decode()))) <= 0.35
+
+    # The scheduled sweep delivers the signed notice of the end.
+    try:
+        aws_lambda.dispatch_handler(sample("scheduled-sweep.json"))
+    finally:
+        receiver.close()
+    [notice] = receiver.requests
+    webhook.verify("whsec-cloud-test", notice["body"], notice["headers"][webhook.SIGNATURE_HEADER])
+    payload = json.loads(notice["body"])
+    assert payload["state"] == "succeeded" and {a["format"] for a in payload["artifacts"]} >= {"srt", "vtt"}
 
     # Nothing the handlers wrote may match a trigger filter (no recursion).
     written = [i.key for i in bucket.list("") if not i.key.startswith(("inbox/", "media/"))]
@@ -214,5 +227,44 @@ def test_scheduled_event_runs_the_sweep(cloud):
     try:
         cloud(fake.url)
         assert aws_lambda.dispatch_handler(sample("scheduled-sweep.json")) == {"swept": []}
+    finally:
+        fake.close()
+
+
+# What the sweep writes for a launched job silent past stall_after, for each status Runpod can report.
+STATUS_REMEDIES = [
+    ("IN_QUEUE", 200, JobState.LAUNCHED, None),  # still waiting for a GPU: leave it
+    ("IN_PROGRESS", 200, JobState.QUEUED, "stall"),  # running but silent: cancel it, retry
+    ("COMPLETED", 200, JobState.QUEUED, "lost"),  # done, yet no result reached the bucket
+    ("FAILED", 200, JobState.FAILED, "code_error"),  # the worker died without recording why
+    ("CANCELLED", 200, JobState.CANCELLED, None),
+    ("TIMED_OUT", 200, JobState.QUEUED, "timed_out"),
+    ("gone", 404, JobState.QUEUED, "lost"),  # Runpod no longer knows the job (expired or lost)
+]
+
+
+@pytest.mark.parametrize("status,code,state,cls", STATUS_REMEDIES, ids=[r[0] for r in STATUS_REMEDIES])
+def test_the_sweep_maps_each_runpod_status_onto_a_transition(cloud, status, code, state, cls):
+    from datetime import timedelta
+
+    from handlers.sweep import sweep
+
+    fake = ScriptedRunpod([(200, {"id": "rp-s", "status": "IN_QUEUE"}), (code, {"id": "rp-s", "status": status})])
+    try:
+        bucket = cloud(fake.url)
+        bucket.put("inbox/s.json", codec.dumps(MANIFEST))
+        (job,) = aws_lambda.dispatch_handler({"Records": [_record(bucket, "inbox/s.json")]})["jobs"]
+        ctx = aws_lambda.context()
+        [outcome] = sweep(bucket, ctx.launcher, "sweep", now=codec.now() + timedelta(minutes=10))
+        assert fake.requests[1][:2] == ("GET", "/v2/ep123/status/rp-s")
+        view = read_view(bucket, job["job_id"])
+        assert view.state is state and outcome["backend"] == ("UNKNOWN" if code == 404 else status)
+        if cls:
+            error = view.latest.detail["retry"]["error"] if state is JobState.QUEUED else view.latest.detail["error"]
+            assert error["class"] == cls and "silent for 600 s (stall_after 120 s)" in error["message"]
+        if status == "IN_PROGRESS":
+            assert fake.paths("POST")[-1] == "/v2/ep123/cancel/rp-s"
+        if state is JobState.QUEUED:
+            assert view.attempt == 2
     finally:
         fake.close()

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import http.server
 import json
-import threading
 import time
 from datetime import timedelta
 
@@ -21,36 +19,9 @@ from handlers.sweep import sweep
 from local_sim.launcher import LocalProcessLauncher
 from local_sim.sim import s3_record
 
+from webhook_receiver import Receiver
+
 SECRET = "whsec-test-0123456789"
-
-
-class Receiver:
-    """An HTTP endpoint that records every POST and answers with scripted status codes (then 200)."""
-
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.script: list[int] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.requests.append({"headers": dict(self.headers), "body": body, "path": self.path})
-                status = outer.script.pop(0) if outer.script else 200
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/bucketrun?team=a"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
