@@ -28,24 +28,23 @@ _context: DispatchContext | None = None
 _notifier: Notifier | None = None
 
 
-def secret_from_env(name: str) -> str | None:
-    """`NAME` itself, else the Secrets Manager secret at `NAME_SECRET_ARN`, else the SSM SecureString
-    `NAME_PARAMETER`; the value is never logged."""
+def secret_from_env(name: str, arn_var: str, parameter_var: str) -> str | None:
+    """`name` itself, else the Secrets Manager secret whose ARN is in `arn_var`, else the SSM SecureString
+    named in `parameter_var`; the value is never logged."""
     if os.environ.get(name):
         return os.environ[name]
     import boto3
 
-    if os.environ.get(f"{name}_SECRET_ARN"):
-        return boto3.client("secretsmanager").get_secret_value(
-            SecretId=os.environ[f"{name}_SECRET_ARN"])["SecretString"].strip()
-    if os.environ.get(f"{name}_PARAMETER"):
-        return boto3.client("ssm").get_parameter(Name=os.environ[f"{name}_PARAMETER"],
+    if os.environ.get(arn_var):
+        return boto3.client("secretsmanager").get_secret_value(SecretId=os.environ[arn_var])["SecretString"].strip()
+    if os.environ.get(parameter_var):
+        return boto3.client("ssm").get_parameter(Name=os.environ[parameter_var],
                                                  WithDecryption=True)["Parameter"]["Value"].strip()
     return None
 
 
 def runpod_api_key() -> str:
-    key = secret_from_env("RUNPOD_API_KEY")
+    key = secret_from_env("RUNPOD_API_KEY", "RUNPOD_API_KEY_SECRET_ARN", "RUNPOD_API_KEY_PARAMETER")
     if not key:
         raise ConfigError("no Runpod API key: set RUNPOD_API_KEY_SECRET_ARN or RUNPOD_API_KEY_PARAMETER")
     return key
@@ -66,7 +65,8 @@ def context() -> DispatchContext:
 def notifier() -> Notifier:
     global _notifier
     if _notifier is None:
-        _notifier = Notifier(secret_from_env(webhook.SECRET_ENV))
+        _notifier = Notifier(secret_from_env(webhook.SECRET_ENV, f"{webhook.SECRET_ENV}_ARN",
+                                             f"{webhook.SECRET_ENV}_PARAMETER"))
     return _notifier
 
 

@@ -1,0 +1,145 @@
+"""template.yaml, the real cloud: it lints, its handlers import, and nothing a handler writes can trigger it."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from events import keys
+
+from conftest import ROOT
+
+TEMPLATE = ROOT / "template.yaml"
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """Reads CloudFormation's short tags (!Ref, !Sub, !GetAtt ...) as plain values."""
+
+
+def _tag(loader, suffix, node):
+    if isinstance(node, yaml.ScalarNode):
+        return {suffix: loader.construct_scalar(node)}
+    if isinstance(node, yaml.SequenceNode):
+        return {suffix: loader.construct_sequence(node, deep=True)}
+    return {suffix: loader.construct_mapping(node, deep=True)}
+
+
+_CfnLoader.add_multi_constructor("!", _tag)
+
+
+@pytest.fixture(scope="module")
+def template() -> dict:
+    return yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)
+
+
+def functions(template):
+    return {name: r for name, r in template["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
+
+
+def trigger_filters(template) -> list[tuple[str, str]]:
+    """(prefix, suffix) of every S3 event source in the template."""
+    out = []
+    for fn in functions(template).values():
+        for ev in (fn["Properties"].get("Events") or {}).values():
+            if ev["Type"] != "S3":
+                continue
+            rules = {r["Name"]: r["Value"] for r in ev["Properties"]["Filter"]["S3Key"]["Rules"]}
+            out.append((rules.get("prefix", ""), rules.get("suffix", "")))
+    return out
+
+
+def test_cfn_lint_passes():
+    exe = shutil.which("cfn-lint", path=str(Path(sys.executable).parent)) or shutil.which("cfn-lint")
+    assert exe, "cfn-lint is a dev dependency"
+    result = subprocess.run([exe, str(TEMPLATE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_handler_resolves_to_an_importable_function(template):
+    handlers = [fn["Properties"]["Handler"] for fn in functions(template).values()]
+    assert len(handlers) == 2
+    for handler in handlers:
+        module, _, name = handler.rpartition(".")
+        fn = getattr(importlib.import_module(module), name)
+        assert callable(fn) and len(inspect.signature(fn).parameters) == 2, handler  # (event, context)
+
+
+def test_the_bucket_is_versioned_private_and_the_api_key_is_a_secret_reference(template):
+    props = template["Resources"]["JobsBucket"]["Properties"]
+    assert props["VersioningConfiguration"]["Status"] == "Enabled"
+    assert all(props["PublicAccessBlockConfiguration"].values())
+    key_param = template["Parameters"]["RunpodApiKeySecretArn"]
+    assert key_param["AllowedPattern"].startswith("^arn:aws") and "NoEcho" not in key_param
+    assert "RUNPOD_API_KEY" not in template["Globals"]["Function"]["Environment"]["Variables"]
+
+
+def test_iam_is_scoped_to_the_bucket_and_the_secrets(template):
+    for name, fn in functions(template).items():
+        for policy in fn["Properties"]["Policies"]:
+            for st in policy["Statement"]:
+                if "If" in st:  # a conditional statement: check the branch that grants something
+                    st = st["If"][1]
+                resource = st["Resource"]
+                text = str(resource)
+                assert text != "*" and "'*'" not in text, f"{name}: {st}"
+                if any(a.startswith("s3:") for a in st["Action"]):
+                    assert "${AWS::StackName}-jobs-${AWS::AccountId}" in text, f"{name}: {st}"
+
+
+def test_poisoned_events_are_kept(template):
+    for name, fn in functions(template).items():
+        dest = fn["Properties"]["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]
+        assert dest["Type"] == "SQS", name
+
+
+def _sample_args(fn) -> list:
+    samples = {"job_id": "20261122T184512123Z-k3f9qz", "seq": 7, "attempt": 2, "name": "transcript.json",
+               "token": "request:abc", "at": None}
+    return [samples[p] for p in inspect.signature(fn).parameters if p in samples]
+
+
+# Keys only a user (or the CLI acting for one) writes: they are the triggers.
+USER_WRITTEN = {"inbox_key", "cancel_request_key"}
+
+
+def handler_written_keys() -> dict[str, str]:
+    out = {}
+    for name, fn in inspect.getmembers(keys, inspect.isfunction):
+        params = inspect.signature(fn).parameters
+        if (fn.__module__ != keys.__name__ or not name.endswith(("_key", "_prefix")) or name in USER_WRITTEN
+                or "key" in params):  # a parser of keys, not a maker
+            continue
+        out[name] = fn(*_sample_args(fn))
+    return out
+
+
+def test_no_key_a_handler_writes_matches_a_trigger(template):
+    filters = trigger_filters(template)
+    assert ("inbox/", ".json") in filters and ("control/cancel/", ".json") in filters
+    written = handler_written_keys()
+    assert {"event_key", "manifest_key", "progress_key", "artifact_key", "notify_key", "notify_watch_key",
+            "launch_claim_key", "idempotency_key", "log_key", "intake_key"} <= set(written)
+    for name, key in written.items():
+        for prefix, suffix in filters:
+            assert not (key.startswith(prefix) and key.endswith(suffix)), f"{name} -> {key} would re-trigger"
+    # The user-written keys do match, which is what makes them triggers.
+    assert keys.inbox_key("a.json").startswith("inbox/") and keys.cancel_request_key("x").endswith(".json")
+
+
+def test_the_cloud_side_never_writes_a_trigger_key():
+    """The dispatch and sweep functions, and the GPU worker, never build an inbox or cancel key."""
+    cloud_side = [*sorted((ROOT / "handlers").glob("*.py")), *sorted((ROOT / "images" / "transcribe").glob("*.py"))]
+    operator_side = {"cli.py", "client.py"}  # the command line writes triggers on purpose: it is the user
+    for path in cloud_side:
+        if path.name in operator_side:
+            continue
+        text = path.read_text()
+        for name in USER_WRITTEN:
+            assert f"{name}(" not in text, f"{path.relative_to(ROOT)} calls keys.{name}"
