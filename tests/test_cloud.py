@@ -216,6 +216,23 @@ def test_a_cancel_request_object_cancels_the_job_and_its_runpod_job(cloud):
         fake.close()
 
 
+@pytest.mark.parametrize("name,key", [("r2-queue-batch.json", "inbox/r2 drop ünïcode.json"),
+                                      ("minio-webhook.json", "inbox/minio drop.json"),
+                                      ("s3-put-unicode-key.json", "inbox/talks/my talk été +1.json")])
+def test_r2_minio_and_encoded_key_samples_launch_one_job(cloud, name, key):
+    fake = ScriptedRunpod([(200, {"id": "rp-r", "status": "IN_QUEUE"})])
+    try:
+        bucket = cloud(fake.url)
+        bucket.put(key, codec.dumps(MANIFEST))
+        for _ in range(2):  # redelivered: still one job
+            (job,) = aws_lambda.dispatch_handler(sample(name))["jobs"]
+            assert job["key"] == key and job["state"] == "launched"
+        assert _jobs_by_inbox(bucket) == {key: job["job_id"]}
+        assert fake.paths("POST") == ["/v2/ep123/run"]
+    finally:
+        fake.close()
+
+
 def test_test_events_and_unknown_shapes_are_ignored(cloud):
     cloud("http://127.0.0.1:9")  # never contacted
     assert aws_lambda.dispatch_handler(sample("s3-test-event.json")) == {"ignored": "test"}

@@ -45,7 +45,7 @@ def test_sample_s3_put_event_creates_and_launches_one_job(s3_endpoint, launcher)
     rec = event["Records"][0]["s3"]
     make_s3_bucket(rec["bucket"]["name"])
     bucket = open_bucket(f"s3://{rec['bucket']['name']}")
-    key = "inbox/talks/my talk été.json"  # the sample's key, URL-decoded as AWS encodes it
+    key = "inbox/talks/my talk été +1.json"  # the sample's key, URL-decoded as AWS encodes it
     raw = codec.dumps(GOOD)
     bucket.put(key, raw)
     outcomes = dispatch(event, DispatchContext(bucket, launcher, "test"))
