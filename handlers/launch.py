@@ -96,7 +96,7 @@ def launch_attempt(bucket: Bucket, view: JobView, launcher: Launcher, writer: st
         return None
     try:
         _, view = append_transition(bucket, job_id, JobState.LAUNCHED, writer=writer, attempt=attempt,
-                                    expect=JobState.QUEUED,
+                                    expect=JobState.QUEUED, view=view,
                                     detail={"backend": launcher.name, "backend_id": backend_id})
     except IllegalTransition:
         log.warning("job %s left queued (cancelled?) while launching; cancelling %s", job_id, backend_id)

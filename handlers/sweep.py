@@ -12,7 +12,7 @@ from typing import Any
 from events import codec, keys
 from events.errors import BucketrunError, IllegalTransition, NotFound, StaleAttempt
 from events.failures import FailureClass, error_detail
-from events.lifecycle import JobState, JobView, append_transition, read_view
+from events.lifecycle import JobState, JobView, Transition, append_transition, read_view
 from events.manifest import Resources, load_job_manifest
 from events.progress import read_progress
 from events.retry import record_failure
@@ -82,8 +82,15 @@ _BACKEND_CLASSES = {
 
 
 def sweep_job(bucket: Bucket, job_id: str, launcher: Launcher, writer: str,
-              now: datetime | None = None) -> dict[str, Any] | None:
+              now: datetime | None = None, latest_key: str | None = None) -> dict[str, Any] | None:
+    """`latest_key`, the newest event key from the sweep's listing, lets an ended job cost one GET."""
     now = now or codec.now()
+    if latest_key is not None:
+        try:
+            if Transition.from_json(codec.loads(bucket.get(latest_key).data), latest_key).state.terminal:
+                return None  # terminal states have no way out but an operator's retry, which is an event
+        except NotFound:
+            pass
     view = read_view(bucket, job_id)
     if view.state is None or view.state.terminal:
         return None
@@ -136,17 +143,21 @@ def _ask_backend(bucket: Bucket, view: JobView, launcher: Launcher, writer: str,
     return {"backend": status.value, "state": t.state.value, "class": cls.value}
 
 
-def scan(bucket: Bucket) -> tuple[list[str], set[str]]:
-    """One listing of jobs/: every job id in time order, and the jobs that still owe a webhook notice."""
-    job_ids: dict[str, None] = {}
+def scan(bucket: Bucket) -> tuple[dict[str, str | None], set[str]]:
+    """One listing of jobs/: every job id in time order with its newest event key, and the jobs that still
+    owe a webhook notice."""
+    job_ids: dict[str, str | None] = {}
     watched: set[str] = set()
     for info in bucket.list(keys.JOBS):
         job_id = keys.job_id_from_key(info.key)
-        if job_id:
-            job_ids.setdefault(job_id, None)
-            if keys.is_notify_watch(info.key):
-                watched.add(job_id)
-    return list(job_ids), watched
+        if not job_id:
+            continue
+        job_ids.setdefault(job_id, None)
+        if keys.parse_event_key(info.key):
+            job_ids[job_id] = info.key  # listings are lexicographic, so the last one seen is the newest
+        elif keys.is_notify_watch(info.key):
+            watched.add(job_id)
+    return job_ids, watched
 
 
 def sweep(bucket: Bucket, launcher: Launcher, writer: str, now: datetime | None = None,
@@ -155,9 +166,9 @@ def sweep(bucket: Bucket, launcher: Launcher, writer: str, now: datetime | None 
     notifier = notifier or Notifier.from_env()
     outcomes = []
     job_ids, watched = scan(bucket)
-    for job_id in job_ids:
+    for job_id, latest_key in job_ids.items():
         try:
-            outcome = sweep_job(bucket, job_id, launcher, writer, now)
+            outcome = sweep_job(bucket, job_id, launcher, writer, now, latest_key)
         except BucketrunError as exc:
             log.error("sweep of %s failed: %s", job_id, exc)
             outcome = {"job_id": job_id, "error": str(exc)}

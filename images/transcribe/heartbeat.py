@@ -9,7 +9,7 @@ import time
 
 from events import codec
 from events.errors import BucketrunError
-from events.lifecycle import JobState, read_view
+from events.lifecycle import JobState, JobView, read_view
 from events.progress import Progress, write_progress
 from events.storage import Bucket
 
@@ -17,8 +17,10 @@ log = logging.getLogger("bucketrun.worker")
 
 
 class Heartbeat:
-    def __init__(self, bucket: Bucket, job_id: str, attempt: int, every_s: float = 10.0, min_gap_s: float = 1.0):
+    def __init__(self, bucket: Bucket, job_id: str, attempt: int, every_s: float = 10.0, min_gap_s: float = 1.0,
+                 view: JobView | None = None):
         self.bucket, self.job_id, self.attempt = bucket, job_id, attempt
+        self.view = view  # what is known of the log, so each check reads only newer events
         self.every_s, self.min_gap_s = every_s, min_gap_s
         self.started = time.monotonic()
         self.stage, self.fraction, self.processed_s, self.total_s = "starting", 0.0, None, None
@@ -64,7 +66,7 @@ class Heartbeat:
         while not self._stop.wait(self.every_s):
             self.write(force=True)
             try:
-                view = read_view(self.bucket, self.job_id)
+                view = self.view = read_view(self.bucket, self.job_id, known=self.view)
             except BucketrunError:
                 continue
             if view.attempt != self.attempt or view.state is not JobState.RUNNING:

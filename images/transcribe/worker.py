@@ -55,8 +55,8 @@ def run_job(bucket_url: str, job_id: str, attempt: int, writer: str | None = Non
         return {"job_id": job_id, "attempt": attempt, "status": "skipped",
                 "reason": f"job is {view.state.value if view.state else 'unknown'} on attempt {view.attempt}"}
     try:
-        append_transition(bucket, job_id, JobState.RUNNING, writer=writer, attempt=attempt,
-                          expect=JobState.LAUNCHED, view=view)
+        _, view = append_transition(bucket, job_id, JobState.RUNNING, writer=writer, attempt=attempt,
+                                    expect=JobState.LAUNCHED, view=view)
     except (IllegalTransition, StaleAttempt) as exc:
         return {"job_id": job_id, "attempt": attempt, "status": "skipped", "reason": str(exc)}
 
@@ -70,7 +70,7 @@ def run_job(bucket_url: str, job_id: str, attempt: int, writer: str | None = Non
     try:
         try:
             manifest = TranscribeManifest.model_validate(codec.loads(bucket.get(keys.manifest_key(job_id)).data))
-            with Heartbeat(bucket, job_id, attempt, every_s=manifest.resources.heartbeat_s) as beat:
+            with Heartbeat(bucket, job_id, attempt, every_s=manifest.resources.heartbeat_s, view=view) as beat:
                 detail = _transcribe(bucket, job_id, attempt, manifest, beat)
         except JobFailure as exc:
             log.error("job failed (%s): %s", exc.cls.value, exc.message)
@@ -82,14 +82,16 @@ def run_job(bucket_url: str, job_id: str, attempt: int, writer: str | None = Non
             error = error_detail(FailureClass.CODE_ERROR, f"internal error: {type(exc).__name__}: {exc}",
                                  where="worker")["error"]
         elapsed = {"elapsed_s": round(time.monotonic() - started, 3)}
+        # Catch up from the last view (one listing, new events only); a lost race re-reads inside.
+        view = read_view(bucket, job_id, known=view)
         try:
             if error is None:
                 t, _ = append_transition(bucket, job_id, JobState.SUCCEEDED, writer=writer, attempt=attempt,
-                                         expect=JobState.RUNNING, detail={**detail, **elapsed})
+                                         expect=JobState.RUNNING, detail={**detail, **elapsed}, view=view)
             else:
                 max_attempts = manifest.resources.max_attempts if manifest else 1
                 t = record_failure(bucket, job_id, error, writer=writer, attempt=attempt,
-                                   max_attempts=max_attempts, extra=elapsed)
+                                   max_attempts=max_attempts, extra=elapsed, view=view)
         except (IllegalTransition, StaleAttempt) as exc:
             log.warning("result not recorded: %s", exc)
             return {"job_id": job_id, "attempt": attempt, "status": "superseded", "reason": str(exc)}
