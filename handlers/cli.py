@@ -149,7 +149,15 @@ def cmd_cancel(args) -> int:
 
     from .control import cancel
 
-    t = cancel(_bucket(args), args.job, default_writer("cli"))
+    bucket = _bucket(args)
+    writer = default_writer("cli")
+    t = cancel(bucket, args.job, writer)
+    if bucket.url.startswith("s3://"):
+        # The state is already final; this request lets the cloud dispatch function stop the GPU job too.
+        from events import codec, keys
+
+        bucket.put(keys.cancel_request_key(args.job), codec.dumps({"requested_by": writer, "at": t.at}),
+                   "application/json")
     print(f"{args.job} {t.state.value} (attempt {t.attempt})")
     return 0
 

@@ -60,13 +60,23 @@ def dispatch(event: dict[str, Any], ctx: DispatchContext) -> list[IntakeOutcome]
 
 
 def _cancel(ctx: DispatchContext, key: str, job_id: str) -> IntakeOutcome:
-    """A cancel request object: idempotent, so a redelivery or an already-ended job is not an error."""
+    """A cancel request object: idempotent, so a redelivery or an already-ended job is not an error.
+    A job the command line already cancelled still gets its backend job cancelled here."""
     from events.errors import IllegalTransition, UnknownJob
+    from events.lifecycle import JobState, read_view
 
     from .control import cancel
+    from .launch import backend_id_of
 
     try:
         t = cancel(ctx.bucket, job_id, ctx.writer, ctx.launcher, reason=f"cancel requested by {key}")
         return IntakeOutcome(key, job_id, t.state.value)
     except (IllegalTransition, UnknownJob) as exc:
+        view = read_view(ctx.bucket, job_id)
+        backend_id = backend_id_of(view) if view.state is JobState.CANCELLED else None
+        if backend_id:
+            try:
+                ctx.launcher.cancel(backend_id)
+            except BucketrunError as cancel_exc:
+                log.warning("backend cancel of %s failed: %s", backend_id, cancel_exc)
         return IntakeOutcome(key, job_id, None, str(exc))

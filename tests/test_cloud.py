@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -229,6 +230,25 @@ def test_r2_minio_and_encoded_key_samples_launch_one_job(cloud, name, key):
             assert job["key"] == key and job["state"] == "launched"
         assert _jobs_by_inbox(bucket) == {key: job["job_id"]}
         assert fake.paths("POST") == ["/v2/ep123/run"]
+    finally:
+        fake.close()
+
+
+def test_bucketrun_cancel_on_an_s3_bucket_also_stops_the_runpod_job(cloud):
+    fake = ScriptedRunpod([(200, {"id": "rp-cli", "status": "IN_QUEUE"}), (200, {"id": "rp-cli", "status": "CANCELLED"})])
+    try:
+        bucket = cloud(fake.url)
+        bucket.put(f"inbox/{SAMPLE_JOB}.json", codec.dumps(MANIFEST))
+        aws_lambda.dispatch_handler(sample("s3-put-single.json"))
+        env = {**os.environ, "BUCKETRUN_BUCKET": f"s3://{SAMPLE_BUCKET}"}
+        out = subprocess.run([str(Path(sys.executable).with_name("bucketrun")), "cancel", SAMPLE_JOB], env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert read_view(bucket, SAMPLE_JOB).state is JobState.CANCELLED
+        assert bucket.exists(keys.cancel_request_key(SAMPLE_JOB))  # what S3 would notify the Lambda of
+        aws_lambda.dispatch_handler(sample("s3-put-cancel-request.json"))
+        assert fake.paths("POST")[-1] == "/v2/ep123/cancel/rp-cli"
+        assert [t.state for t in read_view(bucket, SAMPLE_JOB).history].count(JobState.CANCELLED) == 1
     finally:
         fake.close()
 
