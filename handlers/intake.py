@@ -14,7 +14,7 @@ from events import codec, keys
 from events.errors import IllegalTransition, NotFound, PreconditionFailed
 from events.failures import FailureClass, error_detail
 from events.lifecycle import JobState, JobView, append_transition, read_view
-from events.manifest import MAX_MANIFEST_BYTES, ManifestRejected, parse_manifest
+from events.manifest import MAX_MANIFEST_BYTES, ManifestRejected, Resources, parse_manifest
 from events.storage import Bucket
 
 from .launch import Launcher, launch_attempt
@@ -124,7 +124,9 @@ def advance(bucket: Bucket, job_id: str, launcher: Launcher, writer: str,
             return view
         try:
             if action is Action.LAUNCH:
-                launched = launch_attempt(bucket, view, launcher, writer)
+                resources = (Resources.model_validate(decision.manifest.get("resources") or {})
+                             if decision and decision.manifest else None)
+                launched = launch_attempt(bucket, view, launcher, writer, resources)
                 if launched is None:
                     return view  # another dispatcher holds this attempt's launch
                 view = launched

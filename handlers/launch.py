@@ -71,7 +71,8 @@ def backend_id_of(view: JobView) -> str | None:
     return None
 
 
-def launch_attempt(bucket: Bucket, view: JobView, launcher: Launcher, writer: str) -> JobView | None:
+def launch_attempt(bucket: Bucket, view: JobView, launcher: Launcher, writer: str,
+                   resources: Resources | None = None) -> JobView | None:
     """Launch the job's current attempt once, however many dispatchers or sweeps race here.
 
     A create-if-absent claim per attempt picks the one caller that calls the launcher; the others
@@ -83,10 +84,11 @@ def launch_attempt(bucket: Bucket, view: JobView, launcher: Launcher, writer: st
         bucket.create(keys.launch_claim_key(job_id, attempt), codec.dumps(claim), "application/json")
     except PreconditionFailed:
         return None
-    try:
-        resources = load_job_manifest(bucket, job_id).resources
-    except NotFound:
-        resources = Resources()
+    if resources is None:  # intake passes what it just validated; the sweep reads it back
+        try:
+            resources = load_job_manifest(bucket, job_id).resources
+        except NotFound:
+            resources = Resources()
     try:
         backend_id = launcher.launch(bucket.url, job_id, attempt, resources)
     except LaunchError as exc:
