@@ -184,8 +184,9 @@ def test_throttling_and_server_errors_are_retried_and_launch_once(cloud):
         fake.close()
 
 
-def test_a_refused_api_key_fails_the_job_at_once_naming_the_endpoint(cloud):
-    fake = ScriptedRunpod([(401, {"error": "unauthorized"})])
+@pytest.mark.parametrize("code,says", [(401, "refused the API key"), (404, "check RUNPOD_ENDPOINT_ID")])
+def test_a_refused_key_or_unknown_endpoint_fails_the_job_at_once_naming_the_endpoint(cloud, code, says):
+    fake = ScriptedRunpod([(code, {"error": "no"})])
     try:
         bucket = cloud(fake.url)
         bucket.put("inbox/k.json", codec.dumps(MANIFEST))
@@ -194,7 +195,8 @@ def test_a_refused_api_key_fails_the_job_at_once_naming_the_endpoint(cloud):
         view = read_view(bucket, job["job_id"])
         assert view.state is JobState.FAILED
         error = view.latest.detail["error"]
-        assert error["class"] == "config_error" and "endpoint ep123" in error["message"]
+        assert error["class"] == "config_error" and "endpoint ep123" in error["message"] and says in error["message"]
+        assert error["retryable"] is False and view.attempt == 1
         assert "rp-test-not-a-real-key" not in json.dumps(view.latest.detail)
     finally:
         fake.close()
@@ -305,3 +307,15 @@ def test_the_sweep_maps_each_runpod_status_onto_a_transition(cloud, status, code
             assert view.attempt == 2
     finally:
         fake.close()
+
+
+def test_the_image_smoke_script_runs_one_job_through_the_handler(tmp_path):
+    """`python -m images.transcribe.smoke`: what an image build runs, here on CPU with the base model."""
+    out = subprocess.run([sys.executable, "-m", "images.transcribe.smoke", "--bucket", str(tmp_path / "b")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["ok"] is True and result["state"] == "succeeded" and result["srt_bytes"] > 100
+    bucket = open_bucket(str(tmp_path / "b"))
+    assert [t.state for t in read_view(bucket, result["job_id"]).history][-2:] == [JobState.RUNNING,
+                                                                                   JobState.SUCCEEDED]
