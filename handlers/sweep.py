@@ -21,6 +21,7 @@ from events.storage import Bucket
 from .intake import advance
 from .launch import BackendStatus, Launcher, backend_id_of
 from .notify import Notifier, notify_job
+from .notify import arm as arm_notice
 
 log = logging.getLogger("bucketrun.sweep")
 INTAKE_GRACE_S = 30.0  # a job left in submitted/queued-unclaimed this long lost its dispatcher
@@ -95,9 +96,10 @@ def sweep_job(bucket: Bucket, job_id: str, launcher: Launcher, writer: str,
     if view.state is None or view.state.terminal:
         return None
     try:
-        resources = load_job_manifest(bucket, job_id).resources
+        manifest = load_job_manifest(bucket, job_id)
+        resources = manifest.resources
     except NotFound:
-        resources = Resources()
+        manifest, resources = None, Resources()
     claimed = bucket.exists(keys.launch_claim_key(job_id, view.attempt)) if view.state is JobState.QUEUED else True
     decision = decide(view, read_progress(bucket, job_id), resources, now, claimed)
     if decision.step is Step.NONE:
@@ -105,6 +107,8 @@ def sweep_job(bucket: Bucket, job_id: str, launcher: Launcher, writer: str,
     outcome: dict[str, Any] = {"job_id": job_id, "step": decision.step.value, "attempt": view.attempt}
     try:
         if decision.step is Step.ADVANCE:
+            if manifest is not None:  # its dispatcher may have died before arming the webhook notice
+                arm_notice(bucket, job_id, manifest.model_dump(mode="json"))
             outcome["state"] = advance(bucket, job_id, launcher, writer).state.value
         elif decision.step is Step.LOST_LAUNCH:
             error = error_detail(FailureClass.LOST, f"{decision.why} after {decision.silent_s:.0f} s",

@@ -11,7 +11,8 @@ from datetime import timedelta
 import pytest
 
 from events import codec, keys, webhook
-from events.lifecycle import JobState, read_view
+from events.lifecycle import JobState, append_transition, read_view
+from events.manifest import parse_manifest
 from handlers.control import retry
 from handlers.dispatch import DispatchContext, dispatch
 from handlers.notify import MAX_DELIVERIES, Notifier
@@ -148,6 +149,21 @@ def test_a_retried_job_owes_a_notice_for_its_new_end(bucket, launcher, receiver)
     sweep(bucket, launcher, "sweep", notifier=Notifier(SECRET))
     assert [r["headers"][webhook.DELIVERY_HEADER] for r in receiver.requests] == [
         f"{first.job_id}/{first.latest.seq}", f"{first.job_id}/{second.latest.seq}"]
+
+
+def test_a_job_whose_dispatcher_died_before_arming_is_armed_by_the_sweep(bucket, launcher, receiver):
+    """The manifest and `submitted` were written, then the dispatcher died: no watch marker yet."""
+    job_id = keys.new_job_id()
+    manifest = {"kind": "transcribe", "source": {"key": "media/missing.ogg"}, "notify": {"webhook": receiver.url}}
+    bucket.create(keys.manifest_key(job_id), codec.dumps(parse_manifest(codec.dumps(manifest)).model_dump(mode="json")))
+    append_transition(bucket, job_id, JobState.SUBMITTED, writer="dead-dispatcher")
+    assert not bucket.exists(keys.notify_watch_key(job_id))
+    sweep(bucket, launcher, "sweep", now=codec.now() + timedelta(minutes=5), notifier=Notifier(SECRET))
+    assert bucket.exists(keys.notify_watch_key(job_id))
+    view = wait_terminal(bucket, job_id)
+    sweep(bucket, launcher, "sweep", notifier=Notifier(SECRET))
+    [req] = receiver.requests
+    assert req["headers"][webhook.DELIVERY_HEADER] == f"{job_id}/{view.latest.seq}"
 
 
 @pytest.mark.parametrize("url", ["https://user:pw@hooks.example.com/x", "ftp://hooks.example.com/x", "not a url"])
