@@ -47,7 +47,8 @@ def dispatch(event: dict[str, Any], ctx: DispatchContext) -> list[IntakeOutcome]
             if cancel_job:
                 outcome = _cancel(ctx, key, cancel_job)
             else:
-                outcome = intake(ctx.bucket, key, ctx.launcher, ctx.writer)
+                outcome = intake(ctx.bucket, key, ctx.launcher, ctx.writer,
+                                 record.size if isinstance(record.size, int) else None)
         except BucketrunError as exc:
             log.error("intake of %s failed: %s", key, exc)
             errors.append(exc)

@@ -95,14 +95,21 @@ class IntakeOutcome:
     note: str = ""
 
 
-def intake(bucket: Bucket, inbox_key: str, launcher: Launcher, writer: str) -> IntakeOutcome:
+def intake(bucket: Bucket, inbox_key: str, launcher: Launcher, writer: str,
+           size_hint: int | None = None) -> IntakeOutcome:
+    """`size_hint`, the size the notification reported, saves a HEAD when it is within the limit."""
     try:
-        info = bucket.head(inbox_key)
-        raw = bucket.get(inbox_key) if info.size <= MAX_MANIFEST_BYTES else None
+        if size_hint is not None and size_hint <= MAX_MANIFEST_BYTES:
+            raw = bucket.get(inbox_key)
+            size, etag = len(raw.data), raw.etag
+        else:
+            info = bucket.head(inbox_key)
+            raw = bucket.get(inbox_key) if info.size <= MAX_MANIFEST_BYTES else None
+            size, etag = info.size, (raw.etag if raw is not None else info.etag)
     except NotFound:
         return IntakeOutcome(inbox_key, None, None, "object vanished before intake")
-    etag = raw.etag if raw is not None else info.etag
-    decision = decide_intake(inbox_key, etag, info.size, raw.data if raw is not None else None)
+    data = raw.data if raw is not None and size <= MAX_MANIFEST_BYTES else None
+    decision = decide_intake(inbox_key, etag, size, data)
     job_id = claim_job_id(bucket, decision.token, decision.proposed_job_id, inbox_key)
     if decision.manifest is not None:
         try:
