@@ -87,9 +87,14 @@ class Step(str, Enum):
     SETTLE = "settle"  # delivered or given up: stop watching
 
 
+def owed(view: JobView) -> bool:
+    """A notice is owed only for a terminal state (a job armed mid-intake may have no event yet)."""
+    return view.state is not None and view.state.terminal
+
+
 def decide(view: JobView, record: dict[str, Any] | None, now: datetime) -> Step:
     """Pure: what to do about a watched job's notice, given its log and the delivery record for its end."""
-    if view.state is None or not view.state.terminal:
+    if not owed(view):
         return Step.WAIT
     if record is None:
         return Step.SEND
@@ -103,11 +108,13 @@ def notify_job(bucket: Bucket, job_id: str, notifier: Notifier, writer: str,
     now = now or codec.now()
     view = read_view(bucket, job_id)
     latest = view.latest
+    if not owed(view):
+        return None  # checked before any other read: most watched jobs are still running
     try:
         notify = load_job_manifest(bucket, job_id).notify
     except NotFound:
         notify = None
-    if latest is None or notify is None:
+    if notify is None:
         bucket.delete(keys.notify_watch_key(job_id))
         return None
     rkey = keys.notify_key(job_id, latest.seq)
