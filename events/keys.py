@@ -12,7 +12,6 @@ from .codec import now
 INBOX = "inbox/"
 JOBS = "jobs/"
 INDEX = "index/"
-CONTROL = "control/"
 CANCEL_PREFIX = "control/cancel/"
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case

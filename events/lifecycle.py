@@ -176,11 +176,23 @@ def append_transition(
         return transition, JobView(job_id, view.history + (transition,))
 
 
-def list_job_ids(bucket: Bucket) -> list[str]:
-    """Job ids in time order, from manifest/intake/event keys (one listing of jobs/)."""
-    seen: dict[str, None] = {}
+def scan_jobs(bucket: Bucket) -> tuple[dict[str, str | None], set[str]]:
+    """One listing of jobs/: every job id in time order with its newest event key, and the jobs that still
+    owe a webhook notice (their notify/watch.json is present)."""
+    job_ids: dict[str, str | None] = {}
+    watched: set[str] = set()
     for info in bucket.list(keys.JOBS):
         job_id = keys.job_id_from_key(info.key)
-        if job_id:
-            seen.setdefault(job_id, None)
-    return list(seen)
+        if not job_id:
+            continue
+        job_ids.setdefault(job_id, None)
+        if keys.parse_event_key(info.key):
+            job_ids[job_id] = info.key  # listings are lexicographic, so the last one seen is the newest
+        elif keys.is_notify_watch(info.key):
+            watched.add(job_id)
+    return job_ids, watched
+
+
+def list_job_ids(bucket: Bucket) -> list[str]:
+    """Job ids in time order."""
+    return list(scan_jobs(bucket)[0])

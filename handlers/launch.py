@@ -37,18 +37,6 @@ class BackendStatus(str, Enum):
     UNKNOWN = "UNKNOWN"  # the backend has no such job (lost, expired, or never accepted)
 
 
-# What each backend status means for our lifecycle (COMPLETED counts only once the bucket has the result).
-OUR_STATE = {
-    BackendStatus.IN_QUEUE: JobState.LAUNCHED,
-    BackendStatus.IN_PROGRESS: JobState.RUNNING,
-    BackendStatus.COMPLETED: JobState.SUCCEEDED,
-    BackendStatus.FAILED: JobState.FAILED,
-    BackendStatus.CANCELLED: JobState.CANCELLED,
-    BackendStatus.TIMED_OUT: JobState.FAILED,
-    BackendStatus.UNKNOWN: JobState.FAILED,
-}
-
-
 class Launcher(Protocol):
     name: str
 

@@ -12,7 +12,7 @@ from typing import Any
 from events import codec, keys
 from events.errors import BucketrunError, IllegalTransition, NotFound, StaleAttempt
 from events.failures import FailureClass, error_detail
-from events.lifecycle import JobState, JobView, Transition, append_transition, read_view
+from events.lifecycle import JobState, JobView, Transition, append_transition, read_view, scan_jobs
 from events.manifest import Resources, load_job_manifest
 from events.progress import read_progress
 from events.retry import record_failure
@@ -147,29 +147,12 @@ def _ask_backend(bucket: Bucket, view: JobView, launcher: Launcher, writer: str,
     return {"backend": status.value, "state": t.state.value, "class": cls.value}
 
 
-def scan(bucket: Bucket) -> tuple[dict[str, str | None], set[str]]:
-    """One listing of jobs/: every job id in time order with its newest event key, and the jobs that still
-    owe a webhook notice."""
-    job_ids: dict[str, str | None] = {}
-    watched: set[str] = set()
-    for info in bucket.list(keys.JOBS):
-        job_id = keys.job_id_from_key(info.key)
-        if not job_id:
-            continue
-        job_ids.setdefault(job_id, None)
-        if keys.parse_event_key(info.key):
-            job_ids[job_id] = info.key  # listings are lexicographic, so the last one seen is the newest
-        elif keys.is_notify_watch(info.key):
-            watched.add(job_id)
-    return job_ids, watched
-
-
 def sweep(bucket: Bucket, launcher: Launcher, writer: str, now: datetime | None = None,
           notifier: Notifier | None = None) -> list[dict[str, Any]]:
     """One pass over every job; one job's error never stops the pass, and a notice never fails a job."""
     notifier = notifier or Notifier.from_env()
     outcomes = []
-    job_ids, watched = scan(bucket)
+    job_ids, watched = scan_jobs(bucket)
     for job_id, latest_key in job_ids.items():
         try:
             outcome = sweep_job(bucket, job_id, launcher, writer, now, latest_key)

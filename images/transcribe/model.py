@@ -127,8 +127,8 @@ def load(choice: ModelChoice):
             source, local_only = str(offline_base_path()), True
         elif Path(choice.name).expanduser().is_dir():
             source, local_only = str(Path(choice.name).expanduser()), True
-        elif _baked(choice.name):
-            source, local_only = _baked(choice.name), True
+        elif baked := _baked(choice.name):
+            source, local_only = baked, True
         else:
             source, local_only = choice.name, False
         try:

@@ -18,7 +18,7 @@ from events import codec, keys
 from events.errors import BucketrunError, IllegalTransition, StaleAttempt
 from events.failures import FailureClass, JobFailure, error_detail
 from events.lifecycle import JobState, JobView, append_transition, default_writer, read_view
-from events.manifest import TranscribeManifest
+from events.manifest import TranscribeManifest, load_job_manifest
 from events.retry import record_failure
 from events.storage import Bucket, open_bucket
 
@@ -69,7 +69,7 @@ def run_job(bucket_url: str, job_id: str, attempt: int, writer: str | None = Non
     error: dict[str, Any] | None = None
     try:
         try:
-            manifest = TranscribeManifest.model_validate(codec.loads(bucket.get(keys.manifest_key(job_id)).data))
+            manifest = load_job_manifest(bucket, job_id)
             with Heartbeat(bucket, job_id, attempt, every_s=manifest.resources.heartbeat_s, view=view) as beat:
                 detail = _transcribe(bucket, job_id, attempt, manifest, beat)
         except JobFailure as exc:
