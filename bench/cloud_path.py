@@ -99,7 +99,7 @@ def main() -> None:
 
     boto3.client("s3").create_bucket(Bucket="bench-bucket")
     rp_port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "images.transcribe.handler", "--rp_serve_api",
+    server = subprocess.Popen([sys.executable, "-m", "bucketrun.images.transcribe.handler", "--rp_serve_api",
                                "--rp_api_port", str(rp_port), "--rp_api_host", "127.0.0.1"], cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -114,11 +114,11 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, counter: S3Counter, endpoint: str) -> None:
-    from events import codec, keys
-    from events.lifecycle import JobState, read_view
-    from events.storage import open_bucket
-    from handlers import aws_lambda
-    from handlers.runpod_launcher import RunpodLauncher
+    from bucketrun.events import codec, keys
+    from bucketrun.events.lifecycle import JobState, read_view
+    from bucketrun.events.storage import open_bucket
+    from bucketrun.handlers import aws_lambda
+    from bucketrun.handlers.launchers.runpod import RunpodLauncher
 
     bucket = open_bucket("s3://bench-bucket")
     bucket.put("media/speech.ogg", (ROOT / "local_sim" / "assets" / "demo-speech.ogg").read_bytes())

@@ -39,7 +39,7 @@ def bare(clip: Path) -> dict:
     """What a user's ad-hoc script does: load the model, transcribe, read every segment."""
     from faster_whisper import WhisperModel
 
-    from images.transcribe import model as models
+    from bucketrun.images.transcribe import model as models
 
     path = str(models.offline_base_path())
     t0 = time.perf_counter()
@@ -58,11 +58,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     args = parser.parse_args()
 
-    from events import codec
-    from events.storage import open_bucket
-    from handlers import client
-    from local_sim.launcher import LocalProcessLauncher
-    from local_sim.sim import Simulation
+    from bucketrun.events import codec
+    from bucketrun.events.storage import open_bucket
+    from bucketrun.handlers import client
+    from bucketrun.handlers.launchers.local import LocalProcessLauncher
+    from bucketrun.local_sim.sim import Simulation
 
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
@@ -109,7 +109,7 @@ def main() -> int:
 
 
 def status_rtf(bucket, status) -> float:
-    from events import codec
+    from bucketrun.events import codec
 
     art = next(a for a in status["artifacts"] if a["format"] == "json")
     return codec.loads(bucket.get(art["key"]).data)["rtf"]

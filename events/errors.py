@@ -23,6 +23,11 @@ class PreconditionFailed(StorageError):
     """A conditional write lost: the key already existed, or its ETag changed."""
 
 
+class ConditionalConflict(StorageError):
+    """S3's 409 ConditionalRequestConflict: a concurrent conditional write was in flight. Neither a win nor a
+    loss: events.conditional retries, then reads back to decide."""
+
+
 class InvalidKey(StorageError):
     """A key that a backend cannot hold (empty segment, '..', a folder clash)."""
 

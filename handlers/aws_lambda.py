@@ -11,15 +11,15 @@ import logging
 import os
 from typing import Any
 
-from events import webhook
-from events.errors import ConfigError
-from events.lifecycle import default_writer
-from events.storage import open_bucket
+from bucketrun.events import webhook
+from bucketrun.events.errors import ConfigError
+from bucketrun.events.lifecycle import default_writer
+from bucketrun.events.storage import open_bucket
 
 from .dispatch import DispatchContext, dispatch
 from .notify import Notifier
 from .records import EventKind, classify
-from .runpod_launcher import RunpodLauncher
+from .launchers.runpod import RunpodLauncher
 from .sweep import sweep
 
 log = logging.getLogger("bucketrun.lambda")

@@ -6,12 +6,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from events import codec, keys
-from events.errors import PreconditionFailed
-from events.lifecycle import read_view
-from events.manifest import parse_manifest
-from events.status import job_status
-from events.storage import Bucket
+from bucketrun.events import codec, keys
+from bucketrun.events.errors import PreconditionFailed
+from bucketrun.events.lifecycle import read_view
+from bucketrun.events.manifest import parse_manifest
+from bucketrun.events.status import job_status
+from bucketrun.events.storage import Bucket
 
 from .intake import claim_job_id
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from events import codec, keys
-from events.errors import BucketrunError, IllegalTransition, NotFound
-from events.lifecycle import JobState, Transition, append_transition, require_view
-from events.storage import Bucket
+from bucketrun.events import codec, keys
+from bucketrun.events.errors import BucketrunError, IllegalTransition, NotFound
+from bucketrun.events.lifecycle import JobState, Transition, append_transition, require_view
+from bucketrun.events.storage import Bucket
 
-from .launch import Launcher, backend_id_of
+from .launch import backend_id_of
+from .launchers.base import Launcher
 from .notify import arm as arm_notice
 
 log = logging.getLogger("bucketrun.control")

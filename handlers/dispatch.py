@@ -6,12 +6,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from events import keys
-from events.errors import BucketrunError
-from events.storage import Bucket
+from bucketrun.events import keys
+from bucketrun.events.errors import BucketrunError
+from bucketrun.events.storage import Bucket
 
 from .intake import IntakeOutcome, intake
-from .launch import Launcher
+from .launchers.base import Launcher
 from .records import ObjectRecord, parse_records
 
 log = logging.getLogger("bucketrun.dispatch")
@@ -63,8 +63,8 @@ def dispatch(event: dict[str, Any], ctx: DispatchContext) -> list[IntakeOutcome]
 def _cancel(ctx: DispatchContext, key: str, job_id: str) -> IntakeOutcome:
     """A cancel request object: idempotent, so a redelivery or an already-ended job is not an error.
     A job the command line already cancelled still gets its backend job cancelled here."""
-    from events.errors import IllegalTransition, UnknownJob
-    from events.lifecycle import JobState, read_view
+    from bucketrun.events.errors import IllegalTransition, UnknownJob
+    from bucketrun.events.lifecycle import JobState, read_view
 
     from .control import cancel
     from .launch import backend_id_of

@@ -10,14 +10,15 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from events import codec, keys
-from events.errors import IllegalTransition, NotFound, PreconditionFailed
-from events.failures import FailureClass, error_detail
-from events.lifecycle import JobState, JobView, append_transition, read_view
-from events.manifest import MAX_MANIFEST_BYTES, ManifestRejected, Resources, parse_manifest
-from events.storage import Bucket
+from bucketrun.events import codec, keys
+from bucketrun.events.errors import IllegalTransition, NotFound, PreconditionFailed
+from bucketrun.events.failures import FailureClass, error_detail
+from bucketrun.events.lifecycle import JobState, JobView, append_transition, read_view
+from bucketrun.events.manifest import MAX_MANIFEST_BYTES, ManifestRejected, Resources, parse_manifest
+from bucketrun.events.storage import Bucket
 
-from .launch import Launcher, launch_attempt
+from .launch import launch_attempt
+from .launchers.base import Launcher
 from .notify import arm as arm_notice
 
 

@@ -1,52 +1,20 @@
-"""Launching an attempt on GPU capacity: the launcher interface and the one guarded launch step."""
+"""The one guarded launch step: however many dispatchers race, each attempt is launched once."""
 
 from __future__ import annotations
 
 import logging
-from enum import Enum
-from typing import Protocol
 
-from events import codec, keys
-from events.errors import BucketrunError, IllegalTransition, NotFound, PreconditionFailed
-from events.failures import FailureClass, error_detail
-from events.lifecycle import JobState, JobView, append_transition
-from events.manifest import Resources, load_job_manifest
-from events.retry import record_failure
-from events.storage import Bucket
+from bucketrun.events import codec, keys
+from bucketrun.events.errors import BucketrunError, IllegalTransition, NotFound, PreconditionFailed
+from bucketrun.events.failures import FailureClass, error_detail
+from bucketrun.events.lifecycle import JobState, JobView, append_transition
+from bucketrun.events.manifest import Resources, load_job_manifest
+from bucketrun.events.retry import record_failure
+from bucketrun.events.storage import Bucket
+
+from .launchers.base import BackendStatus, Launcher, LaunchError
 
 log = logging.getLogger("bucketrun.launch")
-
-
-class LaunchError(BucketrunError):
-    """The capacity provider refused or failed the launch; `cls` says whether a retry can help."""
-
-    def __init__(self, message: str, cls: FailureClass = FailureClass.CODE_ERROR):
-        super().__init__(message)
-        self.cls = cls
-
-
-class BackendStatus(str, Enum):
-    """What a backend says of one launched attempt (Runpod's words, shared by every launcher)."""
-
-    IN_QUEUE = "IN_QUEUE"
-    IN_PROGRESS = "IN_PROGRESS"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    TIMED_OUT = "TIMED_OUT"
-    UNKNOWN = "UNKNOWN"  # the backend has no such job (lost, expired, or never accepted)
-
-
-class Launcher(Protocol):
-    name: str
-
-    def launch(self, bucket_url: str, job_id: str, attempt: int, resources: Resources) -> str:
-        """Start the worker for this attempt; returns the backend's id. The input names only the job."""
-        ...
-
-    def status(self, backend_id: str) -> BackendStatus: ...
-
-    def cancel(self, backend_id: str) -> None: ...
 
 
 def backend_id_of(view: JobView) -> str | None:

@@ -18,12 +18,12 @@ from enum import Enum
 from typing import Any
 from urllib.parse import urlsplit
 
-from events import codec, keys, webhook
-from events.errors import NotFound, PreconditionFailed
-from events.lifecycle import JobView, read_view
-from events.manifest import load_job_manifest
-from events.status import job_status
-from events.storage import Bucket
+from bucketrun.events import codec, keys, webhook
+from bucketrun.events.errors import NotFound, PreconditionFailed
+from bucketrun.events.lifecycle import JobView, read_view
+from bucketrun.events.manifest import load_job_manifest
+from bucketrun.events.status import job_status
+from bucketrun.events.storage import Bucket
 
 log = logging.getLogger("bucketrun.notify")
 MAX_DELIVERIES = 6

@@ -9,17 +9,18 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from events import codec, keys
-from events.errors import BucketrunError, IllegalTransition, NotFound, StaleAttempt
-from events.failures import FailureClass, error_detail
-from events.lifecycle import JobState, JobView, Transition, append_transition, read_view, scan_jobs
-from events.manifest import Resources, load_job_manifest
-from events.progress import read_progress
-from events.retry import record_failure
-from events.storage import Bucket
+from bucketrun.events import codec, keys
+from bucketrun.events.errors import BucketrunError, IllegalTransition, NotFound, StaleAttempt
+from bucketrun.events.failures import FailureClass, error_detail
+from bucketrun.events.lifecycle import JobState, JobView, Transition, append_transition, read_view, scan_jobs
+from bucketrun.events.manifest import Resources, load_job_manifest
+from bucketrun.events.progress import read_progress
+from bucketrun.events.retry import record_failure
+from bucketrun.events.storage import Bucket
 
 from .intake import advance
-from .launch import BackendStatus, Launcher, backend_id_of
+from .launch import backend_id_of
+from .launchers.base import BackendStatus, Launcher
 from .notify import Notifier, notify_job
 from .notify import arm as arm_notice
 

@@ -1,16 +1,21 @@
-"""`bucketrun demo`: the bundled speech clip, transcribed end to end through a bucket and the simulation."""
+"""`bucketrun demo`: the bundled speech clip, transcribed end to end through a bucket and the simulation.
+
+It only drives the job; the command line shows the progress and prints the result, so this layer never
+imports the CLI.
+"""
 
 from __future__ import annotations
 
-import logging
-import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from events import codec, keys
-from events.storage import open_bucket
-from handlers import client
+from bucketrun.events import codec, keys
+from bucketrun.events.storage import open_bucket
+from bucketrun.handlers import client
+from bucketrun.handlers.launchers.local import LocalProcessLauncher
 
-from .launcher import LocalProcessLauncher
 from .sim import Simulation
 
 ASSETS = Path(__file__).parent / "assets"
@@ -18,13 +23,18 @@ CLIP = ASSETS / "demo-speech.ogg"
 CLIP_KEY = "media/demo-speech.ogg"
 
 
-def run_demo(bucket_url: str) -> int:
-    from handlers.cli import _finish, _progress_printer
+@dataclass
+class DemoResult:
+    bucket_url: str
+    job_id: str
+    status: dict[str, Any]
+    srt: str = ""
+    keys: list[tuple[str, int]] = field(default_factory=list)
 
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+def run_demo(bucket_url: str, on_job: Callable[[str], None] | None = None,
+             on_update: Callable[[dict[str, Any]], None] | None = None) -> DemoResult:
     bucket = open_bucket(bucket_url)
-    err = sys.stderr
-    print(f"bucket: {bucket.url}", file=err)
     bucket.put(CLIP_KEY, CLIP.read_bytes(), "audio/ogg")
     launcher = LocalProcessLauncher(preload="default")
     launcher.start()
@@ -35,20 +45,15 @@ def run_demo(bucket_url: str) -> int:
         manifest = {"kind": "transcribe", "source": {"key": CLIP_KEY},
                     "options": {"language": "en", "formats": ["srt", "vtt", "json", "txt"]}}
         job_id, _ = client.submit(bucket, codec.dumps(manifest))
-        print(f"job: {job_id}", file=err)
-        progress, update = _progress_printer()
-        with progress:
-            status = client.wait(bucket, job_id, update, timeout_s=600)
-        if status["state"] != "succeeded":
-            return _finish(status)
-        srt = next(a for a in status["artifacts"] if a["format"] == "srt")
-        print("\n--- transcript.srt ---")
-        print(bucket.get(srt["key"]).data.decode().rstrip())
-        print("\n--- keys written ---")
-        for info in bucket.list(keys.job_prefix(job_id)):
-            print(f"{info.key}  ({info.size} B)")
-        print(f"{keys.inbox_key(job_id + '.json')}  (the dropped manifest, kept untouched)")
-        return 0
+        if on_job:
+            on_job(job_id)
+        status = client.wait(bucket, job_id, on_update, timeout_s=600)
+        result = DemoResult(bucket.url, job_id, status)
+        if status["state"] == "succeeded":
+            srt = next(a for a in status["artifacts"] if a["format"] == "srt")
+            result.srt = bucket.get(srt["key"]).data.decode().rstrip()
+            result.keys = [(info.key, info.size) for info in bucket.list(keys.job_prefix(job_id))]
+        return result
     finally:
         sim.stop()
         launcher.close()

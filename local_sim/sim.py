@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
-from events import codec, keys
-from events.storage import Bucket, ObjectInfo
-from events.storage.local import LocalBucket
-from handlers.dispatch import DispatchContext, dispatch
-from handlers.launch import Launcher
+from bucketrun.events import codec, keys
+from bucketrun.events.storage import Bucket, ObjectInfo
+from bucketrun.events.storage.local import LocalBucket
+from bucketrun.handlers.dispatch import DispatchContext, dispatch
+from bucketrun.handlers.launch import Launcher
 
 log = logging.getLogger("bucketrun.sim")
 
@@ -42,7 +42,7 @@ def s3_record(bucket: Bucket, info: ObjectInfo) -> dict[str, Any]:
 class Simulation:
     def __init__(self, bucket: Bucket, launcher: Launcher, poll_s: float = 1.0, writer: str | None = None,
                  sweep_s: float | None = 5.0):
-        from events.lifecycle import default_writer
+        from bucketrun.events.lifecycle import default_writer
 
         self.bucket = bucket
         self.ctx = DispatchContext(bucket, launcher, writer or default_writer("sim"))
@@ -79,7 +79,7 @@ class Simulation:
 
     def _sweep_loop(self) -> None:
         """The scheduled sweep, simulated: stalled jobs are retried or failed, retries are launched."""
-        from handlers.sweep import sweep
+        from bucketrun.handlers.sweep import sweep
 
         while not self.stop_event.wait(self.sweep_s):
             try:

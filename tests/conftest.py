@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from events.storage import open_bucket
+from bucketrun.events.storage import open_bucket
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "events" / "samples"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from events import codec, keys
-from events.lifecycle import JobState, read_view
-from events.storage import open_bucket
+from bucketrun.events import codec, keys
+from bucketrun.events.lifecycle import JobState, read_view
+from bucketrun.events.storage import open_bucket
 
 BUCKETRUN = str(Path(sys.executable).with_name("bucketrun"))
 
@@ -74,8 +74,8 @@ def test_invalid_manifest_is_refused_in_one_line(tmp_path):
 
 
 def test_status_json_logs_and_ls_for_a_rejected_job(tmp_path):
-    from handlers.dispatch import DispatchContext, dispatch
-    from local_sim.sim import s3_record
+    from bucketrun.handlers.dispatch import DispatchContext, dispatch
+    from bucketrun.local_sim.sim import s3_record
 
     url = str(tmp_path / "b")
     bucket = open_bucket(url)
@@ -95,7 +95,7 @@ def test_status_json_logs_and_ls_for_a_rejected_job(tmp_path):
 
 
 def test_get_refuses_an_artifact_that_does_not_match_its_hash(tmp_path):
-    from events.lifecycle import append_transition
+    from bucketrun.events.lifecycle import append_transition
 
     url = str(tmp_path / "b")
     bucket = open_bucket(url)

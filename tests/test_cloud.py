@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from events import codec, keys, webhook
-from events.lifecycle import JobState, read_view
-from events.storage import open_bucket
-from handlers import aws_lambda
-from handlers.runpod_launcher import RunpodLauncher
+from bucketrun.events import codec, keys, webhook
+from bucketrun.events.lifecycle import JobState, read_view
+from bucketrun.events.storage import open_bucket
+from bucketrun.handlers import aws_lambda
+from bucketrun.handlers.launchers.runpod import RunpodLauncher
 
 from conftest import ROOT, SAMPLES, SPEECH_TEXT, free_port, make_s3_bucket
 from runpod_fakes import ScriptedRunpod
@@ -35,11 +35,11 @@ def sample(name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def runpod_server(s3_endpoint, tmp_path_factory):
-    """`python -m images.transcribe.handler --rp_serve_api`: the SDK's local /run and /status server."""
+    """`python -m bucketrun.images.transcribe.handler --rp_serve_api`: the SDK's local /run and /status server."""
     port = free_port()
     log = tmp_path_factory.mktemp("runpod") / "server.log"
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "images.transcribe.handler", "--rp_serve_api",
+        proc = subprocess.Popen([sys.executable, "-m", "bucketrun.images.transcribe.handler", "--rp_serve_api",
                                  "--rp_api_port", str(port), "--rp_api_host", "127.0.0.1"],
                                 cwd=ROOT, stdout=fh, stderr=fh, env={**os.environ, "UVICORN_LOG_LEVEL": "warning"})
     deadline = time.monotonic() + 120
@@ -139,7 +139,7 @@ def test_the_launch_input_names_only_the_job(cloud):
 
 
 def _record(bucket, key):
-    from local_sim.sim import s3_record
+    from bucketrun.local_sim.sim import s3_record
 
     return s3_record(bucket, bucket.head(key))
 
@@ -286,7 +286,7 @@ STATUS_REMEDIES = [
 def test_the_sweep_maps_each_runpod_status_onto_a_transition(cloud, status, code, state, cls):
     from datetime import timedelta
 
-    from handlers.sweep import sweep
+    from bucketrun.handlers.sweep import sweep
 
     fake = ScriptedRunpod([(200, {"id": "rp-s", "status": "IN_QUEUE"}), (code, {"id": "rp-s", "status": status})])
     try:
@@ -310,8 +310,8 @@ def test_the_sweep_maps_each_runpod_status_onto_a_transition(cloud, status, code
 
 
 def test_the_image_smoke_script_runs_one_job_through_the_handler(tmp_path):
-    """`python -m images.transcribe.smoke`: what an image build runs, here on CPU with the base model."""
-    out = subprocess.run([sys.executable, "-m", "images.transcribe.smoke", "--bucket", str(tmp_path / "b")],
+    """`python -m bucketrun.images.transcribe.smoke`: what an image build runs, here on CPU with the base model."""
+    out = subprocess.run([sys.executable, "-m", "bucketrun.images.transcribe.smoke", "--bucket", str(tmp_path / "b")],
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout + out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])

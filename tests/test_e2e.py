@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from events import codec, keys
-from events.lifecycle import JobState, read_view
-from events.storage import open_bucket
+from bucketrun.events import codec, keys
+from bucketrun.events.lifecycle import JobState, read_view
+from bucketrun.events.storage import open_bucket
 
 from conftest import SPEECH_TEXT
 from subtitle_rules import parse_srt, parse_vtt, wer

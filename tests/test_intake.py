@@ -8,14 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from events import codec, keys
-from events.errors import CorruptObject
-from events.lifecycle import JobState, list_job_ids, read_view
-from events.manifest import MAX_MANIFEST_BYTES
-from events.storage import open_bucket
-from handlers.dispatch import DispatchContext, dispatch
-from local_sim.launcher import LocalProcessLauncher
-from local_sim.sim import s3_record
+from bucketrun.events import codec, keys
+from bucketrun.events.errors import CorruptObject
+from bucketrun.events.lifecycle import JobState, list_job_ids, read_view
+from bucketrun.events.manifest import MAX_MANIFEST_BYTES
+from bucketrun.events.storage import open_bucket
+from bucketrun.handlers.dispatch import DispatchContext, dispatch
+from bucketrun.handlers.launchers.local import LocalProcessLauncher
+from bucketrun.local_sim.sim import s3_record
 
 from conftest import SAMPLES, make_s3_bucket
 

@@ -6,10 +6,10 @@ import multiprocessing
 
 import pytest
 
-from events import codec, keys
-from events.errors import IllegalTransition, StaleAttempt
-from events.lifecycle import TRANSITIONS, JobState, append_transition, is_legal, read_view
-from events.storage import open_bucket
+from bucketrun.events import codec, keys
+from bucketrun.events.errors import IllegalTransition, StaleAttempt
+from bucketrun.events.lifecycle import TRANSITIONS, JobState, append_transition, is_legal, read_view
+from bucketrun.events.storage import open_bucket
 
 S = JobState
 

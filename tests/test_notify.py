@@ -10,15 +10,15 @@ from datetime import timedelta
 
 import pytest
 
-from events import codec, keys, webhook
-from events.lifecycle import JobState, append_transition, read_view
-from events.manifest import parse_manifest
-from handlers.control import retry
-from handlers.dispatch import DispatchContext, dispatch
-from handlers.notify import MAX_DELIVERIES, Notifier
-from handlers.sweep import sweep
-from local_sim.launcher import LocalProcessLauncher
-from local_sim.sim import s3_record
+from bucketrun.events import codec, keys, webhook
+from bucketrun.events.lifecycle import JobState, append_transition, read_view
+from bucketrun.events.manifest import parse_manifest
+from bucketrun.handlers.control import retry
+from bucketrun.handlers.dispatch import DispatchContext, dispatch
+from bucketrun.handlers.notify import MAX_DELIVERIES, Notifier
+from bucketrun.handlers.sweep import sweep
+from bucketrun.handlers.launchers.local import LocalProcessLauncher
+from bucketrun.local_sim.sim import s3_record
 
 from webhook_receiver import Receiver
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from handlers.records import EventKind, ObjectRecord, classify, parse_records
+from bucketrun.handlers.records import EventKind, ObjectRecord, classify, parse_records
 
 from conftest import SAMPLES
 

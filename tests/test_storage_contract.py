@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from events.errors import InvalidKey, NotFound, PreconditionFailed
-from events.storage import open_bucket, split_s3_url
-from events.storage.s3_async import AsyncS3Bucket
+from bucketrun.events.errors import InvalidKey, NotFound, PreconditionFailed
+from bucketrun.events.storage import open_bucket, split_s3_url
+from bucketrun.events.storage.s3_async import AsyncS3Bucket
 
 from conftest import make_s3_bucket
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from images.transcribe.subtitles import Segment, Word, build_cues, to_srt, to_txt, to_vtt, wrap
+from bucketrun.images.transcribe.subtitles import Segment, Word, build_cues, to_srt, to_txt, to_vtt, wrap
 
 from subtitle_rules import parse_srt, parse_vtt, wer
 

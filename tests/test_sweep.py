@@ -13,17 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from events import codec, keys
-from events.errors import IllegalTransition, StaleAttempt
-from events.lifecycle import JobState, append_transition, read_view
-from events.progress import read_progress
-from events.storage import open_bucket
-from handlers import client
-from handlers.control import cancel
-from handlers.sweep import sweep
-from images.transcribe.worker import run_job
-from local_sim.launcher import LocalProcessLauncher
-from local_sim.sim import Simulation
+from bucketrun.events import codec, keys
+from bucketrun.events.errors import IllegalTransition, StaleAttempt
+from bucketrun.events.lifecycle import JobState, append_transition, read_view
+from bucketrun.events.progress import read_progress
+from bucketrun.events.storage import open_bucket
+from bucketrun.handlers import client
+from bucketrun.handlers.control import cancel
+from bucketrun.handlers.sweep import sweep
+from bucketrun.images.transcribe.worker import run_job
+from bucketrun.handlers.launchers.local import LocalProcessLauncher
+from bucketrun.local_sim.sim import Simulation
 
 BUCKETRUN = str(Path(sys.executable).with_name("bucketrun"))
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from events import keys
+from bucketrun.events import keys
 
 from conftest import ROOT
 

@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
 from ..errors import InvalidKey
 
 
-@dataclass(frozen=True)
 class ObjectInfo:
-    key: str
-    etag: str
-    size: int
-    last_modified: datetime | None = None
+    """One object as a listing or HEAD saw it. `etag` may be given as a callable, so the folder backend hashes
+    a file only when someone asks for its ETag, never for every file it lists. `store_time` is the store's own
+    clock at the answer (S3's `Date` header), which leases judge expiry by."""
+
+    __slots__ = ("key", "_etag", "size", "last_modified", "store_time")
+
+    def __init__(self, key: str, etag: str | Callable[[], str], size: int, last_modified: datetime | None = None,
+                 store_time: datetime | None = None):
+        self.key, self._etag, self.size = key, etag, size
+        self.last_modified, self.store_time = last_modified, store_time
+
+    @property
+    def etag(self) -> str:
+        if callable(self._etag):
+            self._etag = self._etag()
+        return self._etag
+
+    def __repr__(self) -> str:
+        return f"ObjectInfo({self.key!r}, size={self.size})"
 
 
 @dataclass(frozen=True)
@@ -23,6 +37,8 @@ class Blob:
     key: str
     data: bytes
     etag: str
+    last_modified: datetime | None = None
+    store_time: datetime | None = None
 
 
 def check_key(key: str) -> str:
@@ -47,7 +63,8 @@ class Bucket(abc.ABC):
 
     @abc.abstractmethod
     def create(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
-        """Write only if absent (If-None-Match: *); PreconditionFailed if the key exists."""
+        """Write only if absent (If-None-Match: *); PreconditionFailed if the key exists, ConditionalConflict
+        if the store could not decide against a concurrent write (S3's 409): use events.conditional."""
 
     @abc.abstractmethod
     def replace(self, key: str, data: bytes, etag: str, content_type: str = "application/octet-stream") -> str:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -33,6 +35,22 @@ def _file_etag(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return '"' + h.hexdigest() + '"'
+
+
+def _lazy_etag(path: Path) -> str:
+    try:
+        return _file_etag(path)
+    except FileNotFoundError:
+        return ""  # deleted since it was listed: matches no If-Match
+
+
+def _mtime(st: os.stat_result) -> datetime:
+    return datetime.fromtimestamp(st.st_mtime_ns / 1e9, timezone.utc)
+
+
+def _store_now() -> datetime:
+    """The folder's clock is this machine's (file mtimes come from it), read directly, not through codec."""
+    return datetime.fromtimestamp(time.time(), timezone.utc)
 
 
 class LocalBucket(Bucket):
@@ -140,7 +158,11 @@ class LocalBucket(Bucket):
             raise NotFound(key) from exc
         except OSError as exc:
             raise StorageError(f"read {key}: {exc.strerror}") from exc
-        return Blob(key, data, _etag(data))
+        try:  # after the read: a racing replace can only make last_modified look newer
+            modified = _mtime(path.stat())
+        except OSError:
+            modified = None
+        return Blob(key, data, _etag(data), modified, _store_now())
 
     def head(self, key):
         path = self._path(key)
@@ -148,7 +170,7 @@ class LocalBucket(Bucket):
             st = path.stat()
             if not path.is_file():
                 raise NotFound(key)
-            return ObjectInfo(key, _file_etag(path), st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc))
+            return ObjectInfo(key, _file_etag(path), st.st_size, _mtime(st), _store_now())
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise NotFound(key) from exc
 
@@ -169,10 +191,9 @@ class LocalBucket(Bucket):
                 continue
             try:
                 st = (self.root / key).stat()
-                etag = _file_etag(self.root / key)
             except FileNotFoundError:
                 continue  # deleted while listing, as a racing S3 list may also miss it
-            yield ObjectInfo(key, etag, st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc))
+            yield ObjectInfo(key, functools.partial(_lazy_etag, self.root / key), st.st_size, _mtime(st))
 
     def delete(self, key):
         path = self._path(key)

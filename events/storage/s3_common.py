@@ -7,12 +7,15 @@ in a Lambda, the local simulation and an asyncio fleet worker.
 from __future__ import annotations
 
 import os
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
-from ..errors import NotFound, PreconditionFailed, StorageError
+from ..errors import ConditionalConflict, NotFound, PreconditionFailed, StorageError
 from .base import Blob, ObjectInfo, check_key
 
-PRECONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+PRECONDITION_CODES = {"PreconditionFailed", "412"}
+CONFLICT_CODES = {"ConditionalRequestConflict", "409"}
 NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 
 
@@ -75,10 +78,20 @@ class S3Keys:
         return items, token
 
     def blob(self, key: str, data: bytes, response: dict[str, Any]) -> Blob:
-        return Blob(key, data, response["ETag"])
+        return Blob(key, data, response["ETag"], response.get("LastModified"), store_time(response))
 
     def info(self, key: str, response: dict[str, Any]) -> ObjectInfo:
-        return ObjectInfo(key, response["ETag"], response.get("ContentLength", 0), response.get("LastModified"))
+        return ObjectInfo(key, response["ETag"], response.get("ContentLength", 0), response.get("LastModified"),
+                          store_time(response))
+
+
+def store_time(response: dict[str, Any]) -> datetime | None:
+    """The store's clock when it answered (the HTTP `Date` header): what lease expiry is judged by."""
+    date = (response.get("ResponseMetadata") or {}).get("HTTPHeaders", {}).get("date")
+    try:
+        return parsedate_to_datetime(date) if date else None
+    except (TypeError, ValueError):
+        return None
 
 
 def error_code(exc: Exception) -> str:
@@ -93,6 +106,8 @@ def translate(exc: Exception, op: str, key: str) -> Exception:
     code = error_code(exc)
     if code in PRECONDITION_CODES:
         return PreconditionFailed(f"{op} {key}: precondition failed ({code})")
+    if code in CONFLICT_CODES:
+        return ConditionalConflict(f"{op} {key}: a concurrent conditional write is in flight ({code})")
     if code in NOT_FOUND_CODES:
         return NotFound(key)
     if code in {"NoSuchBucket"}:

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
-from events.errors import NotFound, StorageError
-from events.failures import FailureClass, JobFailure
-from events.storage import Bucket
+from bucketrun.events.errors import NotFound, StorageError
+from bucketrun.events.failures import FailureClass, JobFailure
+from bucketrun.events.storage import Bucket
 
 ENV_ALLOWED_SCHEMES = "BUCKETRUN_ALLOW_URL_SCHEMES"  # operator opt-in, e.g. "file"
 

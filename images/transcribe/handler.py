@@ -1,6 +1,6 @@
 """The GPU image's entry point: runpod.serverless.start around the same run_job the local launcher runs.
 
-Run locally with `python -m images.transcribe.handler --rp_serve_api --rp_api_port N` (the SDK's own
+Run locally with `python -m bucketrun.images.transcribe.handler --rp_serve_api --rp_api_port N` (the SDK's own
 /run and /status server) or once with `--test_input '{"input": {...}}'`.
 """
 
@@ -10,7 +10,7 @@ import logging
 import os
 from typing import Any
 
-from events.errors import BucketrunError
+from bucketrun.events.errors import BucketrunError
 
 from .worker import run_job
 

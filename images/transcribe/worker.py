@@ -14,16 +14,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from events import codec, keys
-from events.errors import BucketrunError, IllegalTransition, StaleAttempt
-from events.failures import FailureClass, JobFailure, error_detail
-from events.lifecycle import JobState, JobView, append_transition, default_writer, read_view
-from events.manifest import TranscribeManifest, load_job_manifest
-from events.retry import record_failure
-from events.storage import Bucket, open_bucket
+from bucketrun.events import codec, keys
+from bucketrun.events.errors import BucketrunError, IllegalTransition, StaleAttempt
+from bucketrun.events.failures import FailureClass, JobFailure, error_detail
+from bucketrun.events.lifecycle import JobState, JobView, append_transition, default_writer, read_view
+from bucketrun.events.manifest import TranscribeManifest, load_job_manifest
+from bucketrun.events.retry import record_failure
+from bucketrun.events.storage import Bucket, open_bucket
 
 from . import fetch, media, model, subtitles
-from .heartbeat import Heartbeat
+from bucketrun.images.runtime.heartbeat import Heartbeat
 from .media import SAMPLE_RATE
 
 log = logging.getLogger("bucketrun.worker")

@@ -15,11 +15,11 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from events import keys
-from events.failures import FailureClass
-from events.manifest import Resources
+from bucketrun.events import keys
+from bucketrun.events.failures import FailureClass
+from bucketrun.events.manifest import Resources
 
-from .launch import BackendStatus, LaunchError
+from .base import BackendStatus, LaunchError
 
 log = logging.getLogger("bucketrun.runpod")
 DEFAULT_API = "https://api.runpod.ai"

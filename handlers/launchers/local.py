@@ -1,4 +1,4 @@
-"""Local GPU capacity: one warm worker process (images.transcribe.local_worker), restarted if it dies."""
+"""Local GPU capacity: one warm worker process (images.runtime.local_worker), restarted if it dies."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from handlers.launch import BackendStatus, LaunchError
+from .base import BackendStatus, LaunchError
 
 log = logging.getLogger("bucketrun.sim")
 
@@ -37,7 +37,7 @@ class LocalProcessLauncher:
             return self._proc
         if self._proc is not None:
             log.warning("local worker exited with %s; starting a new one", self._proc.returncode)
-        cmd = [sys.executable, "-m", "images.transcribe.local_worker"]
+        cmd = [sys.executable, "-m", "bucketrun.images.runtime.local_worker"]
         if self.preload:
             cmd += ["--preload", self.preload]
         logfile = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child

@@ -7,11 +7,11 @@ import logging
 import threading
 import time
 
-from events import codec
-from events.errors import BucketrunError
-from events.lifecycle import JobState, JobView, read_view
-from events.progress import Progress, write_progress
-from events.storage import Bucket
+from bucketrun.events import codec
+from bucketrun.events.errors import BucketrunError
+from bucketrun.events.lifecycle import JobState, JobView, read_view
+from bucketrun.events.progress import Progress, write_progress
+from bucketrun.events.storage import Bucket
 
 log = logging.getLogger("bucketrun.worker")
 

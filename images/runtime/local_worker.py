@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 
-from events.errors import BucketrunError
+from bucketrun.events.errors import BucketrunError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,64 @@
+"""What every command shares: one-line errors, the bucket option, the progress bar and the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from bucketrun.events.lifecycle import JobState
+from bucketrun.events.storage import Bucket, open_bucket, resolve_bucket_url
+
+
+class CliError(Exception):
+    """A usage problem, reported as one line with exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of argparse's usage block
+        raise CliError(f"{self.prog}: {message} (see --help)")
+
+
+def bucket_of(args: argparse.Namespace) -> Bucket:
+    return open_bucket(resolve_bucket_url(args.bucket))
+
+
+def progress_printer():
+    """A rich progress bar on stderr, fed by job_status dicts."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+                        TextColumn("{task.fields[eta]}"), console=Console(stderr=True), transient=False)
+    task = progress.add_task("dropped", total=100, eta="")
+
+    def update(status: dict[str, Any]) -> None:
+        p = status.get("progress") or {}
+        state = status.get("state", "?")
+        stage = f" / {p['stage']}" if p.get("stage") and state == "running" else ""
+        eta = f"ETA {p['eta_s']:.0f}s" if p.get("eta_s") and state == "running" else ""
+        done = 100 if state == "succeeded" else (p.get("percent") or 0)
+        progress.update(task, description=f"{status['job_id'][:30]} {state}{stage}", completed=done, eta=eta)
+
+    return progress, update
+
+
+def finish(status: dict[str, Any]) -> int:
+    if status["state"] == JobState.SUCCEEDED.value:
+        for a in status["artifacts"]:
+            print(a["key"])
+        return 0
+    err = status.get("error") or {}
+    reason = f"{err.get('class', 'error')}: {err.get('message', '')}" if err else "timed out waiting"
+    print(f"job {status['job_id']} {status['state']}: {reason}", file=sys.stderr)
+    return 1
+
+
+def read_file(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from exc
+
+

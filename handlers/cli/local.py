@@ -1,0 +1,51 @@
+"""Commands that run the cloud on this machine: the simulation and the demo."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from bucketrun.events.storage import resolve_bucket_url
+
+from .common import bucket_of, finish, progress_printer
+
+
+def cmd_sim(args) -> int:
+    from bucketrun.handlers.launchers.local import LocalProcessLauncher
+    from bucketrun.local_sim.sim import Simulation
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    bucket = bucket_of(args)
+    launcher = LocalProcessLauncher(preload=None if args.no_preload else "default")
+    launcher.start()
+    sim = Simulation(bucket, launcher, poll_s=args.poll, sweep_s=args.sweep)
+    print(f"bucketrun sim: watching {bucket.url} (Ctrl-C to stop)", file=sys.stderr)
+    try:
+        sim.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.stop()
+        launcher.close()
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from bucketrun.events import keys
+    from bucketrun.local_sim.demo import run_demo
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    url = resolve_bucket_url(args.bucket)
+    print(f"bucket: {url}", file=sys.stderr)
+    progress, update = progress_printer()
+    with progress:
+        result = run_demo(url, on_job=lambda job_id: progress.console.print(f"job: {job_id}"), on_update=update)
+    if result.status["state"] != "succeeded":
+        return finish(result.status)
+    print("\n--- transcript.srt ---")
+    print(result.srt)
+    print("\n--- keys written ---")
+    for key, size in result.keys:
+        print(f"{key}  ({size} B)")
+    print(f"{keys.inbox_key(result.job_id + '.json')}  (the dropped manifest, kept untouched)")
+    return 0
