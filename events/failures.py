@@ -6,6 +6,8 @@ import random
 from enum import Enum
 from typing import Any
 
+from .backoff import JOB_RETRY
+
 
 class FailureClass(str, Enum):
     # retry the same configuration, with backoff, up to max_attempts
@@ -51,6 +53,6 @@ def error_detail(cls: FailureClass, message: str, where: str | None = None,
     return {"error": error}
 
 
-def backoff_s(attempt: int, base: float = 5.0, cap: float = 300.0, rng: random.Random | None = None) -> float:
-    """Full-jitter exponential backoff before attempt `attempt + 1`."""
-    return (rng or random).uniform(0, min(cap, base * 2 ** (attempt - 1)))
+def backoff_s(attempt: int, rng: random.Random | None = None) -> float:
+    """Full-jitter exponential backoff before attempt `attempt + 1`: the shared policy's JOB_RETRY."""
+    return JOB_RETRY.delay(attempt, rng)

@@ -51,13 +51,27 @@ def notify_key(job_id: str, seq: int) -> str:
     return f"{JOBS}{job_id}/notify/{seq:06d}.json"
 
 
+NOTIFY_WATCH = f"{INDEX}notify/"
+LIVE = f"{INDEX}live/"
+
+
 def notify_watch_key(job_id: str) -> str:
     """Present while a job with a webhook may still owe a notification; the sweep finds these by listing."""
-    return f"{JOBS}{job_id}/notify/watch.json"
+    return f"{NOTIFY_WATCH}{job_id}.json"
 
 
-def is_notify_watch(key: str) -> bool:
-    return key.startswith(JOBS) and key.endswith("/notify/watch.json") and key.count("/") == 3
+def live_key(job_id: str) -> str:
+    """Present while a job is not terminal: the sweep lists these, so its cost follows live jobs, not the
+    bucket's size. The state writer keeps it (events/lifecycle.py); the sweep repairs a stale one."""
+    return f"{LIVE}{job_id}.json"
+
+
+def job_id_from_index(key: str, prefix: str) -> str | None:
+    """The job id of an index/live/ or index/notify/ key."""
+    if not (key.startswith(prefix) and key.endswith(".json")):
+        return None
+    job_id = key[len(prefix):-len(".json")]
+    return job_id if job_id and "/" not in job_id else None
 
 
 def inbox_key(name: str) -> str:
@@ -105,6 +119,16 @@ def artifact_key(job_id: str, attempt: int, name: str) -> str:
 
 def log_key(job_id: str, attempt: int, name: str = "worker.log") -> str:
     return f"{JOBS}{job_id}/logs/{attempt:03d}-{name}"
+
+
+def request_token(request_id: str) -> str:
+    """The intake identity of a manifest with a request_id: one job per request id (client and intake)."""
+    return f"request:{request_id}"
+
+
+def object_token(inbox_key: str, etag: str) -> str:
+    """The intake identity of a dropped object without a request_id: this key with these bytes."""
+    return f"object:{inbox_key}:{etag}"
 
 
 def idempotency_key(token: str) -> str:

@@ -1,11 +1,13 @@
 """The job lifecycle: one enum, one transition table, and `append_transition`, the only writer of a state.
 
 Each transition is a write-once object at jobs/<id>/events/<seq>.json created with If-None-Match, so two
-writers racing for the same sequence number cannot both win; the loser re-reads and decides again.
+writers racing for the same sequence number cannot both win; the loser re-reads and decides again. The same
+writer keeps index/live/<id>.json present exactly while the job is not terminal.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass, field
@@ -14,8 +16,11 @@ from enum import Enum
 from typing import Any
 
 from . import codec, keys
-from .errors import CorruptObject, IllegalTransition, NotFound, PreconditionFailed, StaleAttempt, UnknownJob
-from .storage import Bucket
+from .conditional import create_json, create_once
+from .errors import CorruptObject, IllegalTransition, NotFound, StaleAttempt, StorageError, UnknownJob
+from .storage import Bucket, ObjectInfo
+
+log = logging.getLogger("bucketrun.lifecycle")
 
 
 class JobState(str, Enum):
@@ -167,32 +172,43 @@ def append_transition(
         if target is S.QUEUED and current in RETRY_FROM:
             next_attempt = view.attempt + 1
         transition = Transition(view.next_seq, target, codec.iso(codec.now()), next_attempt, writer, detail or {})
-        try:
-            bucket.create(keys.event_key(job_id, transition.seq), codec.dumps(transition.to_json()),
-                          "application/json")
-        except PreconditionFailed:
+        if not target.terminal and (current is None or current.terminal):
+            mark_live(bucket, job_id)  # before the job can be live without being in the index
+        written = create_json(bucket, keys.event_key(job_id, transition.seq), transition.to_json())
+        if not written.won:  # another writer took this sequence number: catch up and decide again
             view = read_view(bucket, job_id, known=view)
             continue
+        if target.terminal and current is not None:
+            unmark_live(bucket, job_id)  # after: a writer dying in between leaves a marker the sweep repairs
         return transition, JobView(job_id, view.history + (transition,))
 
 
-def scan_jobs(bucket: Bucket) -> tuple[dict[str, str | None], set[str]]:
-    """One listing of jobs/: every job id in time order with its newest event key, and the jobs that still
-    owe a webhook notice (their notify/watch.json is present)."""
-    job_ids: dict[str, str | None] = {}
-    watched: set[str] = set()
-    for info in bucket.list(keys.JOBS):
-        job_id = keys.job_id_from_key(info.key)
-        if not job_id:
-            continue
-        job_ids.setdefault(job_id, None)
-        if keys.parse_event_key(info.key):
-            job_ids[job_id] = info.key  # listings are lexicographic, so the last one seen is the newest
-        elif keys.is_notify_watch(info.key):
-            watched.add(job_id)
-    return job_ids, watched
+def mark_live(bucket: Bucket, job_id: str) -> None:
+    create_once(bucket, keys.live_key(job_id), codec.dumps({"job_id": job_id, "at": codec.iso(codec.now())}))
+
+
+def unmark_live(bucket: Bucket, job_id: str) -> None:
+    try:
+        bucket.delete(keys.live_key(job_id))
+    except StorageError as exc:
+        log.warning("job %s ended but its live marker stays (the sweep removes it): %s", job_id, exc)
+
+
+def live_jobs(bucket: Bucket) -> list[tuple[str, ObjectInfo]]:
+    """The jobs the index says are not terminal, in time order: one listing per thousand live jobs."""
+    out = []
+    for info in bucket.list(keys.LIVE):
+        job_id = keys.job_id_from_index(info.key, keys.LIVE)
+        if job_id:
+            out.append((job_id, info))
+    return out
 
 
 def list_job_ids(bucket: Bucket) -> list[str]:
-    """Job ids in time order."""
-    return list(scan_jobs(bucket)[0])
+    """Every job id in time order, from one listing of jobs/ (each job's objects sort together)."""
+    job_ids: dict[str, None] = {}
+    for info in bucket.list(keys.JOBS):
+        job_id = keys.job_id_from_key(info.key)
+        if job_id:
+            job_ids.setdefault(job_id, None)
+    return list(job_ids)

@@ -1,12 +1,16 @@
-"""The public manifest contract: one pydantic model per job kind, plus the intake checks that come first.
+"""The manifest envelope every kind shares (`kind`, `request_id`, `resources`, `launch`, `notify`) and the
+checks that come before any kind sees the input: size, nesting, credentials. Each kind's own fields live in
+events/kinds/; `parse_manifest` joins the two into one typed `JobManifest`.
 
-Later kinds add models and fields; the fields here never change meaning.
+Validation is strict (a JSON string is never a number, 1 is never true), and a rejection names each bad field
+without ever echoing the input's values.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Union
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -15,7 +19,9 @@ from . import codec
 from .codec import DecodeError
 
 MAX_MANIFEST_BYTES = 1 << 20
-FORMATS = ("srt", "vtt", "json", "txt")
+MAX_DEPTH = 32  # no manifest field nests deeper; a deeper document is an attack or a bug
+MAX_FIELD_ERRORS = 20
+MAX_LOC_CHARS = 200
 
 # Field names that look like credentials; values are never echoed back.
 _SECRET_NAME = re.compile(
@@ -27,54 +33,36 @@ _SECRET_VALUE = re.compile(r"^(AKIA|ASIA)[0-9A-Z]{16}$|^rpa_[0-9A-Za-z]{20,}$|^-
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    """Unknown fields are refused (a typo must not be silently ignored) and types are never coerced."""
 
-
-class Source(Strict):
-    url: str | None = Field(None, min_length=1, max_length=4096, description="http(s) media URL, fetched with yt-dlp")
-    key: str | None = Field(None, min_length=1, max_length=1024, description="an object key in the same bucket")
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> "Source":
-        if (self.url is None) == (self.key is None):
-            raise ValueError("give exactly one of 'url' or 'key'")
-        return self
-
-
-class TranscribeOptions(Strict):
-    model: str | None = Field(None, description="None: large-v3 on CUDA, the offline base model on CPU")
-    language: str | None = Field(None, min_length=2, max_length=8, description="None or 'auto' detects it")
-    task: Literal["transcribe", "translate"] = "transcribe"
-    beam_size: int = Field(5, ge=1, le=10)
-    vad: bool | None = Field(None, description="None: on for audio longer than 30 s")
-    word_timestamps: bool = True
-    formats: list[Literal["srt", "vtt", "json", "txt"]] = Field(default_factory=lambda: list(FORMATS), min_length=1)
-
-    @field_validator("language")
-    @classmethod
-    def _auto(cls, v: str | None) -> str | None:
-        return None if v is None or v.lower() == "auto" else v.lower()
-
-    @field_validator("formats")
-    @classmethod
-    def _dedupe(cls, v: list[str]) -> list[str]:
-        return list(dict.fromkeys(v))
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, strict=True)
 
 
 class Resources(Strict):
-    """How long and how often: liveness, stall detection, retries and the backend's own limits."""
+    """Liveness, stall detection and retries: what every kind and every backend share."""
 
     heartbeat_s: float = Field(10.0, ge=1, le=600, description="progress is rewritten at least this often")
     stall_after_s: float = Field(120.0, ge=5, le=86400, description="silent this long = stalled")
     max_attempts: int = Field(3, ge=1, le=10)
-    execution_timeout_s: int = Field(3600, ge=10, le=7 * 86400, description="Runpod policy.executionTimeout")
-    ttl_s: int = Field(86400, ge=60, le=7 * 86400, description="Runpod policy.ttl")
 
     @model_validator(mode="after")
     def _stall_after_heartbeat(self) -> "Resources":
         if self.stall_after_s < 2 * self.heartbeat_s:
             raise ValueError("stall_after_s must be at least twice heartbeat_s")
         return self
+
+
+class RunpodPolicy(Strict):
+    """Runpod's own job policy, sent with /run; only the Runpod launcher reads it."""
+
+    execution_timeout_s: int = Field(3600, ge=10, le=7 * 86400, description="Runpod policy.executionTimeout")
+    ttl_s: int = Field(86400, ge=60, le=7 * 86400, description="Runpod policy.ttl")
+
+
+class LaunchOptions(Strict):
+    """Backend-specific settings, one section per launch backend; a backend ignores the others' sections."""
+
+    runpod: RunpodPolicy = Field(default_factory=RunpodPolicy)
 
 
 class Notify(Strict):
@@ -93,17 +81,61 @@ class Notify(Strict):
         return v
 
 
-class TranscribeManifest(Strict):
-    kind: Literal["transcribe"]
+class Envelope(Strict):
+    kind: str = Field(min_length=1, max_length=64)
     request_id: str | None = Field(None, min_length=1, max_length=256)
-    source: Source
-    options: TranscribeOptions = Field(default_factory=TranscribeOptions)
     resources: Resources = Field(default_factory=Resources)
+    launch: LaunchOptions = Field(default_factory=LaunchOptions)
     notify: Notify | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_runpod_policy(cls, data: Any) -> Any:
+        """Manifests from before `launch` kept Runpod's policy in `resources`; move it where it belongs."""
+        if isinstance(data, dict) and isinstance(data.get("resources"), dict):
+            legacy = {k: data["resources"][k] for k in ("execution_timeout_s", "ttl_s") if k in data["resources"]}
+            if legacy and isinstance(data.get("launch", {}), dict):
+                launch = dict(data.get("launch") or {})
+                runpod = launch.get("runpod") if isinstance(launch.get("runpod"), dict) else {}
+                launch["runpod"] = {**legacy, **runpod}
+                resources = {k: v for k, v in data["resources"].items() if k not in legacy}
+                data = {**data, "resources": resources, "launch": launch}
+        return data
 
-Manifest = Union[TranscribeManifest]
-KINDS: dict[str, type[BaseModel]] = {"transcribe": TranscribeManifest}
+
+ENVELOPE_FIELDS = frozenset(Envelope.model_fields)
+
+
+@dataclass(frozen=True)
+class JobManifest:
+    """A validated manifest: the shared envelope plus the kind's typed body (its source, options, ...)."""
+
+    envelope: Envelope
+    body: BaseModel
+
+    @property
+    def kind(self) -> str:
+        return self.envelope.kind
+
+    @property
+    def request_id(self) -> str | None:
+        return self.envelope.request_id
+
+    @property
+    def resources(self) -> Resources:
+        return self.envelope.resources
+
+    @property
+    def launch(self) -> LaunchOptions:
+        return self.envelope.launch
+
+    @property
+    def notify(self) -> Notify | None:
+        return self.envelope.notify
+
+    def to_json(self) -> dict[str, Any]:
+        """The normalised manifest (defaults filled in), as intake writes it to jobs/<id>/manifest.json."""
+        return {**self.envelope.model_dump(mode="json"), **self.body.model_dump(mode="json")}
 
 
 class ManifestRejected(Exception):
@@ -115,62 +147,113 @@ class ManifestRejected(Exception):
         self.fields = fields or []
 
 
-def _loc(parts: tuple[Any, ...] | list[Any]) -> str:
+def loc_text(parts: tuple[Any, ...] | list[Any]) -> str:
+    """`source.url`, `options.formats[1]`: bounded, since a key name is itself input."""
     out = ""
     for p in parts:
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "(root)"
+    out = out or "(root)"
+    return out if len(out) <= MAX_LOC_CHARS else out[:MAX_LOC_CHARS] + "…"
 
 
-def find_secrets(obj: Any, path: tuple[Any, ...] = ()) -> list[str]:
+def _walk(obj: Any):
+    """Every node with its path, iteratively (a deep document must not exhaust Python's stack)."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(obj, ())]
+    while stack:
+        node, path = stack.pop()
+        yield node, path
+        if isinstance(node, dict):
+            stack.extend((v, path + (k,)) for k, v in reversed(list(node.items())))
+        elif isinstance(node, list):
+            stack.extend((v, path + (i,)) for i, v in reversed(list(enumerate(node))))
+
+
+def check_depth(obj: Any, limit: int = MAX_DEPTH) -> None:
+    for _node, path in _walk(obj):
+        if len(path) > limit:
+            raise ManifestRejected(f"manifest nests deeper than {limit} levels",
+                                   [{"loc": loc_text(path[:limit]), "msg": f"nested deeper than {limit} levels"}])
+
+
+def find_secrets(obj: Any) -> list[str]:
     found: list[str] = []
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if isinstance(k, str) and _SECRET_NAME.search(k):
-                found.append(_loc(path + (k,)))
-            found.extend(find_secrets(v, path + (k,)))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            found.extend(find_secrets(v, path + (i,)))
-    elif isinstance(obj, str) and _SECRET_VALUE.search(obj.strip()):
-        found.append(_loc(path))
+    for node, path in _walk(obj):
+        if path and isinstance(path[-1], str) and _SECRET_NAME.search(path[-1]):
+            found.append(loc_text(path))
+        elif isinstance(node, str) and _SECRET_VALUE.search(node.strip()):
+            found.append(loc_text(path))
     return found
 
 
-def parse_manifest(raw: bytes) -> Manifest:
-    """Bytes to a typed manifest, or ManifestRejected naming every bad field; never echoes input values."""
+def field_errors(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    """pydantic's errors as {loc, msg, type}, capped in number; messages never carry the input value."""
+    out = [{"loc": loc_text(prefix + tuple(e["loc"])), "msg": e["msg"].removeprefix("Value error, ")[:300],
+            "type": e["type"]}
+           for e in exc.errors(include_url=False, include_input=False)]
+    return out[:MAX_FIELD_ERRORS]
+
+
+def summarize(fields: list[dict[str, Any]]) -> str:
+    return "; ".join(f"{f['loc']}: {f['msg']}" for f in fields)
+
+
+def decode_manifest(raw: bytes) -> dict[str, Any]:
+    """Bytes to a JSON object within the size, depth and no-credentials rules."""
     if len(raw) > MAX_MANIFEST_BYTES:
         raise ManifestRejected(f"manifest is {len(raw)} bytes, over the {MAX_MANIFEST_BYTES}-byte limit")
     try:
         obj = codec.loads(raw)
     except DecodeError as exc:
-        raise ManifestRejected(f"manifest is not valid JSON: {exc}") from exc
+        raise ManifestRejected(f"manifest is not valid JSON: {str(exc)[:200]}") from exc
+    except RecursionError as exc:  # orjson refuses past its own depth limit; belt and braces
+        raise ManifestRejected(f"manifest nests deeper than {MAX_DEPTH} levels") from exc
     if not isinstance(obj, dict):
         raise ManifestRejected(f"manifest must be a JSON object, not {type(obj).__name__}")
+    check_depth(obj)
     secrets = find_secrets(obj)
     if secrets:
         raise ManifestRejected(
             "manifest contains credential-like fields; credentials come from the environment, never a manifest",
-            [{"loc": loc, "msg": "looks like a secret; remove it"} for loc in secrets],
+            [{"loc": loc, "msg": "looks like a secret; remove it"} for loc in secrets[:MAX_FIELD_ERRORS]],
         )
+    return obj
+
+
+def parse_manifest(raw: bytes) -> JobManifest:
+    """Bytes to a typed manifest, or ManifestRejected naming every bad field; never echoes input values."""
+    return validate_manifest(decode_manifest(raw))
+
+
+def validate_manifest(obj: dict[str, Any]) -> JobManifest:
+    from .kinds import get_kind, kind_names
+
     kind = obj.get("kind")
-    model = KINDS.get(kind) if isinstance(kind, str) else None
-    if model is None:
-        raise ManifestRejected(
-            f"unknown kind {kind!r}" if kind is not None else "missing 'kind'",
-            [{"loc": "kind", "msg": f"must be one of: {', '.join(sorted(KINDS))}"}],
-        )
+    spec = get_kind(kind) if isinstance(kind, str) else None
+    if spec is None:
+        what = "missing 'kind'" if kind is None else "unknown kind"
+        raise ManifestRejected(what, [{"loc": "kind", "msg": f"must be one of: {', '.join(kind_names())}"}])
+    head = {k: v for k, v in obj.items() if k in ENVELOPE_FIELDS}
+    if isinstance(head.get("resources", {}), dict):
+        head["resources"] = {**spec.default_resources, **head.get("resources", {})}
+    rest = {k: v for k, v in obj.items() if k not in ENVELOPE_FIELDS}
+    errors: list[dict[str, Any]] = []
+    envelope = body = None
     try:
-        return model.model_validate(obj)  # type: ignore[return-value]
+        envelope = Envelope.model_validate(head)
     except ValidationError as exc:
-        fields = [{"loc": _loc(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        summary = "; ".join(f"{f['loc']}: {f['msg']}" for f in fields)
-        raise ManifestRejected(f"invalid {kind} manifest: {summary}", fields) from exc
+        errors += field_errors(exc)
+    try:
+        body = spec.body.model_validate(rest)
+    except ValidationError as exc:
+        errors += field_errors(exc)
+    if errors or envelope is None or body is None:
+        errors = errors[:MAX_FIELD_ERRORS]
+        raise ManifestRejected(f"invalid {spec.name} manifest: {summarize(errors)}", errors)
+    return JobManifest(envelope, body)
 
 
-def load_job_manifest(bucket, job_id: str) -> TranscribeManifest:
+def load_job_manifest(bucket, job_id: str) -> JobManifest:
     """The job's validated manifest as written at intake (jobs/<id>/manifest.json)."""
     from . import keys
 
-    obj = codec.loads(bucket.get(keys.manifest_key(job_id)).data)
-    return KINDS[obj["kind"]].model_validate(obj)  # type: ignore[return-value]
+    return validate_manifest(codec.loads(bucket.get(keys.manifest_key(job_id)).data))

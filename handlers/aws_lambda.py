@@ -19,7 +19,7 @@ from bucketrun.events.storage import open_bucket
 from .dispatch import DispatchContext, dispatch
 from .notify import Notifier
 from .records import EventKind, classify
-from .launchers.runpod import RunpodLauncher
+from .launchers import routes_from_env
 from .sweep import sweep
 
 log = logging.getLogger("bucketrun.lambda")
@@ -57,8 +57,8 @@ def context() -> DispatchContext:
         url = os.environ.get("BUCKETRUN_BUCKET", "")
         if not url.startswith("s3://"):
             raise ConfigError("BUCKETRUN_BUCKET must be s3://bucket[/prefix] in the cloud")
-        launcher = RunpodLauncher(os.environ.get("RUNPOD_ENDPOINT_ID", ""), api_key=runpod_api_key())
-        _context = DispatchContext(open_bucket(url), launcher, default_writer("lambda"))
+        api_key = runpod_api_key()  # read once per container, up front: a missing key fails the deploy's first call
+        _context = DispatchContext(open_bucket(url), routes_from_env(lambda: api_key), default_writer("lambda"))
     return _context
 
 
@@ -88,4 +88,4 @@ def dispatch_handler(event: dict[str, Any], _lambda_context: Any = None) -> dict
 
 def sweep_handler(_event: dict[str, Any], _lambda_context: Any = None) -> dict[str, Any]:
     ctx = context()
-    return {"swept": sweep(ctx.bucket, ctx.launcher, ctx.writer, notifier=notifier())}
+    return {"swept": sweep(ctx.bucket, ctx.launchers, ctx.writer, notifier=notifier())}

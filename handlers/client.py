@@ -25,7 +25,7 @@ def submit(bucket: Bucket, raw: bytes) -> tuple[str, bool]:
     job_id = keys.new_job_id()
     inbox = keys.inbox_key(f"{job_id}.json")
     if manifest.request_id:
-        claimed = claim_job_id(bucket, f"request:{manifest.request_id}", job_id, inbox)
+        claimed, _ = claim_job_id(bucket, keys.request_token(manifest.request_id), job_id, inbox)
         if claimed != job_id:
             return claimed, False
     try:

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import logging
 
-from bucketrun.events import codec, keys
 from bucketrun.events.errors import BucketrunError, IllegalTransition, NotFound
 from bucketrun.events.lifecycle import JobState, Transition, append_transition, require_view
+from bucketrun.events.manifest import load_job_manifest
 from bucketrun.events.storage import Bucket
 
 from .launch import backend_id_of
-from .launchers.base import Launcher
+from .launchers.base import Launcher, Routes, as_routes
 from .notify import arm as arm_notice
 
 log = logging.getLogger("bucketrun.control")
 
 
-def cancel(bucket: Bucket, job_id: str, writer: str, launcher: Launcher | None = None,
+def cancel(bucket: Bucket, job_id: str, writer: str, launchers: Routes | Launcher | None = None,
            reason: str = "cancelled by request") -> Transition:
     """Cancelled is terminal, so the job never launches again; a running worker stops at its next
     heartbeat, and a backend job is cancelled too when a launcher for it is at hand."""
@@ -27,9 +27,9 @@ def cancel(bucket: Bucket, job_id: str, writer: str, launcher: Launcher | None =
     transition, _ = append_transition(bucket, job_id, JobState.CANCELLED, writer=writer, view=view,
                                       expect=view.state,
                                       detail={"error": {"class": "cancelled", "message": reason}})
-    if launcher is not None and backend_id:
+    if launchers is not None and backend_id:
         try:
-            launcher.cancel(backend_id)
+            as_routes(launchers).for_kind(load_job_manifest(bucket, job_id).kind).cancel(backend_id)
         except BucketrunError as exc:
             log.warning("backend cancel of %s failed (the worker stops at its next heartbeat): %s", backend_id, exc)
     return transition
@@ -42,7 +42,7 @@ def retry(bucket: Bucket, job_id: str, writer: str) -> Transition:
         raise IllegalTransition(f"job {job_id} is {view.state.value if view.state else 'new'}; only a failed "
                                 "job can be retried")
     try:  # the retried job will end again, and that end is owed a notice too
-        arm_notice(bucket, job_id, codec.loads(bucket.get(keys.manifest_key(job_id)).data))
+        arm_notice(bucket, job_id, load_job_manifest(bucket, job_id))
     except NotFound:
         pass
     transition, _ = append_transition(bucket, job_id, JobState.QUEUED, writer=writer, view=view,

@@ -11,7 +11,7 @@ from bucketrun.events.errors import BucketrunError
 from bucketrun.events.storage import Bucket
 
 from .intake import IntakeOutcome, intake
-from .launchers.base import Launcher
+from .launchers.base import Launcher, Routes, as_routes
 from .records import ObjectRecord, parse_records
 
 log = logging.getLogger("bucketrun.dispatch")
@@ -20,7 +20,7 @@ log = logging.getLogger("bucketrun.dispatch")
 @dataclass
 class DispatchContext:
     bucket: Bucket
-    launcher: Launcher
+    launchers: Routes | Launcher  # one launcher serves every kind, or Routes picks one per kind
     writer: str
 
 
@@ -35,9 +35,10 @@ def route(record: ObjectRecord, bucket: Bucket) -> str | None:
 
 
 def dispatch(event: dict[str, Any], ctx: DispatchContext) -> list[IntakeOutcome]:
-    """Handle every record; failures are raised after the rest are done, so the platform retries them."""
+    """Handle every record; failures are raised after the rest are done, so the platform retries them. Even
+    an unexpected error in one record never skips the records after it."""
     outcomes: list[IntakeOutcome] = []
-    errors: list[BucketrunError] = []
+    errors: list[Exception] = []
     for record in parse_records(event):
         key = route(record, ctx.bucket)
         if key is None:
@@ -47,10 +48,14 @@ def dispatch(event: dict[str, Any], ctx: DispatchContext) -> list[IntakeOutcome]
             if cancel_job:
                 outcome = _cancel(ctx, key, cancel_job)
             else:
-                outcome = intake(ctx.bucket, key, ctx.launcher, ctx.writer,
+                outcome = intake(ctx.bucket, key, ctx.launchers, ctx.writer,
                                  record.size if isinstance(record.size, int) else None)
         except BucketrunError as exc:
             log.error("intake of %s failed: %s", key, exc)
+            errors.append(exc)
+            continue
+        except Exception as exc:  # noqa: BLE001 - a bug must not cost the rest of the batch
+            log.exception("intake of %s failed unexpectedly", key)
             errors.append(exc)
             continue
         log.info("%s -> job %s (%s)", key, outcome.job_id, outcome.state)
@@ -65,19 +70,20 @@ def _cancel(ctx: DispatchContext, key: str, job_id: str) -> IntakeOutcome:
     A job the command line already cancelled still gets its backend job cancelled here."""
     from bucketrun.events.errors import IllegalTransition, UnknownJob
     from bucketrun.events.lifecycle import JobState, read_view
+    from bucketrun.events.manifest import load_job_manifest
 
     from .control import cancel
     from .launch import backend_id_of
 
     try:
-        t = cancel(ctx.bucket, job_id, ctx.writer, ctx.launcher, reason=f"cancel requested by {key}")
+        t = cancel(ctx.bucket, job_id, ctx.writer, ctx.launchers, reason=f"cancel requested by {key}")
         return IntakeOutcome(key, job_id, t.state.value)
     except (IllegalTransition, UnknownJob) as exc:
         view = read_view(ctx.bucket, job_id)
         backend_id = backend_id_of(view) if view.state is JobState.CANCELLED else None
         if backend_id:
             try:
-                ctx.launcher.cancel(backend_id)
+                as_routes(ctx.launchers).for_kind(load_job_manifest(ctx.bucket, job_id).kind).cancel(backend_id)
             except BucketrunError as cancel_exc:
                 log.warning("backend cancel of %s failed: %s", backend_id, cancel_exc)
         return IntakeOutcome(key, job_id, None, str(exc))

@@ -5,21 +5,25 @@
 
 from __future__ import annotations
 
+import logging
 import posixpath
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 from bucketrun.events import codec, keys
-from bucketrun.events.errors import IllegalTransition, NotFound, PreconditionFailed
+from bucketrun.events.conditional import TOKEN, create_json, create_once, replace_json
+from bucketrun.events.errors import IllegalTransition, NotFound, StorageError
 from bucketrun.events.failures import FailureClass, error_detail
 from bucketrun.events.lifecycle import JobState, JobView, append_transition, read_view
-from bucketrun.events.manifest import MAX_MANIFEST_BYTES, ManifestRejected, Resources, parse_manifest
+from bucketrun.events.manifest import MAX_MANIFEST_BYTES, JobManifest, ManifestRejected, parse_manifest
 from bucketrun.events.storage import Bucket
 
 from .launch import launch_attempt
-from .launchers.base import Launcher
+from .launchers.base import Launcher, Routes
 from .notify import arm as arm_notice
+
+log = logging.getLogger("bucketrun.intake")
 
 
 @dataclass(frozen=True)
@@ -28,25 +32,31 @@ class IntakeDecision:
     etag: str
     token: str  # the idempotency identity: a request_id, or the inbox object itself
     proposed_job_id: str
-    manifest: dict[str, Any] | None  # normalised (defaults filled) when accepted
+    manifest: JobManifest | None  # normalised (defaults filled) when accepted
     rejection: dict[str, Any] | None  # error detail when rejected
 
 
 def decide_intake(inbox_key: str, etag: str, size: int, raw: bytes | None) -> IntakeDecision:
-    """Validate a dropped object. `raw` is None when it was too large to read."""
+    """Validate a dropped object. `raw` is None when it was too large to read. Whatever the bytes do to the
+    validator, the answer is a decision: an input that breaks it becomes a rejected job, never a lost one."""
     base = posixpath.basename(inbox_key)[: -len(".json")]
     proposed = base if keys.is_job_id(base) else keys.new_job_id()
-    token = f"object:{inbox_key}:{etag}"
+    token = keys.object_token(inbox_key, etag)
     try:
         if raw is None:
             raise ManifestRejected(f"manifest is {size} bytes, over the {MAX_MANIFEST_BYTES}-byte limit")
         manifest = parse_manifest(raw)
     except ManifestRejected as exc:
-        detail = error_detail(FailureClass.BAD_INPUT, exc.message, where=inbox_key, fields=exc.fields)
+        detail = error_detail(FailureClass.BAD_INPUT, exc.message[:2000], where=inbox_key, fields=exc.fields)
+        return IntakeDecision(inbox_key, etag, token, proposed, None, detail)
+    except Exception as exc:  # noqa: BLE001 - a validator crash must still leave a rejected job behind
+        log.exception("validating %s crashed", inbox_key)
+        detail = error_detail(FailureClass.BAD_INPUT, f"manifest could not be validated ({type(exc).__name__})",
+                              where=inbox_key)
         return IntakeDecision(inbox_key, etag, token, proposed, None, detail)
     if manifest.request_id:
-        token = f"request:{manifest.request_id}"
-    return IntakeDecision(inbox_key, etag, token, proposed, manifest.model_dump(mode="json"), None)
+        token = keys.request_token(manifest.request_id)
+    return IntakeDecision(inbox_key, etag, token, proposed, manifest, None)
 
 
 class Action(str, Enum):
@@ -66,26 +76,33 @@ def next_action(view: JobView, decision: IntakeDecision | None = None) -> Action
     return {JobState.SUBMITTED: Action.QUEUE, JobState.QUEUED: Action.LAUNCH}.get(state)
 
 
-def claim_job_id(bucket: Bucket, token: str, proposed: str, inbox_key: str) -> str:
-    """Map an intake identity to one job id, first writer wins (If-None-Match)."""
+def claim_job_id(bucket: Bucket, token: str, proposed: str, inbox_key: str) -> tuple[str, bool]:
+    """Map an intake identity to one job id, and make sure the job's intake.json records that identity.
+
+    Two create-if-absent writes: index/intake/<token> names the job, jobs/<id>/intake.json owns the id. Every
+    call finishes what a crashed one left half done, and an id already owned by another identity (a re-upload
+    under the same inbox name) is never adopted: the claim is re-pointed at a fresh id. Returns (job id, whether
+    this call created the ownership record, i.e. the job can have no history yet)."""
     ckey = keys.idempotency_key(token)
-    body = {"job_id": proposed, "token": token, "inbox_key": inbox_key, "at": codec.iso(codec.now())}
-    try:
-        etag = bucket.create(ckey, codec.dumps(body), "application/json")
-    except PreconditionFailed:
-        return codec.loads(bucket.get(ckey).data)["job_id"]
-    intake = {"token": token, "inbox_key": inbox_key, "at": body["at"]}
-    try:
-        bucket.create(keys.intake_key(proposed), codec.dumps(intake), "application/json")
-        return proposed
-    except PreconditionFailed:
-        if codec.loads(bucket.get(keys.intake_key(proposed)).data).get("token") == token:
-            return proposed
-    # The proposed id (from the inbox name) already belongs to another drop: take a fresh one.
-    fresh = keys.new_job_id()
-    bucket.replace(ckey, codec.dumps({**body, "job_id": fresh}), etag, "application/json")
-    bucket.create(keys.intake_key(fresh), codec.dumps(intake), "application/json")
-    return fresh
+    out = create_json(bucket, ckey, {"job_id": proposed, "token": token, "inbox_key": inbox_key,
+                                     "at": codec.iso(codec.now())})
+    for _ in range(8):
+        claim = out.body
+        if claim is None:  # the claim vanished under us (an operator's cleanup): claim again
+            out = create_json(bucket, ckey, {"job_id": proposed, "token": token, "inbox_key": inbox_key,
+                                             "at": codec.iso(codec.now())})
+            continue
+        job_id = claim["job_id"]
+        owner = create_json(bucket, keys.intake_key(job_id),
+                            {"token": token, "inbox_key": claim.get("inbox_key", inbox_key), "at": claim["at"]})
+        if owner.won or (owner.body or {}).get("token") == token:
+            return job_id, owner.won
+        fresh = {k: v for k, v in claim.items() if k != TOKEN}
+        fresh["job_id"] = keys.new_job_id()
+        out = replace_json(bucket, ckey, fresh, out.etag) if out.etag else out
+        if not out.won and out.body is not None and out.body.get("job_id") == job_id:
+            raise StorageError(f"{ckey}: cannot re-point the intake claim away from {job_id}")
+    raise StorageError(f"{ckey}: intake claim kept moving")
 
 
 @dataclass
@@ -96,7 +113,7 @@ class IntakeOutcome:
     note: str = ""
 
 
-def intake(bucket: Bucket, inbox_key: str, launcher: Launcher, writer: str,
+def intake(bucket: Bucket, inbox_key: str, launchers: Routes | Launcher, writer: str,
            size_hint: int | None = None) -> IntakeOutcome:
     """`size_hint`, the size the notification reported, saves a HEAD when it is within the limit."""
     try:
@@ -111,30 +128,28 @@ def intake(bucket: Bucket, inbox_key: str, launcher: Launcher, writer: str,
         return IntakeOutcome(inbox_key, None, None, "object vanished before intake")
     data = raw.data if raw is not None and size <= MAX_MANIFEST_BYTES else None
     decision = decide_intake(inbox_key, etag, size, data)
-    job_id = claim_job_id(bucket, decision.token, decision.proposed_job_id, inbox_key)
+    job_id, fresh = claim_job_id(bucket, decision.token, decision.proposed_job_id, inbox_key)
     if decision.manifest is not None:
-        try:
-            bucket.create(keys.manifest_key(job_id), codec.dumps(decision.manifest), "application/json")
-        except PreconditionFailed:
-            pass  # written by an earlier delivery; manifests are write-once
+        # Write-once, and the same bytes for every delivery of this identity.
+        create_once(bucket, keys.manifest_key(job_id), codec.dumps(decision.manifest.to_json()))
         arm_notice(bucket, job_id, decision.manifest)  # before the job can reach a terminal state
-    view = advance(bucket, job_id, launcher, writer, decision)
+    view = advance(bucket, job_id, launchers, writer, decision, view=JobView(job_id, ()) if fresh else None)
     return IntakeOutcome(inbox_key, job_id, view.state.value if view.state else None)
 
 
-def advance(bucket: Bucket, job_id: str, launcher: Launcher, writer: str,
-            decision: IntakeDecision | None = None) -> JobView:
-    """Drive a job through intake's states; safe to call any number of times from any number of places."""
-    view = read_view(bucket, job_id)
+def advance(bucket: Bucket, job_id: str, launchers: Routes | Launcher, writer: str,
+            decision: IntakeDecision | None = None, view: JobView | None = None) -> JobView:
+    """Drive a job through intake's states; safe to call any number of times from any number of places.
+    `view`: what the caller knows of the log (an empty one for a job it has just claimed)."""
+    view = view if view is not None else read_view(bucket, job_id)
     for _ in range(20):
         action = next_action(view, decision)
         if action is None:
             return view
         try:
             if action is Action.LAUNCH:
-                resources = (Resources.model_validate(decision.manifest.get("resources") or {})
-                             if decision and decision.manifest else None)
-                launched = launch_attempt(bucket, view, launcher, writer, resources)
+                manifest = decision.manifest if decision else None
+                launched = launch_attempt(bucket, view, launchers, writer, manifest)
                 if launched is None:
                     return view  # another dispatcher holds this attempt's launch
                 view = launched

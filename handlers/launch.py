@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 
 from bucketrun.events import codec, keys
-from bucketrun.events.errors import BucketrunError, IllegalTransition, NotFound, PreconditionFailed
-from bucketrun.events.failures import FailureClass, error_detail
+from bucketrun.events.conditional import create_json
+from bucketrun.events.errors import BucketrunError, IllegalTransition
+from bucketrun.events.failures import error_detail
 from bucketrun.events.lifecycle import JobState, JobView, append_transition
-from bucketrun.events.manifest import Resources, load_job_manifest
+from bucketrun.events.manifest import JobManifest, load_job_manifest
 from bucketrun.events.retry import record_failure
 from bucketrun.events.storage import Bucket
 
-from .launchers.base import BackendStatus, Launcher, LaunchError
+from .launchers.base import Launcher, LaunchError, Routes, as_routes
 
 log = logging.getLogger("bucketrun.launch")
 
@@ -27,30 +28,29 @@ def backend_id_of(view: JobView) -> str | None:
     return None
 
 
-def launch_attempt(bucket: Bucket, view: JobView, launcher: Launcher, writer: str,
-                   resources: Resources | None = None) -> JobView | None:
+def launch_attempt(bucket: Bucket, view: JobView, launchers: Routes | Launcher, writer: str,
+                   manifest: JobManifest | None = None) -> JobView | None:
     """Launch the job's current attempt once, however many dispatchers or sweeps race here.
 
-    A create-if-absent claim per attempt picks the one caller that calls the launcher; the others
-    return None and leave the `launched` transition to the winner.
+    A create-if-absent claim per attempt picks the one caller that calls the launcher; the others return None
+    and leave the `launched` transition to the winner. The claim carries a write token, so a claim whose
+    response was lost (botocore retried and got 412) is still recognised as ours.
     """
     job_id, attempt = view.job_id, view.attempt
-    claim = {"writer": writer, "at": codec.iso(codec.now()), "launcher": launcher.name}
-    try:
-        bucket.create(keys.launch_claim_key(job_id, attempt), codec.dumps(claim), "application/json")
-    except PreconditionFailed:
+    claim = {"writer": writer, "at": codec.iso(codec.now())}
+    if not create_json(bucket, keys.launch_claim_key(job_id, attempt), claim).won:
         return None
-    if resources is None:  # intake passes what it just validated; the sweep reads it back
-        try:
-            resources = load_job_manifest(bucket, job_id).resources
-        except NotFound:
-            resources = Resources()
+    if manifest is None:  # intake passes what it just validated; the sweep reads it back
+        manifest = load_job_manifest(bucket, job_id)
+    launcher = None
     try:
-        backend_id = launcher.launch(bucket.url, job_id, attempt, resources)
+        launcher = as_routes(launchers).for_kind(manifest.kind)
+        backend_id = launcher.launch(bucket.url, job_id, attempt, manifest)
     except LaunchError as exc:
-        error = error_detail(exc.cls, f"launch on {launcher.name} failed: {exc}", where="launch")["error"]
+        where = launcher.name if launcher is not None else f"kind {manifest.kind}"
+        error = error_detail(exc.cls, f"launch on {where} failed: {exc}", where="launch")["error"]
         record_failure(bucket, job_id, error, writer=writer, attempt=attempt,
-                       max_attempts=resources.max_attempts, view=view)
+                       max_attempts=manifest.resources.max_attempts, view=view)
         return None
     try:
         _, view = append_transition(bucket, job_id, JobState.LAUNCHED, writer=writer, attempt=attempt,

@@ -19,9 +19,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bucketrun.events import codec, keys, webhook
-from bucketrun.events.errors import NotFound, PreconditionFailed
+from bucketrun.events.backoff import WEBHOOK
+from bucketrun.events.errors import NotFound
 from bucketrun.events.lifecycle import JobView, read_view
-from bucketrun.events.manifest import load_job_manifest
+from bucketrun.events.conditional import TOKEN, create_json, create_once, replace_json
+from bucketrun.events.manifest import JobManifest, load_job_manifest
 from bucketrun.events.status import job_status
 from bucketrun.events.storage import Bucket
 
@@ -31,9 +33,9 @@ CLAIM_S = 60.0  # a claimed delivery that never recorded its outcome (a crashed 
 
 
 def retry_delay_s(deliveries: int, rng: random.Random | None = None) -> float:
-    """30 s, 60 s, 120 s ... capped at an hour, with half jitter so many failing receivers spread out."""
-    base = min(3600.0, 30.0 * 2 ** (deliveries - 1))
-    return base * (rng or random).uniform(0.5, 1.0)
+    """Up to 30 s, 60 s, 120 s ... capped at an hour (the shared policy's WEBHOOK, full jitter, so many failing
+    receivers spread out)."""
+    return WEBHOOK.delay(deliveries, rng)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -69,15 +71,11 @@ class Notifier:
         return {"status": status, "ms": round((time.monotonic() - started) * 1e3)}
 
 
-def arm(bucket: Bucket, job_id: str, manifest: dict[str, Any] | None) -> bool:
+def arm(bucket: Bucket, job_id: str, manifest: JobManifest | None) -> bool:
     """Mark a job whose manifest asks for a webhook, so the sweep watches it until its notice is settled."""
-    if not (manifest and (manifest.get("notify") or {}).get("webhook")):
+    if manifest is None or manifest.notify is None:
         return False
-    try:
-        bucket.create(keys.notify_watch_key(job_id), codec.dumps({"job_id": job_id, "at": codec.iso(codec.now())}),
-                      "application/json")
-    except PreconditionFailed:
-        pass
+    create_once(bucket, keys.notify_watch_key(job_id), codec.dumps({"job_id": job_id, "at": codec.iso(codec.now())}))
     return True
 
 
@@ -123,6 +121,7 @@ def notify_job(bucket: Bucket, job_id: str, notifier: Notifier, writer: str,
         record, etag = codec.loads(blob.data), blob.etag
     except NotFound:
         record, etag = None, None
+    record = {k: v for k, v in record.items() if k != TOKEN} if record else None
     step = decide(view, record, now)
     if step is Step.WAIT:
         return None
@@ -134,11 +133,11 @@ def notify_job(bucket: Bucket, job_id: str, notifier: Notifier, writer: str,
     claim = {"job_id": job_id, "seq": latest.seq, "state": latest.state.value, "webhook": notify.webhook,
              "delivered": False, "gave_up": False, "attempts": attempts + [{"n": n, "at": codec.iso(now), "by": writer}],
              "next_at": codec.iso(now + timedelta(seconds=CLAIM_S))}
-    try:  # claim the delivery first, so two sweeps never send the same attempt
-        etag = (bucket.replace(rkey, codec.dumps(claim), etag, "application/json") if etag
-                else bucket.create(rkey, codec.dumps(claim), "application/json"))
-    except PreconditionFailed:
+    # Claim the delivery first, so two sweeps never send the same attempt.
+    won = replace_json(bucket, rkey, claim, etag) if etag else create_json(bucket, rkey, claim)
+    if not won.won:
         return {"job_id": job_id, "notify": "claimed-elsewhere"}
+    etag = won.etag
     payload = {**job_status(bucket, job_id, view), "seq": latest.seq, "bucket": bucket.url}
     result = notifier.send(notify.webhook, codec.dumps(payload), job_id, latest.seq, latest.state.value)
     ok = 200 <= int(result.get("status", 0)) < 300
@@ -150,9 +149,7 @@ def notify_job(bucket: Bucket, job_id: str, notifier: Notifier, writer: str,
         claim["gave_up"] = True
     else:
         claim["next_at"] = codec.iso(now + timedelta(seconds=retry_delay_s(n)))
-    try:
-        bucket.replace(rkey, codec.dumps(claim), etag, "application/json")
-    except PreconditionFailed:
+    if not replace_json(bucket, rkey, claim, etag).won:
         log.warning("notice %s/%s: the delivery record moved while sending", job_id, latest.seq)
     host = urlsplit(notify.webhook).hostname  # never log the full URL: its query may carry a receiver token
     log.info("notice %s/%s to %s: %s", job_id, latest.seq, host, result)

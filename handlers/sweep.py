@@ -1,4 +1,4 @@
-"""The sweep: visit every non-terminal job, detect silence past `stall_after`, ask the backend, and write
+"""The sweep: visit every live (non-terminal) job, detect silence past `stall_after`, ask the backend, and write
 what it found as a transition. `decide` is pure; `sweep_job` applies it."""
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from typing import Any
 from bucketrun.events import codec, keys
 from bucketrun.events.errors import BucketrunError, IllegalTransition, NotFound, StaleAttempt
 from bucketrun.events.failures import FailureClass, error_detail
-from bucketrun.events.lifecycle import JobState, JobView, Transition, append_transition, read_view, scan_jobs
+from bucketrun.events.lifecycle import JobState, JobView, append_transition, live_jobs, read_view, unmark_live
 from bucketrun.events.manifest import Resources, load_job_manifest
 from bucketrun.events.progress import read_progress
 from bucketrun.events.retry import record_failure
-from bucketrun.events.storage import Bucket
+from bucketrun.events.storage import Bucket, ObjectInfo
 
-from .intake import advance
+from .intake import advance, intake
 from .launch import backend_id_of
-from .launchers.base import BackendStatus, Launcher
+from .launchers.base import BackendStatus, Launcher, Routes, as_routes
 from .notify import Notifier, notify_job
 from .notify import arm as arm_notice
 
@@ -83,19 +83,14 @@ _BACKEND_CLASSES = {
 }
 
 
-def sweep_job(bucket: Bucket, job_id: str, launcher: Launcher, writer: str,
-              now: datetime | None = None, latest_key: str | None = None) -> dict[str, Any] | None:
-    """`latest_key`, the newest event key from the sweep's listing, lets an ended job cost one GET."""
+def sweep_job(bucket: Bucket, job_id: str, launchers: Routes | Launcher, writer: str,
+              now: datetime | None = None, marker: ObjectInfo | None = None) -> dict[str, Any] | None:
+    """One live job: advance it, retry it, or ask its backend. `marker`, its index/live/ entry, lets a job
+    that ended (or never began) be dropped from the index: the repair for a writer that died midway."""
     now = now or codec.now()
-    if latest_key is not None:
-        try:
-            if Transition.from_json(codec.loads(bucket.get(latest_key).data), latest_key).state.terminal:
-                return None  # terminal states have no way out but an operator's retry, which is an event
-        except NotFound:
-            pass
     view = read_view(bucket, job_id)
     if view.state is None or view.state.terminal:
-        return None
+        return _repair_index(bucket, job_id, view, launchers, writer, now, marker)
     try:
         manifest = load_job_manifest(bucket, job_id)
         resources = manifest.resources
@@ -109,14 +104,15 @@ def sweep_job(bucket: Bucket, job_id: str, launcher: Launcher, writer: str,
     try:
         if decision.step is Step.ADVANCE:
             if manifest is not None:  # its dispatcher may have died before arming the webhook notice
-                arm_notice(bucket, job_id, manifest.model_dump(mode="json"))
-            outcome["state"] = advance(bucket, job_id, launcher, writer).state.value
+                arm_notice(bucket, job_id, manifest)
+            outcome["state"] = advance(bucket, job_id, launchers, writer, view=view).state.value
         elif decision.step is Step.LOST_LAUNCH:
             error = error_detail(FailureClass.LOST, f"{decision.why} after {decision.silent_s:.0f} s",
                                  where="launch")["error"]
             outcome["state"] = record_failure(bucket, job_id, error, writer=writer, attempt=view.attempt,
                                               max_attempts=resources.max_attempts, view=view).state.value
         else:
+            launcher = as_routes(launchers).for_kind(manifest.kind) if manifest else None
             outcome.update(_ask_backend(bucket, view, launcher, writer, resources, decision))
     except (IllegalTransition, StaleAttempt) as exc:
         outcome["state"] = "moved-on"
@@ -125,10 +121,31 @@ def sweep_job(bucket: Bucket, job_id: str, launcher: Launcher, writer: str,
     return outcome
 
 
-def _ask_backend(bucket: Bucket, view: JobView, launcher: Launcher, writer: str, resources: Resources,
+def _repair_index(bucket: Bucket, job_id: str, view: JobView, launchers: Routes | Launcher, writer: str,
+                  now: datetime, marker: ObjectInfo | None) -> dict[str, Any] | None:
+    """A live marker for an ended job (its writer died after the terminal write) is removed. One for a job
+    with no history (its dispatcher died before the first write) gets its intake redone from the inbox."""
+    if view.state is not None:
+        unmark_live(bucket, job_id)
+        return {"job_id": job_id, "step": "unindex", "state": view.state.value}
+    marked_at = marker.last_modified if marker is not None else None
+    if marked_at is None or (now - marked_at).total_seconds() <= INTAKE_GRACE_S:
+        return None
+    try:
+        inbox_key = codec.loads(bucket.get(keys.intake_key(job_id)).data).get("inbox_key")
+    except NotFound:
+        inbox_key = None
+    if inbox_key and bucket.exists(inbox_key):
+        outcome = intake(bucket, inbox_key, launchers, writer)
+        return {"job_id": job_id, "step": "re-intake", "state": outcome.state, "inbox": inbox_key}
+    unmark_live(bucket, job_id)  # nothing left to take in: the job never came to be
+    return {"job_id": job_id, "step": "unindex", "state": None}
+
+
+def _ask_backend(bucket: Bucket, view: JobView, launcher: Launcher | None, writer: str, resources: Resources,
                  decision: Decision) -> dict[str, Any]:
     backend_id = backend_id_of(view)
-    status = launcher.status(backend_id) if backend_id else BackendStatus.UNKNOWN
+    status = launcher.status(backend_id) if backend_id and launcher else BackendStatus.UNKNOWN
     if status is BackendStatus.IN_QUEUE:
         return {"backend": status.value, "state": view.state.value}  # still waiting for capacity
     if status is BackendStatus.CANCELLED:
@@ -137,7 +154,7 @@ def _ask_backend(bucket: Bucket, view: JobView, launcher: Launcher, writer: str,
                                                               "message": "cancelled at the backend"}})
         return {"backend": status.value, "state": t.state.value}
     cls, message = _BACKEND_CLASSES[status]
-    if status is BackendStatus.IN_PROGRESS and backend_id:
+    if status is BackendStatus.IN_PROGRESS and backend_id and launcher:
         try:
             launcher.cancel(backend_id)  # a silent worker is stopped before its attempt is retried
         except BucketrunError as exc:
@@ -148,26 +165,29 @@ def _ask_backend(bucket: Bucket, view: JobView, launcher: Launcher, writer: str,
     return {"backend": status.value, "state": t.state.value, "class": cls.value}
 
 
-def sweep(bucket: Bucket, launcher: Launcher, writer: str, now: datetime | None = None,
+def sweep(bucket: Bucket, launchers: Routes | Launcher, writer: str, now: datetime | None = None,
           notifier: Notifier | None = None) -> list[dict[str, Any]]:
-    """One pass over every job; one job's error never stops the pass, and a notice never fails a job."""
+    """One pass over the live jobs (index/live/) and the owed notices (index/notify/): its cost follows live
+    jobs, not the bucket's size. One job's error never stops the pass, and a notice never fails a job."""
     notifier = notifier or Notifier.from_env()
     outcomes = []
-    job_ids, watched = scan_jobs(bucket)
-    for job_id, latest_key in job_ids.items():
+    for job_id, marker in live_jobs(bucket):
         try:
-            outcome = sweep_job(bucket, job_id, launcher, writer, now, latest_key)
+            outcome = sweep_job(bucket, job_id, launchers, writer, now, marker)
         except BucketrunError as exc:
             log.error("sweep of %s failed: %s", job_id, exc)
             outcome = {"job_id": job_id, "error": str(exc)}
         if outcome:
             outcomes.append(outcome)
-        if job_id in watched:
-            try:
-                notice = notify_job(bucket, job_id, notifier, writer, now)
-            except BucketrunError as exc:
-                log.error("notice for %s failed: %s", job_id, exc)
-                notice = {"job_id": job_id, "notify": "error", "error": str(exc)}
-            if notice:
-                outcomes.append(notice)
+    for info in bucket.list(keys.NOTIFY_WATCH):
+        job_id = keys.job_id_from_index(info.key, keys.NOTIFY_WATCH)
+        if not job_id:
+            continue
+        try:
+            notice = notify_job(bucket, job_id, notifier, writer, now)
+        except BucketrunError as exc:
+            log.error("notice for %s failed: %s", job_id, exc)
+            notice = {"job_id": job_id, "notify": "error", "error": str(exc)}
+        if notice:
+            outcomes.append(notice)
     return outcomes

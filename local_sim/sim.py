@@ -17,7 +17,7 @@ from bucketrun.events import codec, keys
 from bucketrun.events.storage import Bucket, ObjectInfo
 from bucketrun.events.storage.local import LocalBucket
 from bucketrun.handlers.dispatch import DispatchContext, dispatch
-from bucketrun.handlers.launch import Launcher
+from bucketrun.handlers.launchers import Launcher, Routes
 
 log = logging.getLogger("bucketrun.sim")
 
@@ -40,7 +40,7 @@ def s3_record(bucket: Bucket, info: ObjectInfo) -> dict[str, Any]:
 
 
 class Simulation:
-    def __init__(self, bucket: Bucket, launcher: Launcher, poll_s: float = 1.0, writer: str | None = None,
+    def __init__(self, bucket: Bucket, launcher: Launcher | Routes, poll_s: float = 1.0, writer: str | None = None,
                  sweep_s: float | None = 5.0):
         from bucketrun.events.lifecycle import default_writer
 
@@ -83,7 +83,7 @@ class Simulation:
 
         while not self.stop_event.wait(self.sweep_s):
             try:
-                sweep(self.bucket, self.ctx.launcher, self.ctx.writer)
+                sweep(self.bucket, self.ctx.launchers, self.ctx.writer)
             except Exception as exc:  # noqa: BLE001 - the next sweep tries again
                 log.error("sweep failed: %s", exc)
 

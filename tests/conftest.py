@@ -18,6 +18,10 @@ import pytest
 from bucketrun.events.storage import open_bucket
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The tests' media servers listen on loopback, which bucketrun refuses to fetch from by default (SSRF). Tests of
+# that refusal unset this themselves (tests/test_bad_input.py).
+os.environ["BUCKETRUN_ALLOW_PRIVATE_URLS"] = "1"
 SAMPLES = ROOT / "events" / "samples"
 
 SPEECH_TEXT = (

@@ -81,7 +81,7 @@ def test_status_json_logs_and_ls_for_a_rejected_job(tmp_path):
     bucket = open_bucket(url)
     bucket.put("inbox/bad.json", b"{not json")
     outcome = dispatch({"Records": [s3_record(bucket, bucket.head("inbox/bad.json"))]},
-                       DispatchContext(bucket, launcher=None, writer="t"))[0]  # rejected before any launch
+                       DispatchContext(bucket, launchers=None, writer="t"))[0]  # rejected before any launch
     status = json.loads(run("--bucket", url, "status", outcome.job_id, "--json").stdout)
     assert status["state"] == "rejected" and status["error"]["class"] == "bad_input"
     assert status["artifacts"] == [] and status["attempt"] == 1 and status["updated_at"]

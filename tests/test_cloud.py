@@ -6,10 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -42,17 +44,35 @@ def runpod_server(s3_endpoint, tmp_path_factory):
         proc = subprocess.Popen([sys.executable, "-m", "bucketrun.images.transcribe.handler", "--rp_serve_api",
                                  "--rp_api_port", str(port), "--rp_api_host", "127.0.0.1"],
                                 cwd=ROOT, stdout=fh, stderr=fh, env={**os.environ, "UVICORN_LOG_LEVEL": "warning"})
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert proc.poll() is None, log.read_text()
-            time.sleep(0.3)
-    yield f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + RUNPOD_SERVER_DEADLINE_S
+    while not _answers_http(url):
+        code = proc.poll()
+        if code is not None or time.monotonic() > deadline:
+            why = (f"exited early with code {code}" if code is not None
+                   else f"did not answer HTTP within {RUNPOD_SERVER_DEADLINE_S} s")
+            proc.kill()
+            proc.wait(30)
+            pytest.fail(f"the runpod SDK's local server {why}; its stderr ends:\n"
+                        f"{log.read_text(errors='replace')[-3000:]}", pytrace=False)
+        time.sleep(0.3)
+    yield url
     proc.terminate()
     proc.wait(30)
+
+
+RUNPOD_SERVER_DEADLINE_S = 120
+
+
+def _answers_http(url: str) -> bool:
+    """Any HTTP response (even a 404) means the server is up; a refused or dropped connection does not."""
+    try:
+        urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url + "/", timeout=2).close()
+    except urllib.error.HTTPError as exc:
+        exc.close()
+    except (urllib.error.URLError, OSError):
+        return False
+    return True
 
 
 @pytest.fixture
@@ -171,7 +191,9 @@ def _jobs_by_inbox(bucket) -> dict[str, str]:
 
 
 def test_throttling_and_server_errors_are_retried_and_launch_once(cloud):
-    fake = ScriptedRunpod([(429, {"error": "throttled"}), (500, {"error": "boom"}), (200, {"id": "rp-9", "status": "IN_QUEUE"})])
+    # 429 and 503 refuse the request, so even the non-idempotent /run is retried (test_retry_policy: not on 500)
+    fake = ScriptedRunpod([(429, {"error": "throttled"}), (503, {"error": "unavailable"}),
+                           (200, {"id": "rp-9", "status": "IN_QUEUE"})])
     try:
         bucket = cloud(fake.url)
         bucket.put("inbox/t.json", codec.dumps(MANIFEST))
@@ -261,11 +283,27 @@ def test_test_events_and_unknown_shapes_are_ignored(cloud):
     assert aws_lambda.dispatch_handler({"hello": "world"}) == {"ignored": "unknown"}
 
 
-def test_scheduled_event_runs_the_sweep(cloud):
-    fake = ScriptedRunpod()
+def test_scheduled_event_runs_the_sweep(cloud, monkeypatch):
+    """A job launched ten minutes ago and silent since: the scheduled event's sweep asks Runpod and retries it."""
+    fake = ScriptedRunpod([(200, {"id": "rp-st", "status": "IN_QUEUE"}),  # /run
+                           (200, {"id": "rp-st", "status": "IN_PROGRESS"}),  # /status: running, yet silent
+                           (200, {"id": "rp-st", "status": "CANCELLED"})])  # /cancel
     try:
-        cloud(fake.url)
-        assert aws_lambda.dispatch_handler(sample("scheduled-sweep.json")) == {"swept": []}
+        bucket = cloud(fake.url)
+        bucket.put("inbox/stalled.json", codec.dumps(MANIFEST))
+        with monkeypatch.context() as past:  # the real intake writes the job's history, dated ten minutes ago
+            then = codec.now() - timedelta(minutes=10)
+            past.setattr(codec, "now", lambda: then)
+            (job,) = aws_lambda.dispatch_handler({"Records": [_record(bucket, "inbox/stalled.json")]})["jobs"]
+        assert job["state"] == "launched"
+        answer = aws_lambda.dispatch_handler(sample("scheduled-sweep.json"))
+        [outcome] = answer["swept"]
+        assert outcome["job_id"] == job["job_id"] and outcome["step"] == "ask_backend", answer
+        assert (outcome["backend"], outcome["class"], outcome["state"]) == ("IN_PROGRESS", "stall", "queued")
+        assert fake.paths() == ["/v2/ep123/run", "/v2/ep123/status/rp-st", "/v2/ep123/cancel/rp-st"]
+        view = read_view(bucket, job["job_id"])
+        assert view.state is JobState.QUEUED and view.attempt == 2
+        assert view.latest.detail["retry"]["error"]["class"] == "stall"
     finally:
         fake.close()
 
@@ -294,7 +332,7 @@ def test_the_sweep_maps_each_runpod_status_onto_a_transition(cloud, status, code
         bucket.put("inbox/s.json", codec.dumps(MANIFEST))
         (job,) = aws_lambda.dispatch_handler({"Records": [_record(bucket, "inbox/s.json")]})["jobs"]
         ctx = aws_lambda.context()
-        [outcome] = sweep(bucket, ctx.launcher, "sweep", now=codec.now() + timedelta(minutes=10))
+        [outcome] = sweep(bucket, ctx.launchers, "sweep", now=codec.now() + timedelta(minutes=10))
         assert fake.requests[1][:2] == ("GET", "/v2/ep123/status/rp-s")
         view = read_view(bucket, job["job_id"])
         assert view.state is state and outcome["backend"] == ("UNKNOWN" if code == 404 else status)

@@ -120,7 +120,6 @@ BAD_MEDIA = {
     "not-media": ({"url": "{http}/notes.mp3"}, "bad_input", "not a media file"),
     "no-audio-track": ({"key": "media/video-only.mp4"}, "bad_input", "no audio track"),
     "missing-key": ({"key": "media/nothing-here.ogg"}, "bad_input", "does not exist"),
-    "file-scheme": ({"url": "file:///etc/passwd"}, "bad_input", "scheme 'file' is not allowed"),
     "http-404": ({"url": "{http}/missing.ogg"}, "download_error", "404"),
 }
 ONE_ATTEMPT = {"max_attempts": 1, "heartbeat_s": 2, "stall_after_s": 30}

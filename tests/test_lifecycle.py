@@ -46,7 +46,7 @@ def test_append_walks_the_lifecycle_and_records_who_and_why(bucket):
     assert [t.seq for t in view.history] == [1, 2, 3]
     assert view.latest.detail == {"backend_id": "x-1"} and view.latest.writer == w and view.attempt == 1
     raw = codec.loads(bucket.get(keys.event_key("j1", 3)).data)
-    assert set(raw) == {"seq", "state", "at", "attempt", "writer", "detail"}
+    assert set(raw) == {"seq", "state", "at", "attempt", "writer", "detail", "write_token"}
 
 
 def test_retry_is_a_new_attempt_and_fences_the_old_one(bucket):

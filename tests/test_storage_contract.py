@@ -98,8 +98,10 @@ def test_replace_if_unchanged(store):
 
 
 def test_replace_missing_key_fails_precondition(store):
-    with pytest.raises((PreconditionFailed, NotFound)):
+    # If-Match on a missing key is a lost compare-and-swap (S3 answers 412, or 404 which we translate).
+    with pytest.raises(PreconditionFailed):
         store.replace("ghost.json", b"x", '"0123456789abcdef0123456789abcdef"')
+    assert not store.exists("ghost.json")
 
 
 def test_list_is_lexicographic_by_prefix_and_start_after(store):
@@ -144,21 +146,58 @@ def test_prefix_is_invisible_to_callers(s3_endpoint):
 N_RACERS = 8
 
 
-def _race_create(url, barrier, results, i):
-    bucket = open_bucket(url)
-    barrier.wait()
+@pytest.fixture
+def atomic_moto_puts(s3_endpoint, monkeypatch):
+    """moto checks If-None-Match/If-Match and then writes, unlocked, on a threaded server, so two racers can
+    both win there; S3 itself makes the check and the write one step. Serialise moto's PUT handler (it runs in
+    this process) so the races test our backends, not moto's emulation."""
+    from moto.s3.responses import S3Response
+
+    lock, put_object = threading.Lock(), S3Response.put_object
+
+    def atomic_put_object(self, *args, **kwargs):
+        with lock:
+            return put_object(self, *args, **kwargs)
+
+    monkeypatch.setattr(S3Response, "put_object", atomic_put_object)
+
+
+@pytest.fixture(params=["local", "s3", "s3-async"])
+def race_url(request, tmp_path):
+    """(url, backend) on every backend; an "s3-async" racer opens its own AsyncS3Bucket on the url."""
+    if request.param == "local":
+        return str(tmp_path / "bucket"), "local"
+    request.getfixturevalue("atomic_moto_puts")
+    return f"s3://{make_s3_bucket()}/team-a", request.param
+
+
+def _race(backend, url, barrier, op):
+    """Open the racer's own bucket, wait for every racer, then make one conditional write."""
+    if backend != "s3-async":
+        bucket = open_bucket(url)
+        barrier.wait()
+        op(bucket)
+        return
+
+    async def run():  # its own client in its own event loop, as a fleet worker would have
+        async with AsyncS3Bucket(*split_s3_url(url)) as bucket:
+            barrier.wait()
+            await op(bucket)
+
+    asyncio.run(run())
+
+
+def _race_create(backend, url, barrier, results, i):
     try:
-        bucket.create("race/create.json", f"writer-{i}".encode())
+        _race(backend, url, barrier, lambda b: b.create("race/create.json", f"writer-{i}".encode()))
         results.put(("won", i))
     except PreconditionFailed:
         results.put(("lost", i))
 
 
-def _race_cas(url, etag, barrier, results, i):
-    bucket = open_bucket(url)
-    barrier.wait()
+def _race_cas(backend, url, etag, barrier, results, i):
     try:
-        bucket.replace("race/cas.json", f"writer-{i}".encode(), etag)
+        _race(backend, url, barrier, lambda b: b.replace("race/cas.json", f"writer-{i}".encode(), etag))
         results.put(("won", i))
     except PreconditionFailed:
         results.put(("lost", i))
@@ -176,16 +215,20 @@ def _run_racers(target, *args):
     return outcomes
 
 
-def test_race_create_exactly_one_wins(bucket_url):
-    outcomes = _run_racers(_race_create, bucket_url)
+def test_race_create_exactly_one_wins(race_url):
+    url, backend = race_url
+    outcomes = _run_racers(_race_create, backend, url)
+    assert sorted(i for _, i in outcomes) == list(range(N_RACERS)), outcomes  # every racer answered
     winners = [i for what, i in outcomes if what == "won"]
     assert len(winners) == 1, outcomes
-    assert open_bucket(bucket_url).get("race/create.json").data == f"writer-{winners[0]}".encode()
+    assert open_bucket(url).get("race/create.json").data == f"writer-{winners[0]}".encode()
 
 
-def test_race_compare_and_swap_exactly_one_wins(bucket_url):
-    etag = open_bucket(bucket_url).put("race/cas.json", b"start")
-    outcomes = _run_racers(_race_cas, bucket_url, etag)
+def test_race_compare_and_swap_exactly_one_wins(race_url):
+    url, backend = race_url
+    etag = open_bucket(url).put("race/cas.json", b"start")
+    outcomes = _run_racers(_race_cas, backend, url, etag)
+    assert sorted(i for _, i in outcomes) == list(range(N_RACERS)), outcomes  # every racer answered
     winners = [i for what, i in outcomes if what == "won"]
     assert len(winners) == 1, outcomes
-    assert open_bucket(bucket_url).get("race/cas.json").data == f"writer-{winners[0]}".encode()
+    assert open_bucket(url).get("race/cas.json").data == f"writer-{winners[0]}".encode()

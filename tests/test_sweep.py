@@ -21,7 +21,7 @@ from bucketrun.events.storage import open_bucket
 from bucketrun.handlers import client
 from bucketrun.handlers.control import cancel
 from bucketrun.handlers.sweep import sweep
-from bucketrun.images.transcribe.worker import run_job
+from bucketrun.images.runtime.attempt import run_attempt as run_job
 from bucketrun.handlers.launchers.local import LocalProcessLauncher
 from bucketrun.local_sim.sim import Simulation
 

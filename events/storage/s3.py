@@ -40,8 +40,13 @@ class S3Bucket(Bucket):
         return self._call("put_object", key, **params)["ETag"]
 
     def replace(self, key, data, etag, content_type="application/octet-stream"):
+        from ..errors import NotFound, PreconditionFailed
+
         params = self.k.put_params(key, data, content_type, if_match=etag)
-        return self._call("put_object", key, **params)["ETag"]
+        try:
+            return self._call("put_object", key, **params)["ETag"]
+        except NotFound as exc:  # If-Match on a missing key: some stores answer 404; the contract says 412
+            raise PreconditionFailed(f"put_object {key}: precondition failed (no such key)") from exc
 
     def get(self, key):
         response = self._call("get_object", key, **self.k.key_params(key))

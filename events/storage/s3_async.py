@@ -46,8 +46,13 @@ class AsyncS3Bucket:
         return (await self._call("put_object", key, **params))["ETag"]
 
     async def replace(self, key: str, data: bytes, etag: str, content_type: str = "application/octet-stream") -> str:
+        from ..errors import NotFound, PreconditionFailed
+
         params = self.k.put_params(key, data, content_type, if_match=etag)
-        return (await self._call("put_object", key, **params))["ETag"]
+        try:
+            return (await self._call("put_object", key, **params))["ETag"]
+        except NotFound as exc:  # If-Match on a missing key: some stores answer 404; the contract says 412
+            raise PreconditionFailed(f"put_object {key}: precondition failed (no such key)") from exc
 
     async def get(self, key: str) -> Blob:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -1,4 +1,5 @@
-"""Local GPU capacity: one warm worker process (images.runtime.local_worker), restarted if it dies."""
+"""A local process as capacity: one warm worker (bucketrun.images.runtime.local_worker) that runs any kind's
+attempt, restarted if it dies. The simulation uses it; so can a workstation with a GPU."""
 
 from __future__ import annotations
 
@@ -19,8 +20,13 @@ log = logging.getLogger("bucketrun.sim")
 class LocalProcessLauncher:
     name = "local"
 
-    def __init__(self, preload: str | None = "default", log_path: Path | None = None):
-        self.preload = preload
+    def __init__(self, preload: str | list[str] | None = "default", log_path: Path | None = None):
+        """`preload`: kinds to warm before the first job; "default" warms every registered kind."""
+        if preload == "default":
+            from bucketrun.events.kinds import kind_names
+
+            preload = kind_names()
+        self.preload = [preload] if isinstance(preload, str) else list(preload or [])
         self.log_path = log_path or Path(tempfile.gettempdir()) / f"bucketrun-local-worker-{os.getpid()}.log"
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
@@ -38,8 +44,8 @@ class LocalProcessLauncher:
         if self._proc is not None:
             log.warning("local worker exited with %s; starting a new one", self._proc.returncode)
         cmd = [sys.executable, "-m", "bucketrun.images.runtime.local_worker"]
-        if self.preload:
-            cmd += ["--preload", self.preload]
+        for kind in self.preload:
+            cmd += ["--preload", kind]
         logfile = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logfile,
@@ -68,7 +74,7 @@ class LocalProcessLauncher:
     def wait_ready(self, timeout: float = 120) -> bool:
         return self._ready.wait(timeout)
 
-    def launch(self, bucket_url: str, job_id: str, attempt: int, resources=None) -> str:
+    def launch(self, bucket_url: str, job_id: str, attempt: int, manifest=None) -> str:
         with self._lock:
             proc = self._ensure()
             line = json.dumps({"bucket": bucket_url, "job_id": job_id, "attempt": attempt})

@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlparse
 
+from bucketrun.events.destinations import Resolver, allowed_schemes, resolved_problem, system_resolver, url_problem
 from bucketrun.events.errors import NotFound, StorageError
 from bucketrun.events.failures import FailureClass, JobFailure
 from bucketrun.events.storage import Bucket
 
-ENV_ALLOWED_SCHEMES = "BUCKETRUN_ALLOW_URL_SCHEMES"  # operator opt-in, e.g. "file"
 
-
-def allowed_schemes() -> set[str]:
-    extra = {s.strip().lower() for s in os.environ.get(ENV_ALLOWED_SCHEMES, "").split(",") if s.strip()}
-    return {"http", "https"} | extra
-
-
-def check_url(url: str) -> None:
-    scheme = urlparse(url).scheme.lower()
-    if scheme not in allowed_schemes():
-        raise JobFailure(FailureClass.BAD_INPUT,
-                         f"URL scheme {scheme or '(none)'!r} is not allowed; use http(s) "
-                         f"(an operator can allow more with {ENV_ALLOWED_SCHEMES})", where="source.url")
+def check_url(url: str, resolve: Resolver = system_resolver) -> None:
+    """Intake refused what the URL shows; this catches a host name that resolves inside the network, checked
+    right before the fetch. Both are bad input: never retried."""
+    problem = url_problem(url) or resolved_problem(url, resolve)
+    if problem:
+        raise JobFailure(FailureClass.BAD_INPUT, f"URL {problem}", where="source.url")
 
 
 def fetch_url(url: str, workdir: Path, on_progress: Callable[[float], None] | None = None) -> Path:

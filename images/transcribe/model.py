@@ -141,3 +141,8 @@ def load(choice: ModelChoice):
                              where="model") from exc
         _models[choice] = model
         return model
+
+
+def preload(requested: str | None = None) -> None:
+    """Warm a worker before its first job: the image's (or the default) model, loaded once per process."""
+    load(choose(requested or None))

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = {"kind": "transcribe", "source": {"key": CLIP_KEY}, "options": {"language": "en"}}
     from bucketrun.events.manifest import parse_manifest
 
-    bucket.create(keys.manifest_key(job_id), codec.dumps(parse_manifest(codec.dumps(manifest)).model_dump(mode="json")))
+    bucket.create(keys.manifest_key(job_id), codec.dumps(parse_manifest(codec.dumps(manifest)).to_json()))
     for state in (JobState.SUBMITTED, JobState.QUEUED, JobState.LAUNCHED):
         append_transition(bucket, job_id, state, writer="smoke")
     test_input = {"input": {"job_id": job_id, "bucket": bucket.url, "manifest_key": keys.manifest_key(job_id),

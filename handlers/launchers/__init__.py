@@ -1,0 +1,44 @@
+"""Launch backends, one module each behind one interface (base.Launcher), and the routing of kinds to them.
+
+`runpod` (serverless endpoints over HTTP) and `local` (a warm local process) today; rented pods and host agents
+join as modules here. tests/test_launchers.py runs one contract over every backend.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from bucketrun.events.failures import FailureClass
+
+from .base import BackendStatus, Launcher, LaunchError, Routes, as_routes
+
+__all__ = ["BackendStatus", "Launcher", "LaunchError", "Routes", "as_routes", "routes_from_env"]
+
+
+def endpoint_env(kind_suffix: str) -> str:
+    return f"RUNPOD_ENDPOINT_ID_{kind_suffix}"
+
+
+def routes_from_env(runpod_api_key: Callable[[], str]) -> Routes:
+    """The cloud's routing: each kind goes to BUCKETRUN_LAUNCHER_<KIND> (else its spec's backend); a Runpod
+    kind to its own endpoint, RUNPOD_ENDPOINT_ID_<KIND> (RUNPOD_ENDPOINT_ID serves kinds without their own)."""
+    from bucketrun.events.kinds import get_kind
+
+    def make(kind: str) -> Launcher:
+        spec = get_kind(kind)
+        if spec is None:
+            raise LaunchError(f"unknown kind {kind!r}", FailureClass.CONFIG_ERROR)
+        backend = os.environ.get(f"BUCKETRUN_LAUNCHER_{spec.env_suffix}") or spec.launcher
+        if backend == "runpod":
+            from .runpod import RunpodLauncher
+
+            endpoint = os.environ.get(endpoint_env(spec.env_suffix)) or os.environ.get("RUNPOD_ENDPOINT_ID", "")
+            if not endpoint:
+                raise LaunchError(f"no Runpod endpoint for kind {kind!r}: set {endpoint_env(spec.env_suffix)}",
+                                  FailureClass.CONFIG_ERROR)
+            return RunpodLauncher(endpoint, api_key=runpod_api_key())
+        raise LaunchError(f"launch backend {backend!r} (kind {kind!r}) is not available in this deployment",
+                          FailureClass.CONFIG_ERROR)
+
+    return Routes(factory=make)

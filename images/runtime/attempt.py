@@ -1,0 +1,172 @@
+"""One attempt runtime for every kind: wait for the launch, write `running`, heartbeat and progress, capture
+the log to the bucket, stop on cancel, drain on SIGTERM, verify the result, and write the terminal transition
+listing each artifact's key, bytes and sha256. A kind supplies only its work: `work(attempt) -> result`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bucketrun.events import keys
+from bucketrun.events.errors import BucketrunError, IllegalTransition, StaleAttempt
+from bucketrun.events.failures import FailureClass, JobFailure, error_detail
+from bucketrun.events.kinds import get_kind
+from bucketrun.events.lifecycle import JobState, JobView, append_transition, default_writer, read_view
+from bucketrun.events.manifest import JobManifest, load_job_manifest
+from bucketrun.events.retry import record_failure
+from bucketrun.events.storage import Bucket, open_bucket
+
+from .heartbeat import Heartbeat
+
+log = logging.getLogger("bucketrun.worker")
+Work = Callable[["Attempt"], dict[str, Any]]
+
+
+class Superseded(Exception):
+    """The job left this attempt (cancelled, retried) while it ran: write nothing more."""
+
+
+class Drained(Exception):
+    """SIGTERM: the platform is taking the worker away; the attempt ends as `lost` and is retried."""
+
+
+_draining = threading.Event()
+
+
+def _on_sigterm(_signum, _frame) -> None:
+    log.warning("SIGTERM: draining the current attempt")
+    _draining.set()
+
+
+def install_drain_handler() -> None:
+    """SIGTERM sets a flag the work checks at its safe points; only the main thread may install it."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def draining() -> bool:
+    return _draining.is_set()
+
+
+class Attempt:
+    """What a kind's work sees: its job, a scratch folder, progress, artifacts, and when to stop."""
+
+    def __init__(self, bucket: Bucket, job_id: str, attempt: int, manifest: JobManifest, workdir: Path,
+                 beat: Heartbeat):
+        self.bucket, self.job_id, self.attempt, self.manifest = bucket, job_id, attempt, manifest
+        self.workdir, self.beat = workdir, beat
+        self.artifacts: list[dict[str, Any]] = []
+
+    def progress(self, stage: str, fraction: float, processed: float | None = None,
+                 total: float | None = None) -> None:
+        self.beat.update(stage, fraction, processed, total)
+
+    def check(self) -> None:
+        """Call between units of work: raises when the job moved on or the worker is being drained."""
+        if self.beat.superseded.is_set():
+            raise Superseded()
+        if draining():
+            raise Drained()
+
+    def put_artifact(self, name: str, data: bytes, content_type: str, **meta: Any) -> dict[str, Any]:
+        """Written under this attempt's prefix, so a late writer never overwrites a newer attempt's outputs."""
+        key = keys.artifact_key(self.job_id, self.attempt, name)
+        self.bucket.put(key, data, content_type)
+        record = {"key": key, **meta, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        self.artifacts.append(record)
+        return record
+
+
+def wait_for_launch(bucket: Bucket, job_id: str, attempt: int, timeout_s: float = 30.0) -> JobView:
+    """The launcher appends `launched` after the backend accepts the job, so a fast worker waits for it."""
+    deadline = time.monotonic() + timeout_s
+    view = read_view(bucket, job_id)
+    while view.state is JobState.QUEUED and view.attempt == attempt and time.monotonic() < deadline:
+        time.sleep(0.05)
+        view = read_view(bucket, job_id, known=view)
+    return view
+
+
+def run_attempt(bucket_url: str, job_id: str, attempt: int, writer: str | None = None,
+                work: Work | None = None) -> dict[str, Any]:
+    """Run one attempt to a terminal transition; returns a small summary (never secrets). `work` overrides
+    the kind's registered callable (tests)."""
+    bucket = open_bucket(bucket_url)
+    writer = writer or default_writer("worker")
+    view = wait_for_launch(bucket, job_id, attempt)
+    if view.state is not JobState.LAUNCHED or view.attempt != attempt:
+        return {"job_id": job_id, "attempt": attempt, "status": "skipped",
+                "reason": f"job is {view.state.value if view.state else 'unknown'} on attempt {view.attempt}"}
+    try:
+        _, view = append_transition(bucket, job_id, JobState.RUNNING, writer=writer, attempt=attempt,
+                                    expect=JobState.LAUNCHED, view=view)
+    except (IllegalTransition, StaleAttempt) as exc:
+        return {"job_id": job_id, "attempt": attempt, "status": "skipped", "reason": str(exc)}
+
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("bucketrun").addHandler(handler)
+    started = time.monotonic()
+    manifest: JobManifest | None = None
+    error: dict[str, Any] | None = None
+    detail: dict[str, Any] = {}
+    try:
+        beat = None
+        try:
+            manifest = load_job_manifest(bucket, job_id)
+            spec = get_kind(manifest.kind)
+            assert spec is not None  # intake validated the kind
+            run = work or spec.load_work()
+            with Heartbeat(bucket, job_id, attempt, every_s=manifest.resources.heartbeat_s, view=view) as beat, \
+                    tempfile.TemporaryDirectory(prefix="bucketrun-") as tmp:
+                ctx = Attempt(bucket, job_id, attempt, manifest, Path(tmp), beat)
+                result = run(ctx) or {}
+                problems = spec.verify(manifest, {**result, "artifacts": ctx.artifacts})
+                if problems:
+                    raise JobFailure(FailureClass.CODE_ERROR, "the result failed its completion check: "
+                                     + "; ".join(problems)[:500], where="verify")
+                detail = {**result, "artifacts": ctx.artifacts}
+        except JobFailure as exc:
+            log.error("job failed (%s): %s", exc.cls.value, exc.message)
+            error = error_detail(exc.cls, exc.message, where=exc.where)["error"]
+        except Superseded:
+            return {"job_id": job_id, "attempt": attempt, "status": "superseded"}
+        except Drained:
+            error = error_detail(FailureClass.LOST, "the worker was stopped (SIGTERM) mid-attempt",
+                                 where="worker")["error"]
+        except Exception as exc:  # noqa: BLE001 - the job must end in a state, whatever broke
+            log.exception("unexpected error")
+            error = error_detail(FailureClass.CODE_ERROR, f"internal error: {type(exc).__name__}: {exc}"[:500],
+                                 where="worker")["error"]
+        elapsed = {"elapsed_s": round(time.monotonic() - started, 3)}
+        # The heartbeat kept the view current; a write that lost a race re-reads inside append_transition.
+        view = beat.view if beat is not None and beat.view is not None else view
+        try:
+            if error is None:
+                t, _ = append_transition(bucket, job_id, JobState.SUCCEEDED, writer=writer, attempt=attempt,
+                                         expect=JobState.RUNNING, detail={**detail, **elapsed}, view=view)
+            else:
+                max_attempts = manifest.resources.max_attempts if manifest else 1
+                t = record_failure(bucket, job_id, error, writer=writer, attempt=attempt,
+                                   max_attempts=max_attempts, extra=elapsed, view=view)
+        except (IllegalTransition, StaleAttempt) as exc:
+            log.warning("result not recorded: %s", exc)
+            return {"job_id": job_id, "attempt": attempt, "status": "superseded", "reason": str(exc)}
+        return {"job_id": job_id, "attempt": attempt, "status": t.state.value,
+                "artifacts": [a["key"] for a in t.detail.get("artifacts", [])]}
+    finally:
+        logging.getLogger("bucketrun").removeHandler(handler)
+        try:
+            bucket.put(keys.log_key(job_id, attempt), buffer.getvalue().encode(), "text/plain; charset=utf-8")
+        except BucketrunError:
+            pass

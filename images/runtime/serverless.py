@@ -1,0 +1,39 @@
+"""Runpod serverless around the attempt runtime: the job input names only the job; bucket credentials come
+from the worker's environment. Each image's handler module calls `main([its kinds])`.
+
+Run locally with `python -m bucketrun.images.transcribe.handler --rp_serve_api --rp_api_port N` (the SDK's own
+/run and /status server) or once with `--test_input '{"input": {...}}'`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from bucketrun.events.errors import BucketrunError
+
+from .attempt import install_drain_handler, run_attempt
+
+
+def handler(job: dict[str, Any]) -> dict[str, Any]:
+    data = job.get("input") or {}
+    missing = [k for k in ("job_id", "bucket", "attempt") if k not in data]
+    if missing:
+        return {"error": f"job input lacks {', '.join(missing)}"}
+    try:
+        return run_attempt(str(data["bucket"]), str(data["job_id"]), int(data["attempt"]))
+    except BucketrunError as exc:  # the bucket itself failed: the sweep will see silence and retry
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def main(kinds: list[str]) -> None:
+    import runpod
+
+    from .local_worker import preload
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    install_drain_handler()
+    if os.environ.get("BUCKETRUN_PRELOAD", "1") != "0":
+        preload(kinds)
+    runpod.serverless.start({"handler": handler})
