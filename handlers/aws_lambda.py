@@ -1,7 +1,7 @@
 """AWS Lambda entry points: thin. Parse the event, call the same dispatch/sweep code as the simulation.
 
 Configuration comes from the environment the template sets: BUCKETRUN_BUCKET (s3://bucket/prefix),
-RUNPOD_ENDPOINT_ID, and the Runpod key's (and the optional webhook signing secret's) Secrets Manager ARN or
+RUNPOD_ENDPOINT_ID_<KIND> for each kind's endpoint, and the Runpod key's (and the optional webhook signing secret's) Secrets Manager ARN or
 SSM SecureString name, read once per container and never logged.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 from bucketrun.events import webhook
@@ -28,6 +29,20 @@ _context: DispatchContext | None = None
 _notifier: Notifier | None = None
 
 
+class _WhileReadingSecrets(logging.Filter):
+    """botocore logs every response body at DEBUG, and a GetSecretValue/GetParameter body holds the secret:
+    its parser's records are dropped while this thread reads one."""
+
+    reading = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.reading, "on", False)
+
+
+_quiet = _WhileReadingSecrets()
+logging.getLogger("botocore.parsers").addFilter(_quiet)
+
+
 def secret_from_env(name: str, arn_var: str, parameter_var: str) -> str | None:
     """`name` itself, else the Secrets Manager secret whose ARN is in `arn_var`, else the SSM SecureString
     named in `parameter_var`; the value is never logged."""
@@ -35,11 +50,16 @@ def secret_from_env(name: str, arn_var: str, parameter_var: str) -> str | None:
         return os.environ[name]
     import boto3
 
-    if os.environ.get(arn_var):
-        return boto3.client("secretsmanager").get_secret_value(SecretId=os.environ[arn_var])["SecretString"].strip()
-    if os.environ.get(parameter_var):
-        return boto3.client("ssm").get_parameter(Name=os.environ[parameter_var],
-                                                 WithDecryption=True)["Parameter"]["Value"].strip()
+    _quiet.reading.on = True
+    try:
+        if os.environ.get(arn_var):
+            return boto3.client("secretsmanager").get_secret_value(
+                SecretId=os.environ[arn_var])["SecretString"].strip()
+        if os.environ.get(parameter_var):
+            return boto3.client("ssm").get_parameter(Name=os.environ[parameter_var],
+                                                     WithDecryption=True)["Parameter"]["Value"].strip()
+    finally:
+        _quiet.reading.on = False
     return None
 
 

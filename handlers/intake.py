@@ -150,8 +150,8 @@ def advance(bucket: Bucket, job_id: str, launchers: Routes | Launcher, writer: s
             if action is Action.LAUNCH:
                 manifest = decision.manifest if decision else None
                 launched = launch_attempt(bucket, view, launchers, writer, manifest)
-                if launched is None:
-                    return view  # another dispatcher holds this attempt's launch
+                if launched is None:  # another dispatcher holds this launch, or it failed and was recorded
+                    return read_view(bucket, job_id, known=view)
                 view = launched
                 continue
             target, detail = _transition_for(action, decision)

@@ -12,7 +12,7 @@ import random
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
@@ -47,7 +47,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 class Notifier:
     """Sends signed POSTs; without a secret it refuses rather than send an unverifiable notice."""
 
-    secret: str | None
+    secret: str | None = field(repr=False)  # never shown, should a notifier ever be logged
     timeout_s: float = 10.0
 
     @classmethod

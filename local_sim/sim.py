@@ -54,6 +54,7 @@ class Simulation:
         self.errors = 0
         self.reconcile_s = 30.0
         self.ready = threading.Event()
+        self.sweeps = 0  # completed sweep passes, so a test can tell that sweeps really ran
 
     def handle(self, info: ObjectInfo) -> None:
         if self.seen.get(info.key) == info.etag:
@@ -84,6 +85,7 @@ class Simulation:
         while not self.stop_event.wait(self.sweep_s):
             try:
                 sweep(self.bucket, self.ctx.launchers, self.ctx.writer)
+                self.sweeps += 1
             except Exception as exc:  # noqa: BLE001 - the next sweep tries again
                 log.error("sweep failed: %s", exc)
 

@@ -128,10 +128,11 @@ def test_wrong_json_types_and_values_are_rejected_naming_the_field(path, value):
 def test_a_rejection_never_echoes_the_input(bucket, launcher):
     huge = "k" * 300_000
     _, view = drop(bucket, "inbox/huge-kind.json", {"kind": huge, "source": {"key": "a"}}, launcher)
-    assert rejected_fields(view) == {"kind": "must be one of: transcribe"}
+    [(loc, msg)] = rejected_fields(view).items()
+    assert loc == "kind" and msg.startswith("must be one of: ") and "transcribe" in msg
     _, view2 = drop(bucket, "inbox/huge-field.json", {**GOOD, huge: 1}, launcher)
-    [(loc, msg)] = rejected_fields(view2).items()
-    assert len(loc) < 250 and "Extra inputs" in msg
+    [(loc2, msg2)] = rejected_fields(view2).items()
+    assert len(loc2) < 250 and "Extra inputs" in msg2
     for v in (view, view2):
         assert len(bucket.get(keys.event_key(v.job_id, 1)).data) < 4096
         assert huge[:1000] not in bucket.get(keys.event_key(v.job_id, 1)).data.decode()

@@ -206,7 +206,7 @@ def test_throttling_and_server_errors_are_retried_and_launch_once(cloud):
         fake.close()
 
 
-@pytest.mark.parametrize("code,says", [(401, "refused the API key"), (404, "check RUNPOD_ENDPOINT_ID")])
+@pytest.mark.parametrize("code,says", [(401, "refused the API key"), (404, "check RUNPOD_ENDPOINT_ID_<KIND>")])
 def test_a_refused_key_or_unknown_endpoint_fails_the_job_at_once_naming_the_endpoint(cloud, code, says):
     fake = ScriptedRunpod([(code, {"error": "no"})])
     try:

@@ -125,7 +125,7 @@ def test_no_key_a_handler_writes_matches_a_trigger(template):
     assert ("inbox/", ".json") in filters and ("control/cancel/", ".json") in filters
     written = handler_written_keys()
     assert {"event_key", "manifest_key", "progress_key", "artifact_key", "notify_key", "notify_watch_key",
-            "launch_claim_key", "idempotency_key", "log_key", "intake_key"} <= set(written)
+            "launch_claim_key", "idempotency_key", "log_key", "intake_key", "live_key"} <= set(written)
     for name, key in written.items():
         for prefix, suffix in filters:
             assert not (key.startswith(prefix) and key.endswith(suffix)), f"{name} -> {key} would re-trigger"
@@ -135,11 +135,25 @@ def test_no_key_a_handler_writes_matches_a_trigger(template):
 
 def test_the_cloud_side_never_writes_a_trigger_key():
     """The dispatch and sweep functions, and the GPU worker, never build an inbox or cancel key."""
-    cloud_side = [*sorted((ROOT / "handlers").glob("*.py")), *sorted((ROOT / "images" / "transcribe").glob("*.py"))]
-    operator_side = {"cli.py", "client.py"}  # the command line writes triggers on purpose: it is the user
+    cloud_side = [*sorted((ROOT / "handlers").glob("*.py")), *sorted((ROOT / "handlers" / "launchers").glob("*.py")),
+                  *sorted((ROOT / "images").rglob("*.py"))]
+    operator_side = {"client.py"}  # the command line (handlers/cli/) writes triggers on purpose: it is the user
     for path in cloud_side:
         if path.name in operator_side:
             continue
         text = path.read_text()
         for name in USER_WRITTEN:
             assert f"{name}(" not in text, f"{path.relative_to(ROOT)} calls keys.{name}"
+
+
+def test_every_runpod_kind_has_its_own_endpoint(template):
+    """Routing sends kind K to RUNPOD_ENDPOINT_ID_<K>; a kind added without its endpoint fails here."""
+    from bucketrun.events.kinds import get_kind, kind_names
+    from bucketrun.handlers.launchers import endpoint_env
+
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    runpod_kinds = [get_kind(k) for k in kind_names() if get_kind(k).launcher == "runpod"]
+    assert runpod_kinds
+    for spec in runpod_kinds:
+        param = env.get(endpoint_env(spec.env_suffix))
+        assert param and param["Ref"] in template["Parameters"], spec.name

@@ -74,7 +74,7 @@ class RunpodLauncher:
                                   "check the RUNPOD_API_KEY secret", FailureClass.CONFIG_ERROR)
             if code == 404:
                 raise _NotFound(f"Runpod endpoint {self.endpoint_id} has no {path.split('/')[0]} at "
-                                f"{self.endpoint_url} (404); check RUNPOD_ENDPOINT_ID")
+                                f"{self.endpoint_url} (404); check RUNPOD_ENDPOINT_ID_<KIND>")
             if code == 405 and method == "GET":
                 method = "POST"  # the SDK's local test server serves /status as POST only
                 continue

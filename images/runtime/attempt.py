@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import signal
 import tempfile
 import threading
@@ -40,17 +41,30 @@ class Drained(Exception):
 
 
 _draining = threading.Event()
+_busy = threading.Event()  # set while an attempt runs in this process
+_previous_handler: Any = signal.SIG_DFL
 
 
 def _on_sigterm(_signum, _frame) -> None:
-    log.warning("SIGTERM: draining the current attempt")
     _draining.set()
+    if _busy.is_set():
+        log.warning("SIGTERM: draining the current attempt")
+    else:
+        stop_after_drain()
 
 
 def install_drain_handler() -> None:
-    """SIGTERM sets a flag the work checks at its safe points; only the main thread may install it."""
+    """SIGTERM while an attempt runs sets a flag the work checks at its safe points, so the attempt ends as
+    `lost` (and is retried) instead of going silent; while idle it stops the process as before."""
+    global _previous_handler
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        _previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def stop_after_drain() -> None:
+    """Hand SIGTERM to whoever had it before us (the default: exit), once no attempt is left running."""
+    signal.signal(signal.SIGTERM, _previous_handler if callable(_previous_handler) else signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def draining() -> bool:
@@ -112,6 +126,7 @@ def run_attempt(bucket_url: str, job_id: str, attempt: int, writer: str | None =
     except (IllegalTransition, StaleAttempt) as exc:
         return {"job_id": job_id, "attempt": attempt, "status": "skipped", "reason": str(exc)}
 
+    _busy.set()
     buffer = io.StringIO()
     handler = logging.StreamHandler(buffer)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -165,6 +180,7 @@ def run_attempt(bucket_url: str, job_id: str, attempt: int, writer: str | None =
         return {"job_id": job_id, "attempt": attempt, "status": t.state.value,
                 "artifacts": [a["key"] for a in t.detail.get("artifacts", [])]}
     finally:
+        _busy.clear()
         logging.getLogger("bucketrun").removeHandler(handler)
         try:
             bucket.put(keys.log_key(job_id, attempt), buffer.getvalue().encode(), "text/plain; charset=utf-8")

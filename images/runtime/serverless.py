@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 from bucketrun.events.errors import BucketrunError
 
-from .attempt import install_drain_handler, run_attempt
+from .attempt import draining, install_drain_handler, run_attempt, stop_after_drain
 
 
 def handler(job: dict[str, Any]) -> dict[str, Any]:
@@ -25,6 +26,9 @@ def handler(job: dict[str, Any]) -> dict[str, Any]:
         return run_attempt(str(data["bucket"]), str(data["job_id"]), int(data["attempt"]))
     except BucketrunError as exc:  # the bucket itself failed: the sweep will see silence and retry
         return {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        if draining():  # the attempt ended as `lost` in the bucket; now let the platform stop us
+            threading.Timer(1.0, stop_after_drain).start()
 
 
 def main(kinds: list[str]) -> None:
