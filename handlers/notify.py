@@ -19,10 +19,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bucketrun.events import codec, keys, webhook
-from bucketrun.events.backoff import WEBHOOK
+from bucketrun.events.backoff import WEBHOOK, parse_retry_after
+from bucketrun.events.conditional import TOKEN, create_json, create_once, replace_json
 from bucketrun.events.errors import NotFound
 from bucketrun.events.lifecycle import JobView, read_view
-from bucketrun.events.conditional import TOKEN, create_json, create_once, replace_json
 from bucketrun.events.manifest import JobManifest, load_job_manifest
 from bucketrun.events.status import job_status
 from bucketrun.events.storage import Bucket
@@ -32,10 +32,10 @@ MAX_DELIVERIES = 6
 CLAIM_S = 60.0  # a claimed delivery that never recorded its outcome (a crashed sweep) is retried after this
 
 
-def retry_delay_s(deliveries: int, rng: random.Random | None = None) -> float:
+def retry_delay_s(deliveries: int, rng: random.Random | None = None, retry_after: float | None = None) -> float:
     """Up to 30 s, 60 s, 120 s ... capped at an hour (the shared policy's WEBHOOK, full jitter, so many failing
-    receivers spread out)."""
-    return WEBHOOK.delay(deliveries, rng)
+    receivers spread out); a receiver's Retry-After (on 429 or 503) is honoured instead, within the hour."""
+    return WEBHOOK.delay(deliveries, rng, retry_after)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -65,6 +65,10 @@ class Notifier:
                 status = resp.status
         except urllib.error.HTTPError as exc:
             status = exc.code
+            wait = parse_retry_after(exc.headers.get("Retry-After")) if status in (429, 503) else None
+            if wait is not None:
+                return {"status": status, "retry_after_s": round(wait, 3),
+                        "ms": round((time.monotonic() - started) * 1e3)}
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             return {"error": f"{type(exc).__name__}: {reason}", "ms": round((time.monotonic() - started) * 1e3)}
@@ -148,7 +152,7 @@ def notify_job(bucket: Bucket, job_id: str, notifier: Notifier, writer: str,
     elif n >= MAX_DELIVERIES:
         claim["gave_up"] = True
     else:
-        claim["next_at"] = codec.iso(now + timedelta(seconds=retry_delay_s(n)))
+        claim["next_at"] = codec.iso(now + timedelta(seconds=retry_delay_s(n, retry_after=result.get("retry_after_s"))))
     if not replace_json(bucket, rkey, claim, etag).won:
         log.warning("notice %s/%s: the delivery record moved while sending", job_id, latest.seq)
     host = urlsplit(notify.webhook).hostname  # never log the full URL: its query may carry a receiver token

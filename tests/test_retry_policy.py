@@ -265,3 +265,18 @@ def test_a_webhook_is_given_up_on_after_exactly_six_deliveries(tmp_path, launche
     assert notify.notify_job(bucket, view.job_id, notifier, "test", now=now + timedelta(days=1)) == \
         {"job_id": view.job_id, "notify": "settled"}
     assert len(receiver.requests) == 6
+
+
+def test_a_receivers_retry_after_sets_the_next_delivery(tmp_path, launcher, receiver):
+    bucket = open_bucket(str(tmp_path / "bucket"))
+    view = ended_job(bucket, launcher, receiver.url)
+    receiver.script = [(503, {"Retry-After": "90"}), (429, {"Retry-After": "99999"})]
+    notifier = notify.Notifier(SECRET)
+    now = codec.now()
+    assert notify.notify_job(bucket, view.job_id, notifier, "test", now=now)["retry_after_s"] == 90
+    rec = record(bucket, view.job_id, view.latest.seq)
+    assert abs((codec.parse_iso(rec["next_at"]) - now).total_seconds() - 90) < 0.01
+    later = codec.parse_iso(rec["next_at"])
+    notify.notify_job(bucket, view.job_id, notifier, "test", now=later)
+    rec = record(bucket, view.job_id, view.latest.seq)
+    assert abs((codec.parse_iso(rec["next_at"]) - later).total_seconds() - 3600) < 0.01  # capped at the hour

@@ -7,19 +7,23 @@ import threading
 
 
 class Receiver:
-    """An HTTP endpoint that records every POST and answers with scripted status codes (then 200)."""
+    """An HTTP endpoint that records every POST and answers with scripted status codes (then 200); a script
+    item may be (status, {header: value}) to send headers too."""
 
     def __init__(self):
         self.requests: list[dict] = []
-        self.script: list[int] = []
+        self.script: list[int | tuple[int, dict[str, str]]] = []
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 outer.requests.append({"headers": dict(self.headers), "body": body, "path": self.path})
-                status = outer.script.pop(0) if outer.script else 200
+                item = outer.script.pop(0) if outer.script else 200
+                status, headers = item if isinstance(item, tuple) else (item, {})
                 self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
