@@ -130,7 +130,9 @@ def _frozen_holder(kind, url, ttl, go, results):
     bucket = _open(kind, url)
     lease = acquire(bucket, KEY, "sleeper", ttl)
     results.put(("acquired", lease.generation))
-    go.wait(60)  # frozen here by SIGSTOP; it then carries on as if nothing happened
+    deadline = time.monotonic() + 60
+    while not go.value and time.monotonic() < deadline:  # "working"; frozen here by SIGSTOP
+        time.sleep(0.01)
     for name, op in (("commit", lambda: lease.commit({"result": "stale"})), ("renew", lease.renew),
                      ("fence", lambda: check_fence(bucket, KEY, lease.generation))):
         try:
@@ -149,14 +151,14 @@ def _process_state(pid):
 def test_paused_holder_is_fenced_after_takeover(backend, store):
     kind, url = backend
     ctx = multiprocessing.get_context("fork")
-    go, results = ctx.Event(), ctx.Queue()
+    go, results = ctx.RawValue("b", 0), ctx.Queue()  # no lock: an Event's set() waits for the frozen waiter
     proc = ctx.Process(target=_frozen_holder, args=(kind, url, short_ttl(kind), go, results))
     proc.start()
     try:
         assert results.get(timeout=30) == ("acquired", 1)
         os.kill(proc.pid, signal.SIGSTOP)
         wait_until(lambda: _process_state(proc.pid) == "T", 5)
-        go.set()  # it cannot see this until it is continued
+        go.value = 1  # it cannot see this until it is continued
         wait_until(lambda: read_lease(store, KEY).expired)
         challenger = acquire(store, KEY, "challenger", LONG)
         assert challenger.generation == 2
