@@ -165,8 +165,11 @@ def test_paused_holder_is_fenced_after_takeover(backend, store):
         os.kill(proc.pid, signal.SIGCONT)
         outcomes = dict(results.get(timeout=30) for _ in range(3))
     finally:
+        go.value = 1
         os.kill(proc.pid, signal.SIGCONT)
         proc.join(30)
+        if proc.is_alive():
+            proc.kill()
     assert outcomes == {"commit": "lost", "renew": "lost", "fence": "lost"}, outcomes
     body = stored(store)
     assert (body["holder"], body["generation"], body["state"]) == ("challenger", 2, "held")

@@ -167,11 +167,12 @@ class LocalBucket(Bucket):
     def head(self, key):
         path = self._path(key)
         try:
-            st = path.stat()
             if not path.is_file():
                 raise NotFound(key)
-            return ObjectInfo(key, _file_etag(path), st.st_size, _mtime(st), _store_now())
-        except (FileNotFoundError, NotADirectoryError) as exc:
+            etag = _file_etag(path)
+            st = path.stat()  # after the hash: a racing replace can only make the object look newer, not older
+            return ObjectInfo(key, etag, st.st_size, _mtime(st), _store_now())
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
             raise NotFound(key) from exc
 
     def list(self, prefix="", start_after=None) -> Iterator[ObjectInfo]:
