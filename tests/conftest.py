@@ -39,8 +39,21 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def s3_endpoint():
-    """moto's threaded server speaking the S3 protocol on 127.0.0.1; credentials are dummies."""
+    """moto's threaded server speaking the S3 protocol on 127.0.0.1; credentials are dummies.
+
+    moto checks If-None-Match/If-Match and then writes, unlocked, on its threaded server, so two racers can both
+    win there; S3 itself makes the check and the write one step. Its PUT handler (which runs in this process) is
+    serialised for the session, so race tests exercise our code, not a gap in the emulation."""
+    from moto.s3.responses import S3Response
     from moto.server import ThreadedMotoServer
+
+    lock, put_object = threading.Lock(), S3Response.put_object
+
+    def atomic_put_object(self, *args, **kwargs):
+        with lock:
+            return put_object(self, *args, **kwargs)
+
+    S3Response.put_object = atomic_put_object
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -52,6 +65,7 @@ def s3_endpoint():
     os.environ.update(env)
     yield endpoint
     server.stop()
+    S3Response.put_object = put_object
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)

@@ -146,28 +146,12 @@ def test_prefix_is_invisible_to_callers(s3_endpoint):
 N_RACERS = 8
 
 
-@pytest.fixture
-def atomic_moto_puts(s3_endpoint, monkeypatch):
-    """moto checks If-None-Match/If-Match and then writes, unlocked, on a threaded server, so two racers can
-    both win there; S3 itself makes the check and the write one step. Serialise moto's PUT handler (it runs in
-    this process) so the races test our backends, not moto's emulation."""
-    from moto.s3.responses import S3Response
-
-    lock, put_object = threading.Lock(), S3Response.put_object
-
-    def atomic_put_object(self, *args, **kwargs):
-        with lock:
-            return put_object(self, *args, **kwargs)
-
-    monkeypatch.setattr(S3Response, "put_object", atomic_put_object)
-
-
 @pytest.fixture(params=["local", "s3", "s3-async"])
 def race_url(request, tmp_path):
     """(url, backend) on every backend; an "s3-async" racer opens its own AsyncS3Bucket on the url."""
     if request.param == "local":
         return str(tmp_path / "bucket"), "local"
-    request.getfixturevalue("atomic_moto_puts")
+    request.getfixturevalue("s3_endpoint")  # its PUTs are made atomic, as S3's are (conftest)
     return f"s3://{make_s3_bucket()}/team-a", request.param
 
 
