@@ -149,11 +149,9 @@ def advance(bucket: Bucket, job_id: str, launchers: Routes | Launcher, writer: s
         try:
             if action is Action.LAUNCH:
                 manifest = decision.manifest if decision else None
-                launched = launch_attempt(bucket, view, launchers, writer, manifest)
-                if launched is None:  # another dispatcher holds this launch, or it failed and was recorded
-                    return read_view(bucket, job_id, known=view)
-                view = launched
-                continue
+                # Launched, or refused and recorded (failed, or queued with a backoff the sweep honours); None:
+                # another dispatcher holds this attempt's launch. Either way intake's part is over.
+                return launch_attempt(bucket, view, launchers, writer, manifest) or view
             target, detail = _transition_for(action, decision)
             _, view = append_transition(bucket, job_id, target, writer=writer, detail=detail,
                                         expect=view.state, view=view)

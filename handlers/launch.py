@@ -8,7 +8,7 @@ from bucketrun.events import codec, keys
 from bucketrun.events.conditional import create_json
 from bucketrun.events.errors import BucketrunError, IllegalTransition
 from bucketrun.events.failures import error_detail
-from bucketrun.events.lifecycle import JobState, JobView, append_transition
+from bucketrun.events.lifecycle import JobState, JobView, append_transition, read_view
 from bucketrun.events.manifest import JobManifest, load_job_manifest
 from bucketrun.events.retry import record_failure
 from bucketrun.events.storage import Bucket
@@ -33,7 +33,8 @@ def launch_attempt(bucket: Bucket, view: JobView, launchers: Routes | Launcher, 
     """Launch the job's current attempt once, however many dispatchers or sweeps race here.
 
     A create-if-absent claim per attempt picks the one caller that calls the launcher; the others return None
-    and leave the `launched` transition to the winner. The claim carries a write token, so a claim whose
+    and leave the `launched` transition to the winner. A refused launch is recorded by its failure class and
+    the job's new view returned. The claim carries a write token, so a claim whose
     response was lost (botocore retried and got 412) is still recognised as ours.
     """
     job_id, attempt = view.job_id, view.attempt
@@ -51,7 +52,7 @@ def launch_attempt(bucket: Bucket, view: JobView, launchers: Routes | Launcher, 
         error = error_detail(exc.cls, f"launch on {where} failed: {exc}", where="launch")["error"]
         record_failure(bucket, job_id, error, writer=writer, attempt=attempt,
                        max_attempts=manifest.resources.max_attempts, view=view)
-        return None
+        return read_view(bucket, job_id, known=view)  # failed, or queued for a later retry: not launched
     try:
         _, view = append_transition(bucket, job_id, JobState.LAUNCHED, writer=writer, attempt=attempt,
                                     expect=JobState.QUEUED, view=view,

@@ -81,6 +81,16 @@ def make_s3_bucket(name: str | None = None) -> str:
     return name
 
 
+@pytest.fixture(scope="module")
+def launcher(s3_endpoint):
+    """A warm local worker process (no model preloaded), started after the S3 server so it inherits its endpoint."""
+    from bucketrun.handlers.launchers.local import LocalProcessLauncher
+
+    launcher = LocalProcessLauncher(preload=None)
+    yield launcher
+    launcher.close()
+
+
 @pytest.fixture(params=["local", "s3"])
 def bucket_url(request, tmp_path):
     """One fresh bucket per test, on each backend."""

@@ -23,19 +23,11 @@ from bucketrun.events.storage import Bucket, open_bucket
 from bucketrun.handlers import client
 from bucketrun.handlers.dispatch import DispatchContext, dispatch
 from bucketrun.handlers.intake import intake
-from bucketrun.handlers.launchers.local import LocalProcessLauncher
 from bucketrun.images.runtime.attempt import run_attempt
 from bucketrun.images.transcribe import fetch
 from bucketrun.local_sim.sim import s3_record
 
 GOOD = {"kind": "transcribe", "source": {"key": "media/missing.ogg"}, "options": {"language": "en"}}
-
-
-@pytest.fixture(scope="module")
-def launcher():
-    launcher = LocalProcessLauncher(preload=None)
-    yield launcher
-    launcher.close()
 
 
 @pytest.fixture

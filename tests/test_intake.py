@@ -14,19 +14,11 @@ from bucketrun.events.lifecycle import JobState, list_job_ids, read_view
 from bucketrun.events.manifest import MAX_MANIFEST_BYTES
 from bucketrun.events.storage import open_bucket
 from bucketrun.handlers.dispatch import DispatchContext, dispatch
-from bucketrun.handlers.launchers.local import LocalProcessLauncher
 from bucketrun.local_sim.sim import s3_record
 
 from conftest import SAMPLES, make_s3_bucket
 
 GOOD = {"kind": "transcribe", "source": {"key": "media/missing.ogg"}, "options": {"language": "en"}}
-
-
-@pytest.fixture(scope="module")
-def launcher():
-    launcher = LocalProcessLauncher(preload=None)
-    yield launcher
-    launcher.close()
 
 
 def drop(bucket, key, data, ctx):

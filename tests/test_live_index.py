@@ -11,18 +11,10 @@ from bucketrun.events import codec, keys
 from bucketrun.events.conditional import create_json
 from bucketrun.events.lifecycle import JobState, Transition, append_transition, live_jobs, mark_live, read_view
 from bucketrun.events.manifest import parse_manifest
-from bucketrun.handlers.launchers.local import LocalProcessLauncher
 from bucketrun.handlers.sweep import INTAKE_GRACE_S, sweep
 
 S = JobState
 MANIFEST = {"kind": "transcribe", "source": {"key": "media/none.ogg"}, "resources": {"max_attempts": 1}}
-
-
-@pytest.fixture(scope="module")
-def launcher():
-    launcher = LocalProcessLauncher(preload=None)
-    yield launcher
-    launcher.close()
 
 
 def live(bucket):

@@ -17,7 +17,6 @@ from bucketrun.handlers.control import retry
 from bucketrun.handlers.dispatch import DispatchContext, dispatch
 from bucketrun.handlers.notify import MAX_DELIVERIES, Notifier
 from bucketrun.handlers.sweep import sweep
-from bucketrun.handlers.launchers.local import LocalProcessLauncher
 from bucketrun.local_sim.sim import s3_record
 
 from webhook_receiver import Receiver
@@ -30,14 +29,6 @@ def receiver():
     r = Receiver()
     yield r
     r.close()
-
-
-@pytest.fixture(scope="module")
-def launcher(s3_endpoint):
-    """Started after the S3 server, so the warm worker inherits its endpoint."""
-    launcher = LocalProcessLauncher(preload=None)
-    yield launcher
-    launcher.close()
 
 
 def ended_job(bucket, launcher, webhook_url, name="job.json"):

@@ -3,6 +3,7 @@ the pinned one."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -24,8 +25,11 @@ def test_dispatch_path_never_imports_the_worker_stack():
 
 def test_wheel_installs_one_namespace(tmp_path):
     """`pip install bucketrun` must not drop top-level `events`, `handlers` or `images` into site-packages."""
+    src = tmp_path / "src"  # a copy, so the build leaves no build/ folder in the work tree
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
+                                                             ".pytest_cache", "tests", "bench"))
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                           "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True)
+                           "-w", str(tmp_path), str(src)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     (wheel,) = tmp_path.glob("bucketrun-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

@@ -25,7 +25,7 @@ from bucketrun.handlers.launchers.base import LaunchError
 from bucketrun.handlers.launchers.runpod import RunpodLauncher
 
 from conftest import free_port
-from test_notify import SECRET, ended_job, launcher, receiver, record  # noqa: F401 - fixtures reused
+from test_notify import SECRET, ended_job, receiver, record  # noqa: F401 - fixtures reused
 
 API_KEY = "rp-key-never-in-a-log-0123"
 
