@@ -114,7 +114,7 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, counter: S3Counter, endpoint: str) -> None:
-    from bucketrun.events import codec, keys
+    from bucketrun.events import codec
     from bucketrun.events.lifecycle import JobState, read_view
     from bucketrun.events.storage import open_bucket
     from bucketrun.handlers import aws_lambda

@@ -23,9 +23,9 @@ access log, as bench/cloud_path.py does):
 
 Seeding, measured and chosen to keep the whole run under ~6 minutes on a 2-core machine: the first
 `--http-jobs` ended jobs (default 1,000, i.e. 13,000 objects) go through the real S3 API, `bucket.put` from a
-16-thread pool; moto serves about 200 PUT/s here (server and client share one process and its GIL), so all
-130,000 objects that way would take ~11 minutes, and even the lean shape (intake, manifest, 5 events, 1
-artifact: 80,000 objects) ~6.5 minutes. The rest are put straight into moto's in-process store
+16-thread pool; moto serves 170-200 PUT/s here (server and client share one process and its GIL), so all
+130,000 objects that way would take 11-13 minutes, and even the lean shape (intake, manifest, 5 events, 1
+artifact: 80,000 objects) 7-8 minutes. The rest are put straight into moto's in-process store
 (`S3Backend.put_object`, the call its PUT handler ends in): the same keys, bodies and ETags, no HTTP, so the
 full 13-object shape is kept. The folder's ended jobs are written as plain files at `LocalBucket.path_of(key)`
 (what `put` produces, without its per-file fsync and lock). Both are checked after seeding: an ended job reads
@@ -37,23 +37,19 @@ report prints moto's time for a LIST of an empty prefix at each size to show it.
 10,000 jobs takes over a minute in moto, so it is repeated only while it fits `--baseline-budget` seconds
 (at least once); its request count is deterministic (one LIST per 1,000 keys).
 
-Run:  .venv/bin/python bench/sweep_cost.py                 # full run (~4-5 minutes)
-      .venv/bin/python bench/sweep_cost.py --ended 500     # smoke run
-Writes bench/results/sweep_cost.json.
+Run:  .venv/bin/python bench/sweep_cost.py                                   # full run, ~5 minutes
+      .venv/bin/python bench/sweep_cost.py --ended 500 --out /tmp/smoke.json   # smoke run, ~1 minute
+Writes the numbers as JSON to bench/results/sweep_cost.json (or --out).
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import logging
 import os
 import platform
-import re
-import socket
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -63,41 +59,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cloud_path import S3Counter, free_port  # the same request counter as the cloud-path benchmark
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "sweep_cost.json"
 BUCKET_NAME = "bench-bucket"
 WRITER = "bench@sweep-cost"
 SEED_THREADS = 16
-
-# Copied from bench/cloud_path.py (kept self-contained so this benchmark does not move with that one's edits).
-_REQUEST = re.compile(r'"(?:\x1b\[[0-9;]*m)*(?P<method>[A-Z]+) (?P<path>\S+) HTTP/')  # werkzeug colours non-2xx
-
-
-class S3Counter(logging.Handler):
-    """Counts requests as moto's werkzeug server logs them, by operation."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: collections.Counter[str] = collections.Counter()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        m = _REQUEST.search(record.getMessage())
-        if m:
-            method, path = m["method"], m["path"]
-            op = "LIST" if method == "GET" and "list-type=2" in path else method
-            self.ops[op] += 1
-
-    def take(self) -> dict[str, int]:
-        out = dict(self.ops)
-        self.ops.clear()
-        return {**out, "total": sum(out.values())}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class MustNotLaunch:
     """Every live job here is running with a fresh heartbeat: a sweep that calls its launcher is a bug."""
@@ -395,7 +363,8 @@ def _run_s3(args, checkpoints, manifest, counter) -> dict[str, Any]:
                          "ratio_requests_sweep_over_baseline": round(sweep["requests"] / baseline["requests"], 4),
                          "ratio_time_sweep_over_baseline": round(sweep["median_s"] / baseline["median_s"], 4),
                          "moto_empty_prefix_list_s": empty["median_s"]}
-        print(f"  {objects:,} objects under jobs/; sweep {sweep['requests']:g} requests ({fmt_ops(sweep['by_op'])}), {secs(sweep['median_s'])}; "
+        print(f"  {objects:,} objects under jobs/; sweep {sweep['requests']:g} requests "
+              f"({fmt_ops(sweep['by_op'])}), {secs(sweep['median_s'])}; "
               f"baseline {baseline['requests']:g} requests, {secs(baseline['median_s'])} "
               f"({baseline['runs']} run{'s' if baseline['runs'] > 1 else ''})", flush=True)
     return {"live_job_write_requests": live_cost, "seeding": seeding, "sizes": sizes}
@@ -434,25 +403,24 @@ def run_folder(args: argparse.Namespace, checkpoints: list[int], manifest: bytes
                              "list_jobs_reading_every_etag": eager, "list_jobs_lazy": lazy,
                              "ratio_eager_over_lazy": round(eager["median_s"] / lazy["median_s"], 2),
                              "ratio_sweep_over_lazy_list": round(sweep["median_s"] / lazy["median_s"], 4)}
-            print(f"  {objects:,} files under jobs/; sweep {secs(sweep['median_s'])}; list jobs/ lazy {secs(lazy['median_s'])}, "
-                  f"reading every ETag {secs(eager['median_s'])}", flush=True)
+            print(f"  {objects:,} files under jobs/; sweep {secs(sweep['median_s'])}; "
+                  f"list jobs/ lazy {secs(lazy['median_s'])}, reading every ETag {secs(eager['median_s'])}", flush=True)
     return {"seeding": seeding, "sizes": sizes}
 
 
 # -- report --------------------------------------------------------------------------------------------------
-def report(res: dict[str, Any]) -> str:
+def report(res: dict[str, Any], out: Path) -> str:
     s3, folder, a = res["s3"]["sizes"], res["folder"]["sizes"], res["args"]
     cols = list(s3)
     w = 22
     lines = ["", "=" * 100,
-             f"sweep_cost: one sweep pass vs. a full listing of jobs/ ({a['live']} live jobs, running, fresh "
-             f"heartbeat; the sweep must leave them alone)",
+             f"sweep_cost: one sweep pass vs. a full listing of jobs/ ({a['live']} live jobs, running with a "
+             "fresh heartbeat,", "so the sweep must leave them alone; it did, or the run would have failed).",
              "S3 = moto's server on 127.0.0.1, in this process; every request counted at the server.",
              "ended job = 13 objects: intake, manifest, events 1-5, 4 transcripts, worker log, progress; "
              "no live marker.",
-             "seeding: " + "; ".join(f"{s['jobs']:,} jobs by {s['how']} ({s['objects']:,} objects in "
-                                    f"{s['seconds']:.1f} s, {s['objects_per_s']:.0f}/s)"
-                                    for s in res["s3"]["seeding"]),
+             *(f"S3 seeding: {s['jobs']:,} ended jobs by {s['how']}: {s['objects']:,} objects in "
+               f"{s['seconds']:.1f} s, {s['objects_per_s']:.0f}/s" for s in res["s3"]["seeding"]),
              "", f"{'S3':<34}" + "".join(f"{int(c):>{w},} ended" for c in cols)]
 
     def row(label: str, f) -> None:
@@ -499,18 +467,19 @@ def report(res: dict[str, Any]) -> str:
                          ", ".join(f"{op} {a_:g} -> {b_:g}" for op, (a_, b_) in sorted(grew.items())))
         else:
             lines.append(f"The sweep's requests are the same at {int(cols[0]):,} and {int(cols[-1]):,} ended jobs "
-                         f"({last['sweep']['requests']:g}: 2 index LISTs + per live job 1 LIST of its events and "
-                         f"GETs of its events, manifest and progress); the baseline listing grows with the bucket "
-                         f"({first['baseline_list_jobs']['requests']:g} -> {last['baseline_list_jobs']['requests']:g}"
-                         f" LISTs).")
+                         f"({last['sweep']['requests']:g}: 2 index LISTs, then per live job")
+            lines.append("1 LIST of its events and GETs of its events, manifest and progress); the baseline listing "
+                         f"grows with the bucket ({first['baseline_list_jobs']['requests']:g} -> "
+                         f"{last['baseline_list_jobs']['requests']:g} LISTs).")
     lines += [
         "The baseline is a lower bound of the old pass, which also GET each job's newest event and then read the",
         "live jobs as the sweep does now: at least " + ", ".join(
             f"{s3[c]['baseline_list_jobs']['requests'] + s3[c]['ended_jobs'] + a['live']:,.0f} requests at "
-            f"{int(c):,} ended" for c in cols) + " (listing + one GET per job; computed, not measured).",
+            f"{int(c):,} ended" for c in cols) + " per pass",
+        "(listing + one GET per job; computed, not measured).",
         "Wall times in moto grow with the bucket even at a constant request count: moto filters and sorts every",
         "key on each LIST (see 'one LIST of an empty prefix'); S3 serves a prefix from its index.",
-        f"runtime {res['runtime_s']:.0f} s; results in {RESULTS.relative_to(ROOT)}",
+        f"runtime {res['runtime_s']:.0f} s; results in {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}",
         "=" * 100]
     return "\n".join(lines)
 
@@ -525,6 +494,7 @@ def main() -> None:
                     help="ended jobs seeded through S3 PUTs; the rest go straight into moto's store (default 1,000)")
     ap.add_argument("--baseline-budget", type=float, default=90.0,
                     help="seconds the repeated S3 baseline listing may take per size (at least one run)")
+    ap.add_argument("--out", default=str(RESULTS), help=f"JSON results (default {RESULTS.relative_to(ROOT)})")
     args = ap.parse_args()
     if args.ended < 1 or args.live < 1 or args.repeats < 1:
         ap.error("--ended, --live and --repeats must be at least 1")
@@ -546,9 +516,10 @@ def main() -> None:
     results["folder"] = run_folder(args, checkpoints, manifest_bytes)
     results["s3"] = run_s3(args, checkpoints, manifest_bytes)
     results["runtime_s"] = round(time.perf_counter() - started, 1)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(report(results))
+    out = Path(args.out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(report(results, out))
 
 
 if __name__ == "__main__":

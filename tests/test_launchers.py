@@ -4,7 +4,6 @@ Runpod serverless, the latter through the runpod SDK's own local API server runn
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time

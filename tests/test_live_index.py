@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
 
 from bucketrun.events import codec, keys
 from bucketrun.events.conditional import create_json
