@@ -54,6 +54,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_counted_moto():
+    """moto's S3 server on loopback, every request it serves counted; the AWS environment points at it."""
+    from moto.server import ThreadedMotoServer
+
+    counter = S3Counter()
+    wz = logging.getLogger("werkzeug")
+    wz.setLevel(logging.INFO)
+    wz.addHandler(counter)
+    wz.propagate = False
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    os.environ.update({"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
+                       "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
+    return moto, counter
+
+
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -81,19 +98,8 @@ def main() -> None:
     ap.add_argument("--launches", type=int, default=20, help="jobs dispatched for the latency figure")
     args = ap.parse_args()
 
-    from moto.server import ThreadedMotoServer
-
-    counter = S3Counter()
-    wz = logging.getLogger("werkzeug")
-    wz.setLevel(logging.INFO)
-    wz.addHandler(counter)
-    wz.propagate = False
-    port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    moto.start()
-    os.environ.update({"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
-                       "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-                       "BUCKETRUN_BUCKET": "s3://bench-bucket", "RUNPOD_ENDPOINT_ID": "bench",
+    moto, counter = start_counted_moto()
+    os.environ.update({"BUCKETRUN_BUCKET": "s3://bench-bucket", "RUNPOD_ENDPOINT_ID": "bench",
                        "RUNPOD_API_KEY": "bench-not-a-key", "BUCKETRUN_WEBHOOK_SECRET": ""})
     import boto3
 

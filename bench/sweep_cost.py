@@ -59,7 +59,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cloud_path import S3Counter, free_port  # the same request counter as the cloud-path benchmark
+from cloud_path import S3Counter, start_counted_moto  # the same counted server as the cloud-path benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "sweep_cost.json"
@@ -294,23 +294,12 @@ def secs(x: float) -> str:
 
 # -- the two backends ----------------------------------------------------------------------------------------
 def run_s3(args: argparse.Namespace, checkpoints: list[int], manifest: bytes) -> dict[str, Any]:
-    from moto.server import ThreadedMotoServer
-
-    counter = S3Counter()
-    wz = logging.getLogger("werkzeug")
-    wz.setLevel(logging.INFO)
-    wz.addHandler(counter)
-    wz.propagate = False
-    port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    moto.start()
-    os.environ.update({"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
-                       "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
+    moto, counter = start_counted_moto()
     try:
         return _run_s3(args, checkpoints, manifest, counter)
     finally:
         moto.stop()
-        wz.removeHandler(counter)
+        logging.getLogger("werkzeug").removeHandler(counter)
 
 
 def _run_s3(args, checkpoints, manifest, counter) -> dict[str, Any]:
