@@ -6,12 +6,12 @@ import argparse
 import sys
 
 from bucketrun.events.errors import BucketrunError, NotFound
-from bucketrun.events.lifecycle import JobState
 from bucketrun.events.manifest import ManifestRejected
 
+from . import jobs, local
 from .common import CliError, Parser
-from .jobs import cmd_cancel, cmd_get, cmd_logs, cmd_ls, cmd_retry, cmd_status, cmd_submit
-from .local import cmd_demo, cmd_sim
+
+COMMAND_GROUPS = (jobs, local)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,29 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         return p
 
-    p = add("submit", cmd_submit, "drop a manifest into the inbox; prints the job id")
-    p.add_argument("manifest", help="manifest JSON file, or - for stdin")
-    p.add_argument("--wait", action="store_true", help="show progress and wait for the job to end")
-    p.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
-    p = add("status", cmd_status, "a job's state, progress, artifacts and error")
-    p.add_argument("job")
-    p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
-    p = add("logs", cmd_logs, "every transition with its time, duration and detail")
-    p.add_argument("job")
-    p = add("ls", cmd_ls, "list jobs, oldest first")
-    p.add_argument("--state", choices=[s.value for s in JobState])
-    p = add("get", cmd_get, "download a succeeded job's verified artifacts")
-    p.add_argument("job")
-    p.add_argument("--out", help="folder to write into (default: ./JOB)")
-    p = add("cancel", cmd_cancel, "cancel a job in any non-terminal state")
-    p.add_argument("job")
-    p = add("retry", cmd_retry, "retry a failed job as a new attempt")
-    p.add_argument("job")
-    p = add("sim", cmd_sim, "the local simulation: watch (folder) or poll (s3) the inbox and run jobs")
-    p.add_argument("--poll", type=float, default=1.0, help="seconds between listings of an s3:// inbox")
-    p.add_argument("--sweep", type=float, default=5.0, help="seconds between sweeps for stalled jobs")
-    p.add_argument("--no-preload", action="store_true", help="load the model on the first job, not at start")
-    add("demo", cmd_demo, "transcribe the bundled speech clip end to end on a local bucket")
+    for group in COMMAND_GROUPS:  # each module registers its own commands
+        group.register(add)
     return parser
 
 

@@ -107,3 +107,24 @@ def cmd_retry(args) -> int:
     return 0
 
 
+
+
+def register(add) -> None:
+    p = add("submit", cmd_submit, "drop a manifest into the inbox; prints the job id")
+    p.add_argument("manifest", help="manifest JSON file, or - for stdin")
+    p.add_argument("--wait", action="store_true", help="show progress and wait for the job to end")
+    p.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
+    p = add("status", cmd_status, "a job's state, progress, artifacts and error")
+    p.add_argument("job")
+    p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    p = add("logs", cmd_logs, "every transition with its time, duration and detail")
+    p.add_argument("job")
+    p = add("ls", cmd_ls, "list jobs, oldest first")
+    p.add_argument("--state", choices=[s.value for s in JobState])
+    p = add("get", cmd_get, "download a succeeded job's verified artifacts")
+    p.add_argument("job")
+    p.add_argument("--out", help="folder to write into (default: ./JOB)")
+    p = add("cancel", cmd_cancel, "cancel a job in any non-terminal state")
+    p.add_argument("job")
+    p = add("retry", cmd_retry, "retry a failed job as a new attempt")
+    p.add_argument("job")

@@ -49,3 +49,11 @@ def cmd_demo(args) -> int:
         print(f"{key}  ({size} B)")
     print(f"{keys.inbox_key(result.job_id + '.json')}  (the dropped manifest, kept untouched)")
     return 0
+
+
+def register(add) -> None:
+    p = add("sim", cmd_sim, "the local simulation: watch (folder) or poll (s3) the inbox and run jobs")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between listings of an s3:// inbox")
+    p.add_argument("--sweep", type=float, default=5.0, help="seconds between sweeps for stalled jobs")
+    p.add_argument("--no-preload", action="store_true", help="load the model on the first job, not at start")
+    add("demo", cmd_demo, "transcribe the bundled speech clip end to end on a local bucket")
