@@ -15,6 +15,10 @@ class StorageError(BucketrunError):
     """A bucket backend failed for a reason other than a precondition or a missing key."""
 
 
+class BucketMissing(ConfigError):
+    """The bucket itself does not exist (a folder never created, an S3 bucket that is not there)."""
+
+
 class NotFound(StorageError):
     """The key does not exist."""
 

@@ -44,7 +44,7 @@ TERMINAL = frozenset({S.SUCCEEDED, S.REJECTED, S.CANCELLED, S.FAILED})
 # None is "no history yet". Any move into QUEUED from QUEUED/LAUNCHED/RUNNING/FAILED is a retry and starts a
 # new attempt (QUEUED -> QUEUED retries a failed launch). FAILED is terminal until someone retries it.
 TRANSITIONS: dict[JobState | None, frozenset[JobState]] = {
-    None: frozenset({S.SUBMITTED, S.REJECTED}),
+    None: frozenset({S.SUBMITTED, S.REJECTED, S.CANCELLED}),  # cancelled while still waiting in the inbox
     S.SUBMITTED: frozenset({S.QUEUED, S.REJECTED, S.CANCELLED}),
     S.QUEUED: frozenset({S.LAUNCHED, S.FAILED, S.CANCELLED, S.QUEUED}),
     S.LAUNCHED: frozenset({S.RUNNING, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.QUEUED}),
@@ -125,9 +125,12 @@ def read_view(bucket: Bucket, job_id: str, known: JobView | None = None) -> JobV
         if keys.parse_event_key(info.key) is None:
             continue
         try:
-            history.append(Transition.from_json(codec.loads(bucket.get(info.key).data), info.key))
+            obj = codec.loads(bucket.get(info.key).data)
         except NotFound:
             continue
+        except CorruptObject as exc:
+            raise CorruptObject(f"{info.key} is not valid JSON ({exc})") from exc
+        history.append(Transition.from_json(obj, info.key))
     return JobView(job_id, tuple(history))
 
 

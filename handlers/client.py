@@ -36,10 +36,13 @@ def submit(bucket: Bucket, raw: bytes) -> tuple[str, bool]:
 
 
 def wait(bucket: Bucket, job_id: str, on_update: Callable[[dict[str, Any]], None] | None = None,
-         poll_s: float = 0.25, timeout_s: float | None = None, pending_hint_s: float = 10.0) -> dict[str, Any]:
-    """Poll the job's log and progress until it reaches a terminal state (or the timeout)."""
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    view = None
+         poll_s: float = 0.25, timeout_s: float | None = None, pending_hint_s: float = 5.0,
+         on_pending: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Poll the job's log and progress until it reaches a terminal state (or the timeout). If nothing has
+    taken the manifest in after `pending_hint_s`, `on_pending` is told once (no dispatcher is running?)."""
+    started = time.monotonic()
+    deadline = None if timeout_s is None else started + timeout_s
+    view, hinted = None, False
     while True:
         view = read_view(bucket, job_id, known=view)
         if view.history:
@@ -48,8 +51,12 @@ def wait(bucket: Bucket, job_id: str, on_update: Callable[[dict[str, Any]], None
                 on_update(status)
             if status["terminal"]:
                 return status
-        elif on_update:
-            on_update({"job_id": job_id, "state": "dropped", "progress": None, "terminal": False})
+        else:
+            if on_update:
+                on_update({"job_id": job_id, "state": "dropped", "progress": None, "terminal": False})
+            if on_pending and not hinted and time.monotonic() - started > pending_hint_s:
+                hinted = True
+                on_pending(keys.inbox_key(f"{job_id}.json"))
         if deadline is not None and time.monotonic() > deadline:
             return job_status(bucket, job_id, view) if view.history else {
                 "job_id": job_id, "state": "dropped", "terminal": False}

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from bucketrun.events.errors import BucketrunError, IllegalTransition, NotFound
-from bucketrun.events.lifecycle import JobState, Transition, append_transition, require_view
+from bucketrun.events.errors import BucketrunError, IllegalTransition, NotFound, UnknownJob
+from bucketrun.events.lifecycle import JobState, Transition, append_transition, read_view, require_view
 from bucketrun.events.manifest import load_job_manifest
+from bucketrun.events.status import waiting_in_inbox
 from bucketrun.events.storage import Bucket
 
 from .launch import backend_id_of
@@ -20,9 +21,13 @@ def cancel(bucket: Bucket, job_id: str, writer: str, launchers: Routes | Launche
            reason: str = "cancelled by request") -> Transition:
     """Cancelled is terminal, so the job never launches again; a running worker stops at its next
     heartbeat, and a backend job is cancelled too when a launcher for it is at hand."""
-    view = require_view(bucket, job_id)
+    view = read_view(bucket, job_id)
+    if not view.history and waiting_in_inbox(bucket, job_id) is None:
+        raise UnknownJob(f"no job {job_id!r} in {bucket.url}")
     if view.state is not None and view.state.terminal:
         raise IllegalTransition(f"job {job_id} is already {view.state.value}")
+    if view.state is None:  # still waiting in the inbox: once cancelled, intake finds it ended and never launches
+        reason = f"{reason} while waiting in the inbox"
     backend_id = backend_id_of(view) if view.state in (JobState.LAUNCHED, JobState.RUNNING) else None
     transition, _ = append_transition(bucket, job_id, JobState.CANCELLED, writer=writer, view=view,
                                       expect=view.state,

@@ -167,7 +167,10 @@ def _transition_for(action: Action, decision: IntakeDecision | None) -> tuple[Jo
     if action is Action.REJECT:
         assert decision is not None and decision.rejection is not None
         return JobState.REJECTED, {**decision.rejection, "inbox": inbox}
-    return JobState.SUBMITTED, {"inbox": inbox}
+    detail: dict[str, Any] = {"inbox": inbox}
+    if decision and decision.manifest and decision.manifest.request_id:
+        detail["request_id"] = decision.manifest.request_id  # where the job came from, for `bucketrun ls`
+    return JobState.SUBMITTED, detail
 
 
 def _inbox(decision: IntakeDecision | None) -> dict[str, Any]:

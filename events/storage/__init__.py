@@ -32,8 +32,9 @@ def split_s3_url(url: str) -> tuple[str, str]:
     return name, (prefix + "/" if prefix else "")
 
 
-def open_bucket(url: str | None = None) -> Bucket:
-    """A plain path or file:// is a local folder; s3://bucket/prefix is any S3-compatible store."""
+def open_bucket(url: str | None = None, create: bool = True) -> Bucket:
+    """A plain path or file:// is a local folder; s3://bucket/prefix is any S3-compatible store. With
+    `create=False` a folder bucket must already exist (S3 buckets are never created here)."""
     url = resolve_bucket_url(url)
     if url.startswith("s3://"):
         from .s3 import S3Bucket
@@ -45,4 +46,4 @@ def open_bucket(url: str | None = None) -> Bucket:
     from .local import LocalBucket
 
     path = url[len("file://"):] if url.startswith("file://") else url
-    return LocalBucket(Path(path).expanduser())
+    return LocalBucket(Path(path).expanduser(), create=create)

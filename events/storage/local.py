@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import InvalidKey, NotFound, PreconditionFailed, StorageError
+from ..errors import BucketMissing, InvalidKey, NotFound, PreconditionFailed, StorageError
 from .base import Blob, Bucket, ObjectInfo, check_key
 
 INTERNAL = ".bucketrun"
@@ -54,10 +54,15 @@ def _store_now() -> datetime:
 
 
 class LocalBucket(Bucket):
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, create: bool = True):
+        """`create=False` refuses a folder that does not exist yet: a mistyped bucket is an error, not a new
+        bucket nobody watches."""
         self.root = Path(root).absolute()
         self.url = str(self.root)
         self.name = "local"
+        if not create and not self.root.is_dir():
+            raise BucketMissing(f"no bucket at {self.root}: the folder does not exist "
+                                f"(create it with `bucketrun --bucket {self.root} init`)")
         try:
             (self.root / INTERNAL / "tmp").mkdir(parents=True, exist_ok=True)
             (self.root / INTERNAL / "locks").mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .base import Bucket, ObjectInfo
-from .s3_common import S3Keys, client_config, translate
+from .s3_common import S3Keys, announce_retries, client_config, translate
 
 _LIBRARY_ERRORS: tuple[type[Exception], ...]
 try:
@@ -25,12 +25,13 @@ class S3Bucket(Bucket):
         self.url = self.k.url
         self.name = bucket
         self.client = client or boto3.session.Session().client("s3", config=client_config())
+        announce_retries(self.client, self.url)
 
     def _call(self, op: str, key: str, **params):
         try:
             return getattr(self.client, op)(**params)
         except _LIBRARY_ERRORS as exc:
-            raise translate(exc, op, key) from exc
+            raise translate(exc, op, key, self.k.url) from exc
 
     def put(self, key, data, content_type="application/octet-stream"):
         return self._call("put_object", key, **self.k.put_params(key, data, content_type))["ETag"]
@@ -53,7 +54,7 @@ class S3Bucket(Bucket):
         try:
             data = response["Body"].read()
         except _LIBRARY_ERRORS as exc:
-            raise translate(exc, "get_object", key) from exc
+            raise translate(exc, "get_object", key, self.k.url) from exc
         return self.k.blob(key, data, response)
 
     def head(self, key):

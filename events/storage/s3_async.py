@@ -36,7 +36,7 @@ class AsyncS3Bucket:
         try:
             return await getattr(self.client, op)(**params)
         except (ClientError, BotoCoreError) as exc:
-            raise translate(exc, op, key) from exc
+            raise translate(exc, op, key, self.k.url) from exc
 
     async def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         return (await self._call("put_object", key, **self.k.put_params(key, data, content_type)))["ETag"]
@@ -62,7 +62,7 @@ class AsyncS3Bucket:
             async with response["Body"] as stream:
                 data = await stream.read()
         except (ClientError, BotoCoreError) as exc:
-            raise translate(exc, "get_object", key) from exc
+            raise translate(exc, "get_object", key, self.k.url) from exc
         return self.k.blob(key, data, response)
 
     async def head(self, key: str) -> ObjectInfo:

@@ -6,6 +6,7 @@ in a Lambda, the local simulation and an asyncio fleet worker.
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -14,6 +15,7 @@ from typing import Any
 from ..errors import ConditionalConflict, NotFound, PreconditionFailed, StorageError
 from .base import Blob, ObjectInfo, check_key
 
+log = logging.getLogger("bucketrun.storage")
 PRECONDITION_CODES = {"PreconditionFailed", "412"}
 CONFLICT_CODES = {"ConditionalRequestConflict", "409"}
 NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
@@ -101,18 +103,53 @@ def error_code(exc: Exception) -> str:
     return code or status
 
 
-def translate(exc: Exception, op: str, key: str) -> Exception:
-    """Map a botocore/aiobotocore error onto ours; callers `raise translate(e, ...) from e`."""
+def translate(exc: Exception, op: str, key: str, url: str = "") -> Exception:
+    """Map a botocore/aiobotocore error onto ours, naming the bucket; callers `raise translate(e, ...) from e`."""
     code = error_code(exc)
+    where = f" in {url}" if url else ""
     if code in PRECONDITION_CODES:
-        return PreconditionFailed(f"{op} {key}: precondition failed ({code})")
+        return PreconditionFailed(f"{op} {key}{where}: precondition failed ({code})")
     if code in CONFLICT_CODES:
-        return ConditionalConflict(f"{op} {key}: a concurrent conditional write is in flight ({code})")
+        return ConditionalConflict(f"{op} {key}{where}: a concurrent conditional write is in flight ({code})")
     if code in NOT_FOUND_CODES:
-        return NotFound(key)
+        return NotFound(f"{key}{where}")
     if code in {"NoSuchBucket"}:
-        return StorageError(f"{op} {key}: the bucket does not exist")
+        return StorageError(f"the bucket {url or key} does not exist (or this endpoint has no such bucket)")
     if code in {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
-        return StorageError(f"{op} {key}: access denied ({code}); check the AWS credential chain")
+        return StorageError(f"{op} {key}{where}: access denied ({code}); check the AWS credential chain")
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return StorageError(f"cannot reach the S3 endpoint for {url or key}: {type(exc).__name__}: "
+                            f"{str(exc)[:200]}")
     detail = code or type(exc).__name__
-    return StorageError(f"{op} {key}: {detail}: {exc}")
+    return StorageError(f"{op} {key}{where}: {detail}: {str(exc)[:300]}")
+
+
+try:
+    from botocore.exceptions import ConnectionError as _BotoConnectionError
+    from botocore.exceptions import EndpointConnectionError
+
+    _CONNECTION_ERRORS: tuple[type[Exception], ...] = (EndpointConnectionError, _BotoConnectionError)
+except ImportError:  # pragma: no cover - botocore is a core dependency
+    _CONNECTION_ERRORS = ()
+
+
+def announce_retries(client, url: str) -> None:
+    """Say, once per call, that the store is being retried and where, instead of retrying in silence (an
+    unreachable endpoint costs botocore's whole retry budget, 10-20 s)."""
+    endpoint = client.meta.endpoint_url
+
+    def on_retry(attempts: int = 0, caught_exception: Exception | None = None, response=None, **_kw):
+        if attempts == 1 and (caught_exception is not None or _retryable_status(response)):
+            why = type(caught_exception).__name__ if caught_exception is not None else \
+                f"HTTP {response[0].status_code}"
+            log.warning("bucketrun: %s (%s) did not answer (%s); retrying...", endpoint, url, why)
+        return None  # never decides: botocore's own retry handler does
+
+    client.meta.events.register("needs-retry.s3", on_retry)
+
+
+def _retryable_status(response) -> bool:
+    try:
+        return response[0].status_code >= 500 or response[0].status_code == 429
+    except (TypeError, IndexError, AttributeError):
+        return False

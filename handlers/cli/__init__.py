@@ -1,23 +1,27 @@
+# PYTHON_ARGCOMPLETE_OK
 """The `bucketrun` command line. Every error is one line on stderr and a non-zero exit, never a traceback."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import os
 import sys
 
 from bucketrun.events.errors import BucketrunError, NotFound
 from bucketrun.events.manifest import ManifestRejected
 
-from . import jobs, local
+from . import bucket, jobs, local
 from .common import CliError, Parser
 
-COMMAND_GROUPS = (jobs, local)
+COMMAND_GROUPS = (jobs, bucket, local)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="bucketrun", description="Run GPU jobs through an object-storage bucket.")
     parser.add_argument("--bucket", help="bucket URL: a folder, file://PATH or s3://BUCKET/PREFIX "
                                          "(default: $BUCKETRUN_BUCKET, else a local folder)")
+    parser.add_argument("--version", action="version", version=f"bucketrun {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def add(name: str, fn, help_: str) -> argparse.ArgumentParser:
@@ -31,9 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("bucketrun")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        _complete(parser)
+        args = parser.parse_args(argv)
         return args.fn(args)
     except CliError as exc:
         print(str(exc), file=sys.stderr)
@@ -53,7 +66,32 @@ def main(argv: list[str] | None = None) -> int:
         print("bucketrun: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        _quiet_stdout()  # `bucketrun ls | head -1`: the reader left; exit quietly
+        return 0
+    except Exception as exc:  # noqa: BLE001 - the promise is one line, never a traceback
+        print(f"bucketrun: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              "(please report it)", file=sys.stderr)
         return 1
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot raise BrokenPipeError again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _complete(parser: argparse.ArgumentParser) -> None:
+    """Shell completion through argcomplete, when the shell asks (see README: `register-python-argcomplete`)."""
+    if "_ARGCOMPLETE" not in os.environ:
+        return
+    try:
+        import argcomplete
+    except ImportError:
+        return
+    argcomplete.autocomplete(parser)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bucketrun.events.lifecycle import JobState
-from bucketrun.events.storage import Bucket, open_bucket, resolve_bucket_url
+from bucketrun.events.storage import Bucket, default_bucket_url, open_bucket, resolve_bucket_url
 
 
 class CliError(Exception):
@@ -20,8 +20,11 @@ class Parser(argparse.ArgumentParser):
         raise CliError(f"{self.prog}: {message} (see --help)")
 
 
-def bucket_of(args: argparse.Namespace) -> Bucket:
-    return open_bucket(resolve_bucket_url(args.bucket))
+def bucket_of(args: argparse.Namespace, create: bool = False) -> Bucket:
+    """The bucket a command works on. Only the default folder (and `sim`, `demo`, `init`, which pass
+    create=True) may come into being here; a mistyped --bucket is a one-line error, not a new folder."""
+    url = resolve_bucket_url(args.bucket)
+    return open_bucket(url, create=create or url == default_bucket_url())
 
 
 def progress_printer():

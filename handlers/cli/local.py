@@ -15,7 +15,7 @@ def cmd_sim(args) -> int:
     from bucketrun.local_sim.sim import Simulation
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    bucket = bucket_of(args)
+    bucket = bucket_of(args, create=True)
     launcher = LocalProcessLauncher(preload=None if args.no_preload else "default")
     launcher.start()
     sim = Simulation(bucket, launcher, poll_s=args.poll, sweep_s=args.sweep)
