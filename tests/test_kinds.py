@@ -152,3 +152,31 @@ def test_each_kind_routes_to_its_own_endpoint(monkeypatch):
     with pytest.raises(LaunchError) as err:
         routes_from_env(lambda: "k").for_kind("transcribe")
     assert endpoint_env("TRANSCRIBE") in str(err.value)
+
+
+def test_the_worker_log_reaches_the_bucket_while_the_attempt_runs(bucket, monkeypatch):
+    """So `bucketrun logs -f` can follow it: shipped on a heartbeat once it grew, not only at the end."""
+    from bucketrun.images.runtime import attempt as runtime
+
+    monkeypatch.setattr(runtime.LogShipper, "LOG_EVERY_S", 0.0)
+    seen = {}
+
+    def chatty(ctx: Attempt) -> dict[str, Any]:
+        import logging
+        import time
+
+        logging.getLogger("bucketrun.worker").info("half way there")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "log" not in seen:
+            try:
+                seen["log"] = ctx.bucket.get(keys.log_key(ctx.job_id, ctx.attempt)).data
+            except Exception:  # noqa: BLE001 - not there yet
+                time.sleep(0.1)
+        for i in range(ctx.manifest.body.copies):
+            ctx.put_artifact(f"echo-{i}.txt", b"x", "text/plain")
+        return {"summary": {}}
+
+    _, view = run_kind(bucket, {"kind": "echo", "text": "hi", "resources": {"heartbeat_s": 1, "stall_after_s": 30}},
+                       ThreadLauncher(work=chatty))
+    assert view.state is JobState.SUCCEEDED
+    assert b"half way there" in seen["log"]

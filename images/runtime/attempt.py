@@ -100,6 +100,29 @@ class Attempt:
         return record
 
 
+class LogShipper:
+    """Puts the attempt's log in the bucket while it runs (at most every LOG_EVERY_S, and only when it grew),
+    so `bucketrun logs -f` can follow it, and once more at the end. A short job pays only the final PUT."""
+
+    LOG_EVERY_S = 30.0
+
+    def __init__(self, bucket: Bucket, key: str, buffer: io.StringIO):
+        self.bucket, self.key, self.buffer = bucket, key, buffer
+        self.shipped, self.at = 0, time.monotonic()
+
+    def maybe_ship(self) -> None:
+        if time.monotonic() - self.at >= self.LOG_EVERY_S and len(self.buffer.getvalue()) > self.shipped:
+            self.ship()
+
+    def ship(self) -> None:
+        data = self.buffer.getvalue().encode()
+        try:
+            self.bucket.put(self.key, data, "text/plain; charset=utf-8")
+            self.shipped, self.at = len(data), time.monotonic()
+        except BucketrunError as exc:  # the log is advisory; the transition log is the truth
+            log.debug("worker log not shipped: %s", exc)
+
+
 def wait_for_launch(bucket: Bucket, job_id: str, attempt: int, timeout_s: float = 30.0) -> JobView:
     """The launcher appends `launched` after the backend accepts the job, so a fast worker waits for it."""
     deadline = time.monotonic() + timeout_s
@@ -130,7 +153,10 @@ def run_attempt(bucket_url: str, job_id: str, attempt: int, writer: str | None =
     buffer = io.StringIO()
     handler = logging.StreamHandler(buffer)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("bucketrun").addHandler(handler)
+    root_logger = logging.getLogger("bucketrun")
+    root_logger.addHandler(handler)
+    if root_logger.getEffectiveLevel() > logging.INFO:  # the worker log keeps INFO, whatever the host configured
+        root_logger.setLevel(logging.INFO)
     started = time.monotonic()
     manifest: JobManifest | None = None
     error: dict[str, Any] | None = None
@@ -142,7 +168,9 @@ def run_attempt(bucket_url: str, job_id: str, attempt: int, writer: str | None =
             spec = get_kind(manifest.kind)
             assert spec is not None  # intake validated the kind
             run = work or spec.load_work()
-            with Heartbeat(bucket, job_id, attempt, every_s=manifest.resources.heartbeat_s, view=view) as beat, \
+            shipper = LogShipper(bucket, keys.log_key(job_id, attempt), buffer)
+            with Heartbeat(bucket, job_id, attempt, every_s=manifest.resources.heartbeat_s, view=view,
+                           on_beat=shipper.maybe_ship) as beat, \
                     tempfile.TemporaryDirectory(prefix="bucketrun-") as tmp:
                 ctx = Attempt(bucket, job_id, attempt, manifest, Path(tmp), beat)
                 result = run(ctx) or {}
@@ -181,8 +209,5 @@ def run_attempt(bucket_url: str, job_id: str, attempt: int, writer: str | None =
                 "artifacts": [a["key"] for a in t.detail.get("artifacts", [])]}
     finally:
         _busy.clear()
-        logging.getLogger("bucketrun").removeHandler(handler)
-        try:
-            bucket.put(keys.log_key(job_id, attempt), buffer.getvalue().encode(), "text/plain; charset=utf-8")
-        except BucketrunError:
-            pass
+        root_logger.removeHandler(handler)
+        LogShipper(bucket, keys.log_key(job_id, attempt), buffer).ship()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from bucketrun.events import codec
 from bucketrun.events.errors import BucketrunError
@@ -18,9 +19,10 @@ log = logging.getLogger("bucketrun.worker")
 
 class Heartbeat:
     def __init__(self, bucket: Bucket, job_id: str, attempt: int, every_s: float = 10.0, min_gap_s: float = 1.0,
-                 view: JobView | None = None):
+                 view: JobView | None = None, on_beat: Callable[[], None] | None = None):
         self.bucket, self.job_id, self.attempt = bucket, job_id, attempt
         self.view = view  # what is known of the log, so each check reads only newer events
+        self.on_beat = on_beat  # more work for each beat (the runtime ships the worker log)
         self.every_s, self.min_gap_s = every_s, min_gap_s
         self.started = time.monotonic()
         self.stage, self.fraction, self.processed_s, self.total_s = "starting", 0.0, None, None
@@ -65,6 +67,8 @@ class Heartbeat:
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):
             self.write(force=True)
+            if self.on_beat is not None:
+                self.on_beat()
             try:
                 view = self.view = read_view(self.bucket, self.job_id, known=self.view)
             except BucketrunError:
