@@ -157,3 +157,8 @@ def test_every_runpod_kind_has_its_own_endpoint(template):
     for spec in runpod_kinds:
         param = env.get(endpoint_env(spec.env_suffix))
         assert param and param["Ref"] in template["Parameters"], spec.name
+
+
+def test_the_cloud_functions_log_json(template):
+    logging_config = template["Globals"]["Function"]["LoggingConfig"]
+    assert logging_config["LogFormat"] == "JSON" and logging_config["ApplicationLogLevel"] == "INFO"
