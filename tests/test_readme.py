@@ -7,7 +7,7 @@ import re
 from conftest import ROOT
 
 # A variable name spelled in code: a quoted literal, or a name built per kind ("..._{...}").
-_IN_CODE = re.compile(r"[\"'](BUCKETRUN_[A-Z_]+|RUNPOD_[A-Z_]+|XDG_[A-Z_]+)")
+_IN_CODE = re.compile(r"[\"'](BUCKETRUN_[A-Z0-9_]+|RUNPOD_[A-Z0-9_]+|XDG_[A-Z0-9_]+)")
 
 
 def test_every_variable_the_code_reads_is_in_the_settings_table():
