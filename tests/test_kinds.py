@@ -180,3 +180,53 @@ def test_the_worker_log_reaches_the_bucket_while_the_attempt_runs(bucket, monkey
                        ThreadLauncher(work=chatty))
     assert view.state is JobState.SUCCEEDED
     assert b"half way there" in seen["log"]
+
+
+def test_sigterm_mid_attempt_drains_it_as_lost_and_it_is_retried(bucket):
+    """The platform takes the worker away: the attempt ends `lost` (retryable) at its next safe point instead
+    of going silent until the stall limit; SIGTERM while idle goes to whoever handled it before."""
+    import os
+    import signal
+
+    from bucketrun.images.runtime import attempt as runtime
+
+    earlier = []
+    previous = signal.signal(signal.SIGTERM, lambda *a: earlier.append("idle stop"))
+    try:
+        runtime.install_drain_handler()
+
+        def interrupted(ctx: Attempt) -> dict[str, Any]:
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered to this (main) thread's handler at once
+            ctx.check()
+            raise AssertionError("check() must stop a draining attempt")
+
+        job_id, _ = client.submit(bucket, codec.dumps({"kind": "echo", "text": "hi", "resources": {"max_attempts": 3}}))
+        name = keys.inbox_key(f"{job_id}.json")
+        dispatch({"Records": [s3_record(bucket, bucket.head(name))]},
+                 DispatchContext(bucket, Routes(by_kind={"echo": _Recorder()}), "t"))
+        result = run_attempt(bucket.url, job_id, 1, work=interrupted)
+        view = read_view(bucket, job_id)
+        assert result["status"] == "queued" and view.state is JobState.QUEUED and view.attempt == 2
+        assert view.latest.detail["retry"]["error"]["class"] == FailureClass.LOST.value
+        assert earlier == []  # busy: drained, not stopped
+        runtime._draining.clear()
+        os.kill(os.getpid(), signal.SIGTERM)  # idle now: handed to the earlier handler
+        assert earlier == ["idle stop"]
+    finally:
+        runtime._draining.clear()
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Recorder:
+    """Launches nothing: the test runs the attempt itself."""
+
+    name = "recorder"
+
+    def launch(self, bucket_url, job_id, attempt, manifest):
+        return f"rec-{job_id}"
+
+    def status(self, backend_id):
+        raise AssertionError("not asked")
+
+    def cancel(self, backend_id):
+        pass
