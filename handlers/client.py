@@ -36,7 +36,7 @@ def submit(bucket: Bucket, raw: bytes) -> tuple[str, bool]:
 
 
 def wait(bucket: Bucket, job_id: str, on_update: Callable[[dict[str, Any]], None] | None = None,
-         poll_s: float = 0.25, timeout_s: float | None = None, pending_hint_s: float = 5.0,
+         poll_s: float = 0.25, timeout_s: float | None = None, pending_hint_s: float = 15.0,
          on_pending: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Poll the job's log and progress until it reaches a terminal state (or the timeout). If nothing has
     taken the manifest in after `pending_hint_s`, `on_pending` is told once (no dispatcher is running?)."""

@@ -1,7 +1,9 @@
 """`bucketrun sim`: turn new inbox objects into S3-notification records and dispatch them.
 
-A folder bucket is watched with watchfiles; an s3:// bucket is polled by listing, for stores without
-notifications. On start it reconciles the inbox, so anything dropped while it was down is taken in.
+A folder bucket is watched with watchfiles; an s3:// bucket is polled by listing the whole inbox, for stores
+without notifications (names users drop are in no order, so only a full listing never misses one). On start it
+reconciles the inbox, so anything dropped while it was down is taken in. Polls and sweeps back off while they
+find nothing (`Pacing`), so an idle simulation costs a few requests a minute.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -39,55 +42,106 @@ def s3_record(bucket: Bucket, info: ObjectInfo) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Pacing:
+    """The wait before the next pass: `base` after a pass that found work, doubling up to `cap` after each one
+    that found none. Idle passes on S3 are billed requests; a busy bucket is still served at `base`."""
+
+    base: float
+    cap: float
+
+    def next(self, current: float | None, busy: bool) -> float:
+        """`current`: the last wait (None before the first)."""
+        if busy or current is None:
+            return self.base
+        return min(current * 2, max(self.cap, self.base))
+
+
 class Simulation:
     def __init__(self, bucket: Bucket, launcher: Launcher | Routes, poll_s: float = 1.0, writer: str | None = None,
-                 sweep_s: float | None = 5.0):
+                 sweep_s: float | None = 5.0, poll_max_s: float = 10.0, sweep_max_s: float = 30.0):
+        """`poll_s`/`sweep_s`: the interval while manifests arrive / jobs are live; `*_max_s`: the most either
+        backs off to while idle (equal to the base: no backoff)."""
         from bucketrun.events.lifecycle import default_writer
 
         self.bucket = bucket
         self.ctx = DispatchContext(bucket, launcher, writer or default_writer("sim"))
-        self.poll_s = poll_s
+        self.poll_pacing = Pacing(poll_s, poll_max_s)
         self.sweep_s = sweep_s
+        self.sweep_pacing = Pacing(sweep_s or 0.0, sweep_max_s)
         self.stop_event = threading.Event()
-        self.seen: dict[str, str] = {}
+        self._wake_sweep = threading.Event()  # set when a new job was dispatched: the sweep comes back to its base
+        self.seen: dict[str, str] = {}  # inbox key -> the ETag dispatched
+        self.failed: dict[str, str] = {}  # inbox key -> the ETag whose dispatch failed (retried every pass)
         self.dispatched = 0
         self.errors = 0
         self.reconcile_s = 30.0
         self.ready = threading.Event()
         self.sweeps = 0  # completed sweep passes, so a test can tell that sweeps really ran
+        self.polls = 0  # completed inbox listings (s3 polling and reconciles)
 
-    def handle(self, info: ObjectInfo) -> None:
-        if self.seen.get(info.key) == info.etag:
-            return
-        self.seen[info.key] = info.etag
+    def handle(self, info: ObjectInfo) -> bool:
+        """Dispatch an object not yet seen with this ETag. True if it is new: not seen, and not a retry of a
+        failed dispatch (which must not keep the poll at its fastest forever)."""
+        etag = info.etag
+        if self.seen.get(info.key) == etag:
+            return False
+        new = self.failed.get(info.key) != etag
+        self.seen[info.key] = etag
         try:
-            outcomes = dispatch({"Records": [s3_record(self.bucket, info)]}, self.ctx)
+            dispatch({"Records": [s3_record(self.bucket, info)]}, self.ctx)  # it logs "key -> job" itself
             self.dispatched += 1
-            for o in outcomes:
-                log.info("%s -> job %s: %s", o.inbox_key, o.job_id, o.state)
+            self.failed.pop(info.key, None)
+            self._wake_sweep.set()
         except Exception as exc:  # noqa: BLE001 - the simulation must keep running whatever one object does
             self.errors += 1
-            self.seen.pop(info.key, None)  # try again on the next change or restart
+            self.seen.pop(info.key, None)  # try again on the next pass
+            self.failed[info.key] = etag
             log.error("dispatch of %s failed: %s: %s", info.key, type(exc).__name__, exc)
+        return new
 
     def reconcile(self) -> int:
-        count = 0
+        """Take in every inbox manifest not seen yet, from one full listing; returns how many were new."""
+        listed: set[str] = set()
+        new = 0
         for info in self.bucket.list(keys.INBOX):
             if keys.is_inbox_manifest(info.key):
-                self.handle(info)
-                count += 1
-        return count
+                listed.add(info.key)
+                new += self.handle(info)
+        # Objects gone from the inbox (`bucketrun gc`) are forgotten, so memory follows the inbox, not history.
+        self.seen = {k: v for k, v in self.seen.items() if k in listed}
+        self.failed = {k: v for k, v in self.failed.items() if k in listed}
+        self.polls += 1
+        return new
 
-    def _sweep_loop(self) -> None:
-        """The scheduled sweep, simulated: stalled jobs are retried or failed, retries are launched."""
+    def sweep_once(self) -> bool:
+        """One sweep pass, if there is anything to sweep; True if jobs are live, so the pacing knows whether to
+        back off. Idle, the probe costs what an idle sweep did (two listings); with live jobs it adds one."""
+        from bucketrun.events.lifecycle import live_jobs
         from bucketrun.handlers.sweep import sweep
 
-        while not self.stop_event.wait(self.sweep_s):
+        live = bool(live_jobs(self.bucket))
+        if live or next(iter(self.bucket.list(keys.NOTIFY_WATCH)), None) is not None:
+            sweep(self.bucket, self.ctx.launchers, self.ctx.writer)
+        return live
+
+    def _sweep_loop(self) -> None:
+        """The scheduled sweep, simulated: stalled jobs are retried or failed, retries are launched, notices
+        sent. Every `sweep_s` while jobs are live (stall detection needs passes well within stall_after_s);
+        backing off to `sweep_max_s` while none are, and back to `sweep_s` as soon as a new job is dispatched."""
+        wait = self.sweep_pacing.base
+        while True:
+            self._wake_sweep.wait(wait)
+            if self.stop_event.is_set():
+                return
+            self._wake_sweep.clear()
             try:
-                sweep(self.bucket, self.ctx.launchers, self.ctx.writer)
+                live = self.sweep_once()
                 self.sweeps += 1
             except Exception as exc:  # noqa: BLE001 - the next sweep tries again
                 log.error("sweep failed: %s", exc)
+                live = False
+            wait = self.sweep_pacing.next(wait, live)
 
     def run(self) -> None:
         if self.sweep_s:
@@ -97,12 +151,14 @@ class Simulation:
         else:
             self._poll()
 
-    def _reconcile_logged(self) -> None:
+    def _reconcile_logged(self) -> int:
         try:
             n = self.reconcile()
-            log.debug("reconciled %d inbox object(s) in %s", n, self.bucket.url)
+            log.debug("reconciled %s: %d new inbox object(s)", self.bucket.url, n)
+            return n
         except Exception as exc:  # noqa: BLE001 - a failed listing is retried on the next round
             log.error("reconcile of %s failed: %s", self.bucket.url, exc)
+            return 0
 
     def _watch(self, bucket: LocalBucket) -> None:
         """Reconcile once the watcher is live (its first timeout), so nothing dropped meanwhile is missed,
@@ -130,10 +186,14 @@ class Simulation:
                         log.error("cannot read %s: %s", key, exc)
 
     def _poll(self) -> None:
+        """List the whole inbox every `poll_s` while manifests arrive, backing off to `poll_max_s`
+        while none do (a failed listing counts as idle, so an unreachable store is not hammered)."""
+        wait = None
         while True:
-            self._reconcile_logged()
+            new = self._reconcile_logged()
             self.ready.set()
-            if self.stop_event.wait(self.poll_s):
+            wait = self.poll_pacing.next(wait, new > 0)
+            if self.stop_event.wait(wait):
                 return
 
     def start_thread(self) -> threading.Thread:
@@ -143,3 +203,4 @@ class Simulation:
 
     def stop(self) -> None:
         self.stop_event.set()
+        self._wake_sweep.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 
@@ -15,10 +16,13 @@ def cmd_sim(args) -> int:
     from bucketrun.local_sim.sim import Simulation
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):  # "Found credentials in ..." on every start
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     bucket = bucket_of(args, create=True)
     launcher = LocalProcessLauncher(preload=None if args.no_preload else "default")
     launcher.start()
-    sim = Simulation(bucket, launcher, poll_s=args.poll, sweep_s=args.sweep)
+    sim = Simulation(bucket, launcher, poll_s=args.poll, sweep_s=args.sweep, poll_max_s=args.poll_max,
+                     sweep_max_s=args.sweep_max)
     print(f"bucketrun sim: watching {bucket.url} (Ctrl-C to stop)", file=sys.stderr)
     try:
         sim.run()
@@ -51,9 +55,25 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _seconds(text: str) -> float:
+    """A positive number of seconds: zero would make the simulation list the bucket in a busy loop."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
 def register(add) -> None:
     p = add("sim", cmd_sim, "the local simulation: watch (folder) or poll (s3) the inbox and run jobs")
-    p.add_argument("--poll", type=float, default=1.0, help="seconds between listings of an s3:// inbox")
-    p.add_argument("--sweep", type=float, default=5.0, help="seconds between sweeps for stalled jobs")
+    p.add_argument("--poll", type=_seconds, default=1.0,
+                   help="seconds between listings of an s3:// inbox while manifests arrive")
+    p.add_argument("--poll-max", type=_seconds, default=10.0,
+                   help="while none arrive, the wait doubles up to this (= --poll: no backoff)")
+    p.add_argument("--sweep", type=_seconds, default=5.0, help="seconds between sweeps while jobs are live")
+    p.add_argument("--sweep-max", type=_seconds, default=30.0,
+                   help="while none are live, the wait doubles up to this (= --sweep: no backoff)")
     p.add_argument("--no-preload", action="store_true", help="load the model on the first job, not at start")
     add("demo", cmd_demo, "transcribe the bundled speech clip end to end on a local bucket")
