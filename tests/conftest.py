@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -29,6 +30,17 @@ SPEECH_TEXT = (
     "and every change of state is written back as a small object. The worker downloads the media, transcribes "
     "the speech, and uploads the subtitles next to the history of the job."
 )
+
+
+def wait_for(predicate, timeout: float = 60.0, every: float = 0.1):
+    """Poll until `predicate()` is truthy (and return it), or fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
 
 
 def free_port() -> int:

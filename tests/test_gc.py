@@ -16,6 +16,8 @@ from bucketrun.handlers.dispatch import DispatchContext, dispatch
 from bucketrun.handlers.intake import claim_job_id, decide_intake
 from bucketrun.local_sim.sim import Simulation, s3_record
 
+from conftest import wait_for
+
 MISSING_MEDIA = {"kind": "transcribe", "source": {"key": "media/not-there.ogg"}}  # taken in, then fails fast
 T0 = datetime(2026, 1, 10, tzinfo=timezone.utc)
 CUTOFF = T0 - timedelta(days=7)
@@ -61,15 +63,6 @@ def cli(capsys):
         return code, out.out, out.err
     return run
 
-
-def wait_for(predicate, timeout=60.0, every=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("timed out waiting")
 
 
 def jobs_by_inbox_key(bucket) -> dict[str, str]:

@@ -23,7 +23,7 @@ from bucketrun.events.lifecycle import JobState, append_transition, list_job_ids
 from bucketrun.events.storage import open_bucket
 from bucketrun.local_sim.sim import Pacing, Simulation
 
-from conftest import make_s3_bucket
+from conftest import make_s3_bucket, wait_for
 
 BUCKETRUN = str(Path(sys.executable).with_name("bucketrun"))
 MISSING_MEDIA = {"kind": "transcribe", "source": {"key": "media/not-there.ogg"}}  # taken in, then fails fast
@@ -88,15 +88,6 @@ def counted(bucket_name: str, root: str = ""):
         wz.setLevel(saved[0])
         wz.propagate = saved[1]
 
-
-def wait_for(predicate, timeout=60.0, every=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("timed out waiting")
 
 
 @pytest.fixture

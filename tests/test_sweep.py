@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,8 @@ from bucketrun.handlers.sweep import sweep
 from bucketrun.images.runtime.attempt import run_attempt as run_job
 from bucketrun.handlers.launchers.local import LocalProcessLauncher
 from bucketrun.local_sim.sim import Simulation
+
+from conftest import wait_for
 
 BUCKETRUN = str(Path(sys.executable).with_name("bucketrun"))
 pytestmark = pytest.mark.slow
@@ -56,15 +57,6 @@ def running_sim(bucket, long_clip):
     sim.stop()
     launcher.close()
 
-
-def wait_for(predicate, timeout=120, every=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("timed out waiting")
 
 
 def transcribing(bucket, job_id, attempt=1):
@@ -109,7 +101,7 @@ def test_cancel_while_running_stops_the_worker_and_it_never_launches_again(bucke
     sim, launcher = running_sim
     manifest = {"kind": "transcribe", "source": {"key": "media/long.ogg"}, "resources": STEADY}
     job_id, _ = client.submit(bucket, codec.dumps(manifest))
-    wait_for(transcribing(bucket, job_id))
+    wait_for(transcribing(bucket, job_id), timeout=120)
     done = subprocess.run([BUCKETRUN, "--bucket", bucket.url, "cancel", job_id], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     wait_for(lambda: any(r.get("job_id") == job_id for r in launcher.results), timeout=60)
