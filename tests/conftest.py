@@ -107,7 +107,7 @@ def launcher(s3_endpoint):
 def bucket_url(request, tmp_path):
     """One fresh bucket per test, on each backend."""
     if request.param == "local":
-        return str(tmp_path / "bucket")
+        return open_bucket(str(tmp_path / "bucket")).url  # created, as `bucketrun init` would
     request.getfixturevalue("s3_endpoint")
     return f"s3://{make_s3_bucket()}/team-a"
 

@@ -46,6 +46,7 @@ def test_submit_with_a_request_id_twice_prints_the_same_job(bucket_url):
 
 
 def test_bucket_comes_from_the_environment(tmp_path):
+    (tmp_path / "envbucket").mkdir()  # an existing folder: only `init`, `sim` and the default create one
     env = {**os.environ, "BUCKETRUN_BUCKET": str(tmp_path / "envbucket")}
     done = run("submit", "-", env=env, input_=json.dumps({"kind": "transcribe", "source": {"key": "k"}}))
     assert done.returncode == 0
@@ -63,11 +64,13 @@ def test_bucket_comes_from_the_environment(tmp_path):
 ])
 def test_errors_are_one_line_and_non_zero(tmp_path, args, fragment):
     if "--bucket" not in args:
+        (tmp_path / "b").mkdir()
         args = ["--bucket", str(tmp_path / "b"), *args]
     assert_one_line_error(run(*args), fragment)
 
 
 def test_invalid_manifest_is_refused_in_one_line(tmp_path):
+    (tmp_path / "b").mkdir()
     done = run("--bucket", str(tmp_path / "b"), "submit", "-",
                input_=json.dumps({"kind": "transcribe", "source": {"url": "u"}, "options": {"beam_size": 0}}))
     assert_one_line_error(done, "options.beam_size")
