@@ -33,7 +33,9 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
 
     def __enter__(self) -> "Heartbeat":
-        self.write(force=True)
+        # No write yet: the `running` transition just written is the first sign of life, and the beat thread
+        # writes within every_s. Stages that pass within min_gap_s of the start cost no request.
+        self._last_write = time.monotonic()
         self._thread.start()
         return self
 
