@@ -43,6 +43,18 @@ def wait_for(predicate, timeout: float = 60.0, every: float = 0.1):
     raise AssertionError("timed out waiting")
 
 
+def jobs_by_inbox_key(bucket) -> dict[str, str]:
+    """Each job's inbox key (from its `submitted` transition) -> its id: which drops became jobs."""
+    from bucketrun.events.lifecycle import list_job_ids, read_view
+
+    out = {}
+    for job_id in list_job_ids(bucket):
+        view = read_view(bucket, job_id)
+        if view.history:
+            out[view.history[0].detail.get("inbox", {}).get("key")] = job_id
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

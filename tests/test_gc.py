@@ -16,7 +16,7 @@ from bucketrun.handlers.dispatch import DispatchContext, dispatch
 from bucketrun.handlers.intake import claim_job_id, decide_intake
 from bucketrun.local_sim.sim import Simulation, s3_record
 
-from conftest import wait_for
+from conftest import jobs_by_inbox_key, wait_for
 
 MISSING_MEDIA = {"kind": "transcribe", "source": {"key": "media/not-there.ogg"}}  # taken in, then fails fast
 T0 = datetime(2026, 1, 10, tzinfo=timezone.utc)
@@ -63,15 +63,6 @@ def cli(capsys):
         return code, out.out, out.err
     return run
 
-
-
-def jobs_by_inbox_key(bucket) -> dict[str, str]:
-    out = {}
-    for job_id in list_job_ids(bucket):
-        view = read_view(bucket, job_id)
-        if view.history:
-            out[view.history[0].detail.get("inbox", {}).get("key")] = job_id
-    return out
 
 
 def test_gc_removes_only_the_inbox_objects_of_ended_jobs(bucket, launcher, cli):

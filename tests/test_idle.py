@@ -19,11 +19,11 @@ import pytest
 
 from bucketrun.events import codec, keys
 from bucketrun.events.conditional import create_once
-from bucketrun.events.lifecycle import JobState, append_transition, list_job_ids, read_view
+from bucketrun.events.lifecycle import JobState, append_transition
 from bucketrun.events.storage import open_bucket
 from bucketrun.local_sim.sim import Pacing, Simulation
 
-from conftest import make_s3_bucket, wait_for
+from conftest import jobs_by_inbox_key, make_s3_bucket, wait_for
 
 BUCKETRUN = str(Path(sys.executable).with_name("bucketrun"))
 MISSING_MEDIA = {"kind": "transcribe", "source": {"key": "media/not-there.ogg"}}  # taken in, then fails fast
@@ -147,15 +147,6 @@ def test_idle_polls_and_sweeps_back_off_and_come_back_when_there_is_work(s3_buck
 
 
 # -- never miss a drop, whatever its name ------------------------------------------------------------------
-
-def jobs_by_inbox_key(bucket) -> dict[str, str]:
-    out = {}
-    for job_id in list_job_ids(bucket):
-        view = read_view(bucket, job_id)
-        if view.history:
-            out[view.history[0].detail.get("inbox", {}).get("key")] = job_id
-    return out
-
 
 def test_manifests_named_before_seen_ones_all_become_jobs(bucket, launcher):
     """Names users drop are in no order: each drop here sorts before every name the sim has already seen, and
