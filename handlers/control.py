@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-
-from bucketrun.events.errors import BucketrunError, IllegalTransition, NotFound, UnknownJob
+from bucketrun.events.errors import IllegalTransition, NotFound, UnknownJob
 from bucketrun.events.lifecycle import JobState, Transition, append_transition, read_view, require_view
 from bucketrun.events.manifest import load_job_manifest
 from bucketrun.events.status import waiting_in_inbox
 from bucketrun.events.storage import Bucket
 
-from .launch import backend_id_of
-from .launchers.base import Launcher, Routes, as_routes
+from .launch import backend_id_of, cancel_backend
+from .launchers.base import Launcher, Routes
 from .notify import arm as arm_notice
-
-log = logging.getLogger("bucketrun.control")
 
 
 def cancel(bucket: Bucket, job_id: str, writer: str, launchers: Routes | Launcher | None = None,
@@ -33,10 +29,7 @@ def cancel(bucket: Bucket, job_id: str, writer: str, launchers: Routes | Launche
                                       expect=view.state,
                                       detail={"error": {"class": "cancelled", "message": reason}})
     if launchers is not None and backend_id:
-        try:
-            as_routes(launchers).for_kind(load_job_manifest(bucket, job_id).kind).cancel(backend_id)
-        except BucketrunError as exc:
-            log.warning("backend cancel of %s failed (the worker stops at its next heartbeat): %s", backend_id, exc)
+        cancel_backend(bucket, job_id, launchers, backend_id)
     return transition
 
 

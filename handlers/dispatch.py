@@ -11,7 +11,7 @@ from bucketrun.events.errors import BucketrunError
 from bucketrun.events.storage import Bucket
 
 from .intake import IntakeOutcome, intake
-from .launchers.base import Launcher, Routes, as_routes
+from .launchers.base import Launcher, Routes
 from .records import ObjectRecord, parse_records
 
 log = logging.getLogger("bucketrun.dispatch")
@@ -70,10 +70,9 @@ def _cancel(ctx: DispatchContext, key: str, job_id: str) -> IntakeOutcome:
     A job the command line already cancelled still gets its backend job cancelled here."""
     from bucketrun.events.errors import IllegalTransition, UnknownJob
     from bucketrun.events.lifecycle import JobState, read_view
-    from bucketrun.events.manifest import load_job_manifest
 
     from .control import cancel
-    from .launch import backend_id_of
+    from .launch import backend_id_of, cancel_backend
 
     try:
         t = cancel(ctx.bucket, job_id, ctx.writer, ctx.launchers, reason=f"cancel requested by {key}")
@@ -82,8 +81,5 @@ def _cancel(ctx: DispatchContext, key: str, job_id: str) -> IntakeOutcome:
         view = read_view(ctx.bucket, job_id)
         backend_id = backend_id_of(view) if view.state is JobState.CANCELLED else None
         if backend_id:
-            try:
-                as_routes(ctx.launchers).for_kind(load_job_manifest(ctx.bucket, job_id).kind).cancel(backend_id)
-            except BucketrunError as cancel_exc:
-                log.warning("backend cancel of %s failed: %s", backend_id, cancel_exc)
+            cancel_backend(ctx.bucket, job_id, ctx.launchers, backend_id)
         return IntakeOutcome(key, job_id, None, str(exc))

@@ -12,7 +12,7 @@ from enum import Enum
 from typing import Any
 
 from bucketrun.events import codec, keys
-from bucketrun.events.conditional import TOKEN, create_json, create_once, replace_json
+from bucketrun.events.conditional import create_json, create_once, replace_json
 from bucketrun.events.errors import IllegalTransition, NotFound, StorageError
 from bucketrun.events.failures import FailureClass, error_detail
 from bucketrun.events.lifecycle import JobState, JobView, append_transition, read_view
@@ -84,22 +84,19 @@ def claim_job_id(bucket: Bucket, token: str, proposed: str, inbox_key: str) -> t
     under the same inbox name) is never adopted: the claim is re-pointed at a fresh id. Returns (job id, whether
     this call created the ownership record, i.e. the job can have no history yet)."""
     ckey = keys.idempotency_key(token)
-    out = create_json(bucket, ckey, {"job_id": proposed, "token": token, "inbox_key": inbox_key,
-                                     "at": codec.iso(codec.now())})
+    first = {"job_id": proposed, "token": token, "inbox_key": inbox_key, "at": codec.iso(codec.now())}
+    out = create_json(bucket, ckey, first)
     for _ in range(8):
         claim = out.body
         if claim is None:  # the claim vanished under us (an operator's cleanup): claim again
-            out = create_json(bucket, ckey, {"job_id": proposed, "token": token, "inbox_key": inbox_key,
-                                             "at": codec.iso(codec.now())})
+            out = create_json(bucket, ckey, first)
             continue
         job_id = claim["job_id"]
         owner = create_json(bucket, keys.intake_key(job_id),
                             {"token": token, "inbox_key": claim.get("inbox_key", inbox_key), "at": claim["at"]})
         if owner.won or (owner.body or {}).get("token") == token:
             return job_id, owner.won
-        fresh = {k: v for k, v in claim.items() if k != TOKEN}
-        fresh["job_id"] = keys.new_job_id()
-        out = replace_json(bucket, ckey, fresh, out.etag) if out.etag else out
+        out = replace_json(bucket, ckey, {**claim, "job_id": keys.new_job_id()}, out.etag)  # a new write token too
         if not out.won and out.body is not None and out.body.get("job_id") == job_id:
             raise StorageError(f"{ckey}: cannot re-point the intake claim away from {job_id}")
     raise StorageError(f"{ckey}: intake claim kept moving")

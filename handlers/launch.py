@@ -28,6 +28,15 @@ def backend_id_of(view: JobView) -> str | None:
     return None
 
 
+def cancel_backend(bucket: Bucket, job_id: str, launchers: Routes | Launcher, backend_id: str) -> None:
+    """Stop a job's backend work on the launcher of its kind; best effort: a worker that outlives this stops at
+    its next heartbeat, when it sees the job left its attempt."""
+    try:
+        as_routes(launchers).for_kind(load_job_manifest(bucket, job_id).kind).cancel(backend_id)
+    except BucketrunError as exc:
+        log.warning("backend cancel of %s failed (the worker stops at its next heartbeat): %s", backend_id, exc)
+
+
 def launch_attempt(bucket: Bucket, view: JobView, launchers: Routes | Launcher, writer: str,
                    manifest: JobManifest | None = None) -> JobView | None:
     """Launch the job's current attempt once, however many dispatchers or sweeps race here.

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from bucketrun.events import codec, keys, webhook
 from bucketrun.events.backoff import WEBHOOK, parse_retry_after
-from bucketrun.events.conditional import TOKEN, create_json, create_once, replace_json
+from bucketrun.events.conditional import create_json, create_once, replace_json
 from bucketrun.events.errors import NotFound
 from bucketrun.events.lifecycle import JobView, read_view
 from bucketrun.events.manifest import JobManifest, load_job_manifest
@@ -125,7 +125,6 @@ def notify_job(bucket: Bucket, job_id: str, notifier: Notifier, writer: str,
         record, etag = codec.loads(blob.data), blob.etag
     except NotFound:
         record, etag = None, None
-    record = {k: v for k, v in record.items() if k != TOKEN} if record else None
     step = decide(view, record, now)
     if step is Step.WAIT:
         return None
