@@ -147,3 +147,104 @@ def job_id_from_key(key: str) -> str | None:
 def parse_event_key(key: str) -> tuple[str, int] | None:
     m = EVENT_RE.match(key)
     return (m["job"], int(m["seq"])) if m else None
+
+
+# --- fleets: per-shard and per-worker keys only, so no single object takes every claim or commit (a hot key) ---
+
+FLEET_INDEX = f"{INDEX}fleet/"
+SHARD_RE = re.compile(r"^(?P<lo>\d{9})-(?P<hi>\d{9})$")
+
+
+def shard_id(lo: int, hi: int) -> str:
+    """Items [lo, hi) of the plan; zero-padded so shards list in item order, and a bisected or partially
+    committed shard's children are new ids that never collide with their parent."""
+    return f"{lo:09d}-{hi:09d}"
+
+
+def parse_shard_id(shard: str) -> tuple[int, int] | None:
+    m = SHARD_RE.match(shard)
+    return (int(m["lo"]), int(m["hi"])) if m else None
+
+
+def fleet_prefix(job_id: str) -> str:
+    return f"{JOBS}{job_id}/fleet/"
+
+
+def fleet_plan_key(job_id: str) -> str:
+    """Written once (create-if-absent): the item list's key and digest, and the shard size."""
+    return f"{JOBS}{job_id}/fleet/plan.json"
+
+
+def fleet_items_key(job_id: str, digest: str) -> str:
+    """The planned item list, named by its sha256 so two planners' lists can never overwrite each other."""
+    return f"{JOBS}{job_id}/fleet/items-{digest[:16]}.json.gz"
+
+
+def fleet_leases_prefix(job_id: str) -> str:
+    return f"{JOBS}{job_id}/fleet/leases/"
+
+
+def fleet_lease_key(job_id: str, shard: str) -> str:
+    return f"{fleet_leases_prefix(job_id)}{shard}.json"
+
+
+def fleet_done_prefix(job_id: str) -> str:
+    return f"{JOBS}{job_id}/fleet/done/"
+
+
+def fleet_done_key(job_id: str, shard: str) -> str:
+    """Create-if-absent commit marker of one shard: the part it names is the shard's one committed row set."""
+    return f"{fleet_done_prefix(job_id)}{shard}.json"
+
+
+def fleet_shard_of(key: str, prefix: str) -> str | None:
+    """The shard id of a leases/ or done/ key."""
+    if not (key.startswith(prefix) and key.endswith(".json")):
+        return None
+    shard = key[len(prefix):-len(".json")]
+    return shard if SHARD_RE.match(shard) else None
+
+
+def fleet_output_prefix(job_id: str, output_prefix: str | None) -> str:
+    return output_prefix or fleet_prefix(job_id)
+
+
+def fleet_part_key(output_prefix: str, shard: str, generation: int) -> str:
+    """Write-once parquet of one shard by one lease generation: a zombie's file can never replace the winner's."""
+    return f"{output_prefix}parts/{shard}-g{generation:04d}.parquet"
+
+
+def fleet_dataset_key(output_prefix: str) -> str:
+    return f"{output_prefix}dataset.json"
+
+
+def fleet_worker_key(job_id: str, worker: str) -> str:
+    """Registration: the worker's config (GPU, processor, version), written at start."""
+    return f"{JOBS}{job_id}/fleet/workers/{worker}.json"
+
+
+def fleet_heartbeats_prefix(job_id: str) -> str:
+    return f"{JOBS}{job_id}/fleet/heartbeats/"
+
+
+def fleet_heartbeat_key(job_id: str, worker: str) -> str:
+    return f"{fleet_heartbeats_prefix(job_id)}{worker}.json"
+
+
+def fleet_singleton_lease_key(job_id: str, role: str) -> str:
+    """Lease for a one-writer duty (progress, finalize), so the duty survives its holder's death."""
+    return f"{JOBS}{job_id}/fleet/roles/{role}.json"
+
+
+def fleet_instances_prefix(job_id: str) -> str:
+    return f"{JOBS}{job_id}/fleet/instances/"
+
+
+def fleet_instance_key(job_id: str, instance: str) -> str:
+    """One rented instance (or local process): provider, id, worker, $/h, and when it was torn down."""
+    return f"{fleet_instances_prefix(job_id)}{instance}.json"
+
+
+def fleet_index_key(job_id: str) -> str:
+    """Present while a fleet may have instances to tear down; the sweep lists these."""
+    return f"{FLEET_INDEX}{job_id}.json"

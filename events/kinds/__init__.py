@@ -15,7 +15,8 @@ from typing import Any
 from pydantic import BaseModel
 
 # (module, attribute) of every built-in kind's spec; imported on first use.
-_BUILTIN = {"transcribe": ("bucketrun.events.kinds.transcribe", "SPEC")}
+_BUILTIN = {"transcribe": ("bucketrun.events.kinds.transcribe", "SPEC"),
+            "fleet": ("bucketrun.events.kinds.fleet", "SPEC")}
 _loaded: dict[str, "KindSpec"] = {}
 
 Verify = Callable[[Any, dict[str, Any]], list[str]]

@@ -1,0 +1,123 @@
+"""Shard leases for fleet workers: the lease of events/lease.py (generation fencing, expiry by the store's
+clock), awaited, plus a `deaths` count so a shard that keeps killing its workers is bisected, not retried forever.
+
+A fresh shard is claimed with one create-if-absent and no read first: a lost create means someone took it, and
+the worker moves on. Only a straggler (an expired or released lease) is read and taken over by compare-and-swap.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .. import aconditional, codec, keys
+from ..errors import ConditionalConflict, NotFound, PreconditionFailed
+from ..lease import HELD, RELEASED, LeaseLost, Snapshot, _age, _check_body
+
+RENEW_FRACTION = 1 / 3  # renewed once a third of lease_s passed, and only while the shard still runs
+
+
+@dataclass
+class ShardLease:
+    """A held lease on a shard (or on a one-writer role: progress, finalize)."""
+
+    key: str
+    body: dict[str, Any]
+    etag: str
+    written_at: float  # monotonic, taken before the write was sent
+
+    @property
+    def shard(self) -> str:
+        return self.key.rsplit("/", 1)[-1][:-len(".json")]
+
+    generation = property(lambda self: self.body["generation"])
+    deaths = property(lambda self: self.body.get("deaths", 0))
+    ttl_s = property(lambda self: self.body["ttl_s"])
+
+    def due(self) -> bool:
+        return time.monotonic() - self.written_at >= self.ttl_s * RENEW_FRACTION
+
+    def remaining(self) -> float:
+        return self.ttl_s - (time.monotonic() - self.written_at)
+
+
+def _body(holder: str, ttl_s: float, generation: int, deaths: int, state: str = HELD) -> dict[str, Any]:
+    stamp = codec.iso(codec.now())
+    return {"holder": holder, "ttl_s": ttl_s, "state": state, "generation": generation, "deaths": deaths,
+            "acquired_at": stamp, "renewed_at": stamp}
+
+
+async def read(bucket, key: str) -> Snapshot | None:
+    try:
+        blob = await bucket.get(key)
+    except NotFound:
+        return None
+    age, clock = _age(blob.last_modified, blob.store_time)
+    return Snapshot(key, _check_body(key, codec.loads(blob.data)), blob.etag, age, clock)
+
+
+async def claim_fresh(bucket, key: str, holder: str, ttl_s: float) -> ShardLease | None:
+    """One request: a create-if-absent, and a 412 means taken, with no read-back. (Were our own create's
+    response lost, the lease would simply expire and be taken over: a delay, never a duplicate.)"""
+    body = {**_body(holder, ttl_s, 1, 0), aconditional.TOKEN: aconditional.new_token()}
+    started = time.monotonic()
+    try:
+        etag = await bucket.create(key, codec.dumps(body), aconditional.JSON)
+    except PreconditionFailed:
+        return None
+    except ConditionalConflict:  # a racing create the store could not order: someone else is claiming it
+        return None
+    return ShardLease(key, body, etag, started)
+
+
+async def take_over(bucket, holder: str, ttl_s: float, snap: Snapshot) -> ShardLease | None:
+    """Take an expired or released lease by CAS on the ETag read; the generation goes up by one, and an expired
+    holder counts as a death (it stopped without releasing). None if someone else got there first."""
+    if snap.live or snap.state not in (HELD, RELEASED):
+        return None
+    deaths = snap.body.get("deaths", 0) + (1 if snap.state == HELD else 0)
+    started = time.monotonic()
+    out = await aconditional.replace_json(bucket, snap.key, _body(holder, ttl_s, snap.generation + 1, deaths),
+                                          snap.etag)
+    return ShardLease(snap.key, out.body, out.etag, started) if out.won else None
+
+
+async def _rewrite(bucket, lease: ShardLease, **change: Any) -> None:
+    body = {**lease.body, **change, "renewed_at": codec.iso(codec.now())}
+    started = time.monotonic()
+    out = await aconditional.replace_json(bucket, lease.key, body, lease.etag)
+    if not out.won:
+        now = out.body or {}
+        raise LeaseLost(f"{lease.key}: generation {lease.generation} lost to {now.get('holder')!r} "
+                        f"(generation {now.get('generation')}, {now.get('state')})")
+    lease.body, lease.etag, lease.written_at = out.body, out.etag, started
+
+
+async def renew(bucket, lease: ShardLease) -> None:
+    """LeaseLost if taken over: the holder must stop and will find its commit refused anyway."""
+    await _rewrite(bucket, lease)
+
+
+async def release(bucket, lease: ShardLease, died: bool = False) -> None:
+    """Hand the shard back at once (no waiting for expiry). `died`: the holder's previous life held it."""
+    await _rewrite(bucket, lease, state=RELEASED, deaths=lease.deaths + (1 if died else 0))
+
+
+async def offer(bucket, job_id: str, shard: str, deaths: int = 0) -> bool:
+    """Create a new shard (a remainder or a bisected half) as a released lease, so any worker can claim it."""
+    return await aconditional.create_once(bucket, keys.fleet_lease_key(job_id, shard),
+                                          codec.dumps(_body("", 1.0, 0, deaths, RELEASED)))
+
+
+async def release_stale(bucket, key: str, holder: str, generation: int) -> bool:
+    """A restarted worker hands back what its previous life held: only if the bucket still shows it as ours."""
+    snap = await read(bucket, key)
+    if snap is None or snap.state != HELD or snap.body.get("holder") != holder or snap.generation != generation:
+        return False
+    lease = ShardLease(key, snap.body, snap.etag, time.monotonic())
+    try:
+        await release(bucket, lease, died=True)
+    except LeaseLost:
+        return False
+    return True

@@ -1,0 +1,106 @@
+"""A shard's commit and the fleet's final commit.
+
+Shard: one write-once parquet part under a key carrying the lease generation, then a create-if-absent done
+marker naming it. A zombie (its lease taken over) finds the marker already there and deletes its own part.
+Fleet: once every shard reachable from the plan has a marker, one elected writer reads them all, checks each
+part's bytes by listing, and creates the dataset manifest; only then is the job `succeeded`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bucketrun.events import aconditional, codec, keys
+from bucketrun.events.errors import CorruptObject
+from bucketrun.events.fleet import claims
+from bucketrun.events.fleet.dataset import Coverage, dataset_body, resolve
+from bucketrun.events.fleet.plan import Plan
+
+PARQUET = "application/vnd.apache.parquet"
+READ_CONCURRENCY = 32
+
+
+def to_parquet(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
+    table = pa.Table.from_pylist(rows, schema=schema)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+@dataclass
+class CommitResult:
+    won: bool
+    marker: dict[str, Any]  # ours if won, else the winner's
+
+
+async def commit_shard(bucket, job_id: str, output_prefix: str, lease: claims.ShardLease, worker: str,
+                       covered: tuple[int, int] | None, rows: list[dict[str, Any]], schema: pa.Schema,
+                       items_failed: int = 0, children: list[tuple[int, int]] = (),
+                       dead: list[dict[str, Any]] = ()) -> CommitResult:
+    shard, generation = lease.shard, lease.generation
+    part = None
+    if covered is not None:
+        data = to_parquet(rows, schema)
+        part_key = keys.fleet_part_key(output_prefix, shard, generation)
+        await aconditional.create_once(bucket, part_key, data, PARQUET)  # one writer per generation
+        part = {"key": part_key, "rows": len(rows), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    for a, b in children:  # offered before the marker that names them, so a listing never misses one
+        await claims.offer(bucket, job_id, keys.shard_id(a, b), deaths=min(lease.deaths, 1_000))
+    marker = {"shard": shard, "generation": generation, "worker": worker,
+              "covered": list(covered) if covered else None, "part": part, "items_failed": items_failed,
+              "children": [list(c) for c in children], "dead": list(dead), "at": codec.iso(codec.now())}
+    out = await aconditional.create_json(bucket, keys.fleet_done_key(job_id, shard), marker)
+    if not out.won and part is not None and (out.body or {}).get("part", {}) != part:
+        if ((out.body or {}).get("part") or {}).get("key") != part["key"]:
+            await bucket.delete(part["key"])  # a zombie's orphan: the shard's row set is the winner's
+    return CommitResult(out.won, out.body if not out.won else marker)
+
+
+async def list_shards(bucket, prefix: str) -> dict[str, Any]:
+    """shard id -> ObjectInfo for every leases/ or done/ object."""
+    found = {}
+    async for info in bucket.list(prefix):
+        shard = keys.fleet_shard_of(info.key, prefix)
+        if shard:
+            found[shard] = info
+    return found
+
+
+async def read_markers(bucket, job_id: str, shards, cache: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every done marker's body; markers are write-once, so a cached one never needs reading again."""
+    sem = asyncio.Semaphore(READ_CONCURRENCY)
+
+    async def one(shard: str) -> None:
+        async with sem:
+            body, _ = await aconditional.read_json(bucket, keys.fleet_done_key(job_id, shard))
+            if body is not None:
+                cache[shard] = body
+
+    await asyncio.gather(*(one(s) for s in shards if s not in cache))
+    return cache
+
+
+async def build_dataset(bucket, job_id: str, plan: Plan, output_prefix: str, writer: str,
+                        cache: dict[str, dict[str, Any]]) -> tuple[Coverage, dict[str, Any] | None]:
+    """The dataset manifest if every reachable shard is done and every part lists back with its bytes; the
+    manifest is created once, and a second finalizer gets the first one's."""
+    done = await list_shards(bucket, keys.fleet_done_prefix(job_id))
+    markers = await read_markers(bucket, job_id, done, cache)
+    cov = resolve(plan, markers)
+    if not cov.complete:
+        return cov, None
+    sizes = {info.key: info.size async for info in bucket.list(output_prefix + "parts/")}
+    for m in cov.committed:
+        if sizes.get(m["part"]["key"]) != m["part"]["bytes"]:
+            raise CorruptObject(f"part {m['part']['key']} lists as {sizes.get(m['part']['key'])} bytes, "
+                                   f"its marker says {m['part']['bytes']}")
+    body = dataset_body(job_id, plan, cov, writer)
+    out = await aconditional.create_json(bucket, keys.fleet_dataset_key(output_prefix), body)
+    return cov, out.body

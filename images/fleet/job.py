@@ -1,0 +1,164 @@
+"""What every worker in one process shares for one fleet job: the buckets, the manifest, the plan and its items,
+the processor, and the job's transitions (written through the one state writer, events/lifecycle.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from bucketrun.events import keys
+from bucketrun.events.errors import IllegalTransition, NotFound, StaleAttempt
+from bucketrun.events.failures import FailureClass, error_detail
+from bucketrun.events.fleet.plan import Plan, PlanError, list_items, load_items, read_items_file, read_plan, write_plan
+from bucketrun.events.kinds.fleet import FleetBody
+from bucketrun.events.lifecycle import JobState, JobView, append_transition, read_view
+from bucketrun.events.manifest import JobManifest, load_job_manifest
+from bucketrun.events.retry import record_failure
+from bucketrun.events.storage import open_bucket
+from bucketrun.events.storage.aio import open_async_bucket
+
+from .processors import Processor, ProcessorContext, ProcessorError, make_processor, schema_of
+
+log = logging.getLogger("bucketrun.fleet")
+
+
+class FleetStopped(Exception):
+    """The job is over for this worker (terminal, cancelled, or on another attempt): stop without writing."""
+
+
+class FleetJob:
+    def __init__(self, bucket_url: str, job_id: str, writer: str, device: str = "cpu"):
+        self.bucket_url, self.job_id, self.writer, self.device = bucket_url, job_id, writer, device
+        self.sync = open_bucket(bucket_url)  # the lifecycle's writer is synchronous; called in a thread
+        self.bucket: Any = None
+        self.source: Any = None
+        self.manifest: JobManifest | None = None
+        self.body: FleetBody | None = None
+        self.plan: Plan | None = None
+        self.items: list[str] = []
+        self.processor: Processor | None = None
+        self.schema: pa.Schema | None = None
+        self.view: JobView | None = None
+        self.marker_cache: dict[str, dict[str, Any]] = {}  # done markers are write-once: read each once
+        self._stack = AsyncExitStack()
+        self._tmp = tempfile.TemporaryDirectory(prefix="bucketrun-fleet-")
+
+    @property
+    def output_prefix(self) -> str:
+        return keys.fleet_output_prefix(self.job_id, self.body.output.prefix)
+
+    @property
+    def attempt(self) -> int:
+        return self.view.attempt if self.view else 0
+
+    async def __aenter__(self) -> "FleetJob":
+        self.bucket = await self._stack.enter_async_context(open_async_bucket(self.bucket_url))
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self.processor is not None:
+            self.processor.close()
+        await self._stack.aclose()
+        self._tmp.cleanup()
+
+    async def open(self) -> None:
+        """Read the job; stop unless it is launched or running; plan (or follow the plan); make the processor."""
+        try:
+            self.manifest = await asyncio.to_thread(load_job_manifest, self.sync, self.job_id)
+        except NotFound as exc:
+            raise FleetStopped(f"job {self.job_id} has no manifest") from exc
+        self.body = self.manifest.body
+        await self.refresh_view()
+        self.check_live()
+        items_src = self.body.items
+        self.source = self.bucket
+        if items_src.bucket:
+            self.source = await self._stack.enter_async_context(open_async_bucket(items_src.bucket))
+        try:
+            self.plan = await read_plan(self.bucket, self.job_id)
+            if self.plan is None:
+                if items_src.file:
+                    items = await read_items_file(self.bucket, items_src.file)
+                else:
+                    items = await list_items(self.source, items_src.prefix or "", items_src.suffix)
+                if not items:
+                    where = items_src.file or f"{items_src.bucket or 'this bucket'}/{items_src.prefix}"
+                    raise PlanError(f"no items found in {where}" + (f" ending in {items_src.suffix!r}"
+                                                                     if items_src.suffix else ""))
+                self.plan = await write_plan(self.bucket, self.job_id, items, self.body.shard_size,
+                                             items_src.model_dump(mode="json"), self.writer)
+                self.items = items if self.plan.items_sha256 == _digest(items) else await load_items(self.bucket, self.plan)
+            else:
+                self.items = await load_items(self.bucket, self.plan)
+        except PlanError as exc:
+            await self.fail(FailureClass.BAD_INPUT, str(exc), where="plan")
+            raise FleetStopped(str(exc)) from exc
+        ctx = ProcessorContext(self.source, Path(self._tmp.name), self.device, self.writer)
+        try:
+            self.processor = make_processor(self.body.processor.factory, self.body.processor.options, ctx)
+            self.schema = schema_of(self.processor)
+        except ProcessorError as exc:
+            await self.fail(FailureClass.CONFIG_ERROR, str(exc), where="processor")
+            raise FleetStopped(str(exc)) from exc
+        await self.mark_running()
+
+    async def refresh_view(self) -> JobView:
+        self.view = await asyncio.to_thread(read_view, self.sync, self.job_id, self.view)
+        return self.view
+
+    def check_live(self) -> None:
+        state = self.view.state if self.view else None
+        if state not in (JobState.LAUNCHED, JobState.RUNNING):
+            raise FleetStopped(f"job {self.job_id} is {state.value if state else 'unknown'}")
+
+    async def mark_running(self) -> None:
+        """The first worker up writes `running`; the others find it written."""
+        if self.view.state is not JobState.LAUNCHED:
+            return
+        try:
+            _, self.view = await asyncio.to_thread(append_transition, self.sync, self.job_id, JobState.RUNNING,
+                                                   writer=self.writer, attempt=self.attempt,
+                                                   expect=JobState.LAUNCHED, view=self.view)
+        except (IllegalTransition, StaleAttempt):
+            await self.refresh_view()
+            self.check_live()
+
+    async def succeed(self, detail: dict[str, Any]) -> bool:
+        try:
+            _, self.view = await asyncio.to_thread(append_transition, self.sync, self.job_id, JobState.SUCCEEDED,
+                                                   writer=self.writer, attempt=self.attempt,
+                                                   expect={JobState.RUNNING, JobState.LAUNCHED}, view=self.view,
+                                                   detail=detail)
+            return True
+        except (IllegalTransition, StaleAttempt) as exc:
+            log.info("succeeded not written by %s: %s", self.writer, exc)
+            return False
+
+    def spec_verify(self, result: dict[str, Any]) -> list[str]:
+        from bucketrun.events.kinds import get_kind
+
+        return get_kind("fleet").verify(self.manifest, result)
+
+    async def fail_code(self, message: str) -> None:
+        await self.fail(FailureClass.CODE_ERROR, message, where="finalize")
+
+    async def fail(self, cls: FailureClass, message: str, where: str) -> None:
+        error = error_detail(cls, message[:500], where=where)["error"]
+        try:
+            await asyncio.to_thread(record_failure, self.sync, self.job_id, error, writer=self.writer,
+                                    attempt=self.attempt, max_attempts=self.manifest.resources.max_attempts,
+                                    view=self.view)
+        except (IllegalTransition, StaleAttempt) as exc:
+            log.info("failure not recorded (the job moved on): %s", exc)
+
+
+def _digest(items: list[str]) -> str:
+    from bucketrun.events.fleet.plan import encode_items
+
+    return encode_items(items)[1]

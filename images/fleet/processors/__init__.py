@@ -1,0 +1,66 @@
+"""The processor contract: what a fleet worker runs over each item, and how one is found.
+
+A processor is made by a factory `make(options, ctx) -> Processor`, named in the manifest by a built-in name
+(events/kinds/fleet.py PROCESSORS) or a user's `module:function` entry point baked into the worker image.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from bucketrun.events.kinds import load_entry_point
+
+# Every row carries these, whatever the processor: which item it belongs to, and the item's error if it failed.
+BASE_COLUMNS: dict[str, pa.DataType] = {"item_index": pa.int64(), "item": pa.string(), "error": pa.string()}
+
+
+class ProcessorError(Exception):
+    """The processor cannot run at all (bad options, missing model): the worker stops instead of failing
+    every item one by one."""
+
+
+@dataclass
+class ProcessorContext:
+    """What a processor may use: the bucket its items live in (async, see events/storage/aio.py), a scratch
+    folder, the device, and the worker's identity for its logs."""
+
+    source: Any  # an async bucket: `await source.get(key)`, `source.list(prefix)`
+    workdir: Path
+    device: str = "cpu"
+    worker_id: str = "worker"
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("bucketrun.fleet.processor"))
+
+
+class Processor(Protocol):
+    columns: dict[str, pa.DataType]  # the declared schema of its rows, besides BASE_COLUMNS
+    blocking: bool  # process() holds the CPU/GPU: the worker runs it in a thread so heartbeats go on
+
+    async def fetch(self, item: str) -> Any:
+        """Download the item's inputs; runs ahead (prefetch) while the previous shard is processed."""
+        ...
+
+    def process(self, item: str, payload: Any) -> list[dict[str, Any]]:
+        """Rows for one item (one or many). Raising makes one error row for the item, never a failed shard."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def make_processor(factory: str, options: dict[str, Any], ctx: ProcessorContext) -> Processor:
+    try:
+        make = load_entry_point(factory)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ProcessorError(f"processor {factory!r} is not in this worker image: {exc}") from exc
+    return make(options, ctx)
+
+
+def schema_of(processor: Processor) -> pa.Schema:
+    clash = set(processor.columns) & set(BASE_COLUMNS)
+    if clash:
+        raise ProcessorError(f"processor columns {sorted(clash)} clash with the fleet's own")
+    return pa.schema([pa.field(k, t) for k, t in {**BASE_COLUMNS, **processor.columns}.items()])

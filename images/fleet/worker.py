@@ -1,0 +1,524 @@
+"""The fleet worker: an asyncio loop of claim (ahead, with the inputs prefetched), process, commit.
+
+Run one or more workers in one process:
+    python -m bucketrun.images.fleet.worker --bucket URL --job JOB --worker w0001 [--worker w0002 ...]
+It exits when no work is left, when the job ends, or after SIGTERM (finish the item, commit what is done).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import hashlib
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bucketrun.events import codec, keys
+from bucketrun.events.errors import BucketrunError, NotFound
+from bucketrun.events.fleet import claims
+from bucketrun.events.lease import LeaseLost
+
+from .commit import build_dataset, commit_shard, list_shards
+from .job import FleetJob, FleetStopped
+from .progress import ProgressDuty
+
+log = logging.getLogger("bucketrun.fleet")
+GRACE_S = 25.0
+MAX_IDLE_SLEEP_S = 10.0
+
+
+class FetchFailed:
+    def __init__(self, error: str):
+        self.error = error
+
+
+@dataclass
+class ShardWork:
+    lease: claims.ShardLease
+    lo: int
+    hi: int
+    payloads: list[Any] = field(default_factory=list)
+    poison: bool = False  # its workers died max_item_attempts times: bisect or dead-letter, don't process
+
+
+class Stop:
+    """Process-wide flags: SIGTERM (drain) and the job leaving this attempt (stop)."""
+
+    def __init__(self):
+        self.draining = asyncio.Event()
+        self.stopped = asyncio.Event()
+        self.reason = ""
+
+    @property
+    def any(self) -> bool:
+        return self.draining.is_set() or self.stopped.is_set()
+
+
+class Worker:
+    def __init__(self, job: FleetJob, worker_id: str, stop: Stop):
+        self.job, self.id, self.stop = job, worker_id, stop
+        self.body = job.body
+        self.bucket = job.bucket
+        self.shards: list[str] = job.plan.base_shards()
+        self.base = frozenset(self.shards)
+        self.unavailable: set[str] = set()
+        self.done: set[str] = set()
+        self.seen_etags: dict[str, str] = {}
+        digest = int(hashlib.sha256(worker_id.encode()).hexdigest(), 16)
+        self.cursor = digest % max(1, len(self.shards))  # workers start at different points of the shard order
+        self.rng = random.Random(digest)
+        self.holding: dict[str, claims.ShardLease] = {}
+        self.lost: set[str] = set()
+        self.state = "starting"
+        self.current: str | None = None
+        self.stats = {"items_done": 0, "items_failed": 0, "shards_written": 0, "parquet_bytes": 0,
+                      "claims_lost": 0, "commits_refused": 0, "takeovers": 0, "last_error": None}
+        self.recent: collections.deque[tuple[int, float]] = collections.deque(maxlen=10)
+        self.idle_s = 0.5
+
+    # -- start ---------------------------------------------------------------------------------------
+    async def register(self) -> None:
+        config = {"worker": self.id, "host": os.uname().nodename, "pid": os.getpid(),
+                  "processor": self.body.processor.name or self.body.processor.entry_point,
+                  "batch_size": self.body.shard_size, "device": self.job.device, "gpu": _gpu(),
+                  "version": _version(), "started_at": codec.iso(codec.now())}
+        await self.bucket.put(keys.fleet_worker_key(self.job.job_id, self.id), codec.dumps(config), "application/json")
+
+    async def recover(self) -> None:
+        """A worker restarted under the same id hands back the leases its previous life held (counting a death
+        for each, so a shard that kills its worker is still isolated), then learns what is taken and done."""
+        try:
+            last = codec.loads((await self.bucket.get(keys.fleet_heartbeat_key(self.job.job_id, self.id))).data)
+        except NotFound:
+            last = None
+        if last and last.get("state") != "offline":
+            for held in last.get("holding", []):
+                key = keys.fleet_lease_key(self.job.job_id, held["shard"])
+                if await claims.release_stale(self.bucket, key, self.id, held["generation"]):
+                    log.info("%s: released %s held by its previous life", self.id, held["shard"])
+        await self.learn()
+
+    async def learn(self) -> dict[str, Any]:
+        """List leases and done markers (a request per thousand shards): the view claims are chosen from."""
+        done = await list_shards(self.bucket, keys.fleet_done_prefix(self.job.job_id))
+        leases = await list_shards(self.bucket, keys.fleet_leases_prefix(self.job.job_id))
+        self.done |= set(done)
+        new = set(leases) - set(self.shards)
+        if new:
+            self.shards = sorted(set(self.shards) | new)
+        self.unavailable |= set(leases) | set(done)
+        for shard, info in leases.items():
+            if shard in self.base:  # a planned shard's lease is someone's claim: read it only once it ages
+                self.seen_etags.setdefault(shard, info.etag)
+        return leases
+
+    # -- claim ---------------------------------------------------------------------------------------
+    def _pick(self) -> int | None:
+        n = len(self.shards)
+        if 0 <= self.cursor < n and self.shards[self.cursor] not in self.unavailable:
+            return self.cursor
+        for _ in range(32):  # jump: a random point is most likely inside a long untaken run
+            i = self.rng.randrange(n)
+            if self.shards[i] not in self.unavailable:
+                return i
+        start = self.rng.randrange(n)
+        for j in range(n):
+            i = (start + j) % n
+            if self.shards[i] not in self.unavailable:
+                return i
+        return None
+
+    async def claim_next(self) -> ShardWork | None:
+        while not self.stop.any:
+            i = self._pick()
+            if i is None:
+                return None
+            shard = self.shards[i]
+            self.unavailable.add(shard)
+            lease = await claims.claim_fresh(self.bucket, keys.fleet_lease_key(self.job.job_id, shard), self.id,
+                                             self.body.lease_s)
+            if lease is None:
+                self.stats["claims_lost"] += 1
+                continue
+            self.cursor = i + 1
+            return await self._prepare(lease)
+        return None
+
+    async def _prepare(self, lease: claims.ShardLease) -> ShardWork:
+        self.holding[lease.shard] = lease
+        lo, hi = keys.parse_shard_id(lease.shard)
+        work = ShardWork(lease, lo, hi)
+        if lease.deaths >= self.body.max_item_attempts:
+            work.poison = True
+            return work
+
+        async def fetch(item: str) -> Any:
+            try:
+                return await self.job.processor.fetch(item)
+            except Exception as exc:  # noqa: BLE001 - a bad item is a row with its error, not a dead shard
+                return FetchFailed(f"fetch failed: {type(exc).__name__}: {exc}"[:500])
+
+        work.payloads = list(await asyncio.gather(*(fetch(self.job.items[i]) for i in range(lo, hi))))
+        return work
+
+    async def straggler(self) -> ShardWork | str | None:
+        """Nothing left to claim fresh: look for expired or released leases and new shards, finish the
+        dataset if all is done, or wait until the earliest lease could expire."""
+        if await self.bucket_has(keys.fleet_dataset_key(self.job.output_prefix)):
+            return "finished"
+        leases = await self.learn()
+        pending = [s for s in self.shards if s not in self.done]
+        if not pending:
+            return await self.finalize()
+        fresh = [s for s in pending if s not in leases]
+        if fresh:
+            self.unavailable -= set(fresh)  # never claimed: our view was stale
+            return None
+        now = codec.now()
+        wake = MAX_IDLE_SLEEP_S
+        for shard in pending:
+            info = leases[shard]
+            age = (now - info.last_modified).total_seconds() if info.last_modified else 0.0
+            changed = self.seen_etags.get(shard) != info.etag
+            if not changed and age < self.body.lease_s:
+                wake = min(wake, self.body.lease_s - age + 0.5)
+                continue
+            snap = await claims.read(self.bucket, info.key)
+            if snap is None:
+                continue
+            self.seen_etags[shard] = info.etag
+            if snap.live:
+                wake = min(wake, max(0.5, snap.body["ttl_s"] - (snap.age_s or 0) + 0.5))
+                continue
+            if await self.bucket_has(keys.fleet_done_key(self.job.job_id, shard)):
+                self.done.add(shard)
+                continue
+            lease = await claims.take_over(self.bucket, self.id, self.body.lease_s, snap)
+            if lease is not None:
+                self.stats["takeovers"] += 1
+                self.idle_s = 0.5
+                return await self._prepare(lease)
+        await self.sleep(min(wake, self.idle_s) + self.rng.uniform(0, 0.5))
+        self.idle_s = min(MAX_IDLE_SLEEP_S, self.idle_s * 2)
+        return None
+
+    async def bucket_has(self, key: str) -> bool:
+        try:
+            await self.bucket.head(key)
+            return True
+        except NotFound:
+            return False
+
+    async def sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stop.draining.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    # -- process and commit --------------------------------------------------------------------------
+    async def process(self, work: ShardWork) -> None:
+        lease, lo, hi = work.lease, work.lo, work.hi
+        self.current = lease.shard
+        if work.poison:
+            await self._isolate(work)
+            return
+        proc, items, started = self.job.processor, self.job.items, time.monotonic()
+        rows: list[dict[str, Any]] = []
+        failed, k = 0, lo
+        loop = asyncio.get_running_loop()
+        for i in range(lo, hi):
+            if self.stop.any or lease.shard in self.lost:
+                break
+            item, payload = items[i], work.payloads[i - lo]
+            try:
+                if isinstance(payload, FetchFailed):
+                    raise RuntimeError(payload.error)
+                out = (await loop.run_in_executor(None, proc.process, item, payload) if proc.blocking
+                       else proc.process(item, payload))
+                rows += [{**r, "item_index": i, "item": item, "error": None} for r in (out or [{}])]
+            except Exception as exc:  # noqa: BLE001 - the item's error is its row
+                failed += 1
+                error = f"{type(exc).__name__}: {exc}"[:1000]
+                self.stats["last_error"] = error
+                rows.append({"item_index": i, "item": item, "error": error})
+            k = i + 1
+        if lease.shard in self.lost or self.stop.stopped.is_set():
+            self.holding.pop(lease.shard, None)
+            return
+        if k == lo:  # drained before the first item: hand it back whole
+            await self._release(lease)
+            return
+        result = await commit_shard(self.bucket, self.job.job_id, self.job.output_prefix, lease, self.id, (lo, k),
+                                    rows, self.job.schema, items_failed=failed,
+                                    children=[(k, hi)] if k < hi else [])
+        self.holding.pop(lease.shard, None)
+        self.done.add(lease.shard)
+        if result.won:
+            self.stats["items_done"] += k - lo - failed
+            self.stats["items_failed"] += failed
+            self.stats["shards_written"] += 1
+            self.stats["parquet_bytes"] += result.marker["part"]["bytes"]
+            self.recent.append((k - lo, time.monotonic() - started))
+        else:
+            self.stats["commits_refused"] += 1
+            log.warning("%s: shard %s was committed by generation %s first; our part was removed", self.id,
+                        lease.shard, result.marker.get("generation"))
+
+    async def _isolate(self, work: ShardWork) -> None:
+        """A shard whose workers died max_item_attempts times: split it in two (each half one death from
+        splitting again), or dead-letter its single item. One bad item never loops or blocks the fleet."""
+        lease, lo, hi = work.lease, work.lo, work.hi
+        if hi - lo > 1:
+            mid = (lo + hi) // 2
+            children, dead = [(lo, mid), (mid, hi)], []
+            log.warning("%s: shard %s killed %d workers; bisecting", self.id, lease.shard, lease.deaths)
+        else:
+            children = []
+            dead = [{"index": lo, "item": self.job.items[lo],
+                     "reason": f"its worker died {lease.deaths} times processing it"}]
+            log.warning("%s: item %d (%s) dead-lettered", self.id, lo, self.job.items[lo])
+        lease.body["deaths"] = max(0, self.body.max_item_attempts - 1)  # the halves inherit all but one death
+        await commit_shard(self.bucket, self.job.job_id, self.job.output_prefix, lease, self.id, None, [],
+                           self.job.schema, children=children, dead=dead)
+        self.holding.pop(lease.shard, None)
+        self.done.add(lease.shard)
+
+    async def _release(self, lease: claims.ShardLease) -> None:
+        self.holding.pop(lease.shard, None)
+        try:
+            await claims.release(self.bucket, lease)
+        except LeaseLost:
+            pass
+
+    async def renew_loop(self) -> None:
+        """Renew a held lease only once a third of lease_s has passed, so a short shard costs no renewal."""
+        while True:
+            await asyncio.sleep(max(0.2, self.body.lease_s / 9))
+            for shard, lease in list(self.holding.items()):
+                if lease.due():
+                    try:
+                        await claims.renew(self.bucket, lease)
+                    except LeaseLost as exc:
+                        log.warning("%s: %s", self.id, exc)
+                        self.lost.add(shard)
+                        self.holding.pop(shard, None)
+                    except BucketrunError as exc:  # transient: try again next round, before it lapses
+                        log.warning("%s: renewing %s failed: %s", self.id, shard, exc)
+
+    # -- finish --------------------------------------------------------------------------------------
+    async def finalize(self) -> str | None:
+        """Every shard is done: one elected writer commits the dataset manifest, then `succeeded`."""
+        key = keys.fleet_singleton_lease_key(self.job.job_id, "finalize")
+        role = await claims.claim_fresh(self.bucket, key, self.id, max(30.0, self.body.lease_s))
+        if role is None:
+            snap = await claims.read(self.bucket, key)
+            if snap is not None and not snap.live and snap.state != "committed":
+                role = await claims.take_over(self.bucket, self.id, max(30.0, self.body.lease_s), snap)
+        if role is None:
+            await self.sleep(min(self.idle_s, 2.0))
+            self.idle_s = min(MAX_IDLE_SLEEP_S, self.idle_s * 2)
+            return None
+        cov, dataset = await build_dataset(self.bucket, self.job.job_id, self.job.plan, self.job.output_prefix,
+                                           self.id, self.job.marker_cache)
+        if dataset is None:
+            log.info("%s: %d shards still pending; not final yet", self.id, len(cov.pending))
+            self.done -= set(cov.pending)
+            self.unavailable -= set(cov.pending)
+            await claims.release(self.bucket, role)
+            return None
+        summary = {k: dataset[k] for k in ("items_total", "items_covered", "items_failed", "rows", "bytes")}
+        summary.update(key=keys.fleet_dataset_key(self.job.output_prefix), shards=len(dataset["shards"]),
+                       dead_letters=len(dataset["dead_letters"]))
+        problems = self.job.spec_verify({"dataset": summary})
+        if problems:
+            await self.job.fail_code("dataset check failed: " + "; ".join(problems))
+        else:
+            await self.job.succeed({"dataset": summary, "artifacts": [
+                {"key": summary["key"], "format": "dataset"}]})
+        return "finished"
+
+    async def heartbeat(self, final: bool = False) -> None:
+        recent_items = sum(n for n, _ in self.recent)
+        recent_s = sum(s for _, s in self.recent)
+        beat = {"worker": self.id, "state": self.state, "at": codec.iso(codec.now()), **self.stats,
+                "items_per_s": round(recent_items / recent_s, 3) if recent_s > 0 else None,
+                "current_shard": self.current,
+                "holding": [{"shard": s, "generation": lease.generation} for s, lease in self.holding.items()]}
+        try:
+            await self.bucket.put(keys.fleet_heartbeat_key(self.job.job_id, self.id), codec.dumps(beat),
+                                  "application/json")
+        except BucketrunError as exc:
+            if final:
+                raise
+            log.warning("%s: heartbeat not written: %s", self.id, exc)
+
+    async def heartbeat_loop(self) -> None:
+        every = self.body.heartbeat_s
+        while True:
+            await asyncio.sleep(every * self.rng.uniform(0.8, 1.2))
+            await self.heartbeat()
+
+    # -- the loop ------------------------------------------------------------------------------------
+    async def run(self) -> str:
+        await self.register()
+        await self.recover()
+        self.state = "running"
+        await self.heartbeat()
+        tasks = [asyncio.create_task(self.heartbeat_loop()), asyncio.create_task(self.renew_loop())]
+        outcome = "stopped"
+        try:
+            ahead: asyncio.Task | None = asyncio.create_task(self.claim_next())
+            while True:
+                work = await ahead
+                ahead = None
+                if self.stop.any:
+                    if isinstance(work, ShardWork):
+                        await self._release(work.lease)
+                    outcome = "drained" if self.stop.draining.is_set() else "stopped"
+                    break
+                if work is None:
+                    work = await self.straggler()
+                    if work == "finished":
+                        outcome = "finished"
+                        break
+                    if work is None:
+                        ahead = asyncio.create_task(self.claim_next())
+                        continue
+                ahead = asyncio.create_task(self.claim_next())  # prefetch the next shard while this one runs
+                await self.process(work)
+                self.current = None
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                try:
+                    work = await ahead
+                except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                    work = None
+                if isinstance(work, ShardWork):
+                    await self._release(work.lease)
+            for lease in list(self.holding.values()):
+                await self._release(lease)
+            for t in tasks:
+                t.cancel()
+            self.state = "offline" if outcome != "finished" else "finished"
+            self.current = None
+            try:
+                await self.heartbeat(final=True)
+            except BucketrunError:
+                pass
+        return outcome
+
+
+def _gpu() -> dict[str, Any] | None:
+    try:
+        import pynvml  # nvidia-ml-py, when the image has it
+
+        pynvml.nvmlInit()
+        h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        name = pynvml.nvmlDeviceGetName(h)
+        return {"name": name.decode() if isinstance(name, bytes) else name,
+                "vram_mb": pynvml.nvmlDeviceGetMemoryInfo(h).total // 2**20}
+    except Exception:  # noqa: BLE001 - no NVIDIA library or no GPU: reported as none
+        return None
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bucketrun")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+async def run_workers(bucket_url: str, job_id: str, worker_ids: list[str], device: str = "cpu",
+                      grace_s: float = GRACE_S, install_signals: bool = True) -> dict[str, str]:
+    """Run workers as tasks of this process; returns each one's outcome."""
+    stop = Stop()
+    loop = asyncio.get_running_loop()
+    if install_signals:
+        def on_term() -> None:
+            log.warning("SIGTERM: finishing the current items and committing what is done (grace %.0f s)", grace_s)
+            stop.draining.set()
+            loop.call_later(grace_s, lambda: os._exit(143))  # past the grace period nothing more is saved
+
+        loop.add_signal_handler(signal.SIGTERM, on_term)
+    async with FleetJob(bucket_url, job_id, writer=f"fleet:{','.join(worker_ids)[:64]}", device=device) as job:
+        try:
+            await job.open()
+        except FleetStopped as exc:
+            log.info("not running: %s", exc)
+            return {w: "stopped" for w in worker_ids}
+        watcher = asyncio.create_task(_watch_job(job, stop))
+        duty = ProgressDuty(job, worker_ids[0])
+        duty_task = asyncio.create_task(duty.loop(stop))
+        try:
+            outcomes = await asyncio.gather(*(Worker(job, w, stop).run() for w in worker_ids))
+        finally:
+            watcher.cancel()
+            duty_task.cancel()
+        return dict(zip(worker_ids, outcomes))
+
+
+async def _watch_job(job: FleetJob, stop: Stop) -> None:
+    """Stop the workers when the job leaves this attempt (cancelled, failed, retried elsewhere)."""
+    while True:
+        await asyncio.sleep(job.body.heartbeat_s * random.uniform(0.8, 1.2))
+        try:
+            await job.refresh_view()
+            job.check_live()
+        except FleetStopped as exc:
+            stop.reason = str(exc)
+            stop.stopped.set()
+            return
+        except BucketrunError as exc:
+            log.warning("job state not read: %s", exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bucketrun-fleet-worker", description=__doc__.split("\n")[0])
+    parser.add_argument("--bucket", default=os.environ.get("BUCKETRUN_BUCKET"))
+    parser.add_argument("--job", default=os.environ.get("BUCKETRUN_JOB_ID"))
+    parser.add_argument("--worker", action="append", default=[])
+    parser.add_argument("--device", default=os.environ.get("BUCKETRUN_DEVICE", "cpu"))
+    parser.add_argument("--grace", type=float, default=GRACE_S, help="seconds to finish after SIGTERM")
+    args = parser.parse_args(argv)
+    workers = args.worker or [os.environ.get("BUCKETRUN_WORKER_ID") or f"w-{os.uname().nodename}-{os.getpid()}"]
+    if not args.bucket or not args.job:
+        print("bucketrun-fleet-worker: --bucket and --job are required", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        outcomes = asyncio.run(run_workers(args.bucket, args.job, workers, args.device, args.grace))
+    except BucketrunError as exc:
+        print(f"bucketrun-fleet-worker: {exc}", file=sys.stderr)
+        return 1
+    log.info("workers done: %s", outcomes)
+    return 0
+
+
+def attempt_work(ctx) -> dict[str, Any]:
+    """The fleet as one attempt of the generic runtime (a host agent, the local process launcher): one worker
+    in this process. The worker that finishes the dataset writes `succeeded` itself; the runtime's own
+    terminal write then finds it written and stands down."""
+    from bucketrun.events.failures import FailureClass, JobFailure
+    from bucketrun.events.lifecycle import JobState, read_view
+
+    worker = f"w-{os.uname().nodename}-{os.getpid()}"
+    outcomes = asyncio.run(run_workers(ctx.bucket.url, ctx.job_id, [worker], install_signals=False))
+    view = read_view(ctx.bucket, ctx.job_id)
+    if view.state is JobState.SUCCEEDED:
+        return dict(view.latest.detail)
+    raise JobFailure(FailureClass.LOST, f"the fleet worker stopped ({outcomes[worker]}) before the dataset "
+                     f"was committed; the job is {view.state.value if view.state else 'unknown'}", where="fleet")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
