@@ -8,11 +8,13 @@ NAME.txt pairs. Each segment is one row; a bad segment is a row with `segment_er
 from __future__ import annotations
 
 import asyncio
+import gzip
 import re
 import shutil
 import tarfile
 import tempfile
 import threading
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -41,10 +43,11 @@ class Segments(list):
 
 
 def _split(name: str) -> tuple[str, str] | None:
-    """(stem, kind) for a member we use, kind being an audio suffix or ".txt"; None for anything else."""
+    """(stem, kind) for a member we use, kind being an audio suffix or ".txt"; None for anything else, hidden
+    files included (macOS tar adds "._NAME.wav" metadata beside each file)."""
     path = PurePosixPath(name)
     suffix = path.suffix.lower()
-    if suffix not in AUDIO_SUFFIXES and suffix != ".txt":
+    if path.name.startswith(".") or (suffix not in AUDIO_SUFFIXES and suffix != ".txt"):
         return None
     return str(path.with_suffix("")).lstrip("/"), suffix
 
@@ -106,7 +109,7 @@ class TranscriptCheck:
                 files = await asyncio.to_thread(self._unpack, blob.data, folder)
             else:
                 files = await self._download(item, folder)
-            return self._pair(item, files, folder)
+            return await asyncio.to_thread(self._pair, item, files, folder)
         except BaseException:
             self._discard(folder)
             raise
@@ -127,7 +130,7 @@ class TranscriptCheck:
                     with open(dest, "wb") as out:
                         shutil.copyfileobj(source, out)
                     files[member.name] = dest
-        except (tarfile.TarError, EOFError, OSError) as exc:
+        except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise ValueError(f"not a readable tar archive: {type(exc).__name__}: {exc}") from exc
         finally:
             archive.unlink(missing_ok=True)

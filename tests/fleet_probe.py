@@ -1,0 +1,36 @@
+"""A user's own fleet processor, loaded by entry point (`fleet_probe:make`, with tests/ on PYTHONPATH) as a
+user's image would load theirs. It appends every item it finishes to a per-process file under
+$FLEET_PROBE_DIR, so a test can count how many times each item was really processed."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import pyarrow as pa
+
+
+class Probe:
+    columns = {"pid": pa.int64()}
+    blocking = True
+
+    def __init__(self, options: dict[str, Any], ctx):
+        self.sleep_s = float(options.get("sleep_s", 0.0))
+        self.path = os.path.join(os.environ["FLEET_PROBE_DIR"], f"{os.getpid()}.log")
+
+    async def fetch(self, item: str) -> None:
+        return None
+
+    def process(self, item: str, payload: Any) -> list[dict[str, Any]]:
+        time.sleep(self.sleep_s)
+        with open(self.path, "a") as f:  # one short append per finished item
+            f.write(item + "\n")
+        return [{"pid": os.getpid()}]
+
+    def close(self) -> None:
+        pass
+
+
+def make(options: dict[str, Any], ctx) -> Probe:
+    return Probe(options, ctx)
