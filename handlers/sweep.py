@@ -179,6 +179,9 @@ def sweep(bucket: Bucket, launchers: Routes | Launcher, writer: str, now: dateti
             outcome = {"job_id": job_id, "error": str(exc)}
         if outcome:
             outcomes.append(outcome)
+    from .fleet_teardown import sweep_fleets
+
+    outcomes += sweep_fleets(bucket, launchers)
     for info in bucket.list(keys.NOTIFY_WATCH):
         job_id = keys.job_id_from_index(info.key, keys.NOTIFY_WATCH)
         if not job_id:

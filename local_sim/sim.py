@@ -65,6 +65,13 @@ class Simulation:
         from bucketrun.events.lifecycle import default_writer
 
         self.bucket = bucket
+        self._fleets = None
+        if not isinstance(launcher, Routes):  # one process launcher for every kind; fleets get local processes
+            from bucketrun.handlers.launchers.fleet import FleetLauncher
+            from bucketrun.handlers.launchers.fleet_local import LocalFleetBackend
+
+            self._fleets = FleetLauncher({"local": LocalFleetBackend()})
+            launcher = Routes(default=launcher, by_kind={"fleet": self._fleets})
         self.ctx = DispatchContext(bucket, launcher, writer or default_writer("sim"))
         self.poll_pacing = Pacing(poll_s, poll_max_s)
         self.sweep_s = sweep_s
@@ -116,12 +123,13 @@ class Simulation:
 
     def sweep_once(self) -> bool:
         """One sweep pass, if there is anything to sweep; True if jobs are live, so the pacing knows whether to
-        back off. Idle, the probe costs what an idle sweep did (two listings); with live jobs it adds one."""
+        back off. Idle, the probe costs three listings (live jobs, owed notices, fleets to tear down)."""
         from bucketrun.events.lifecycle import live_jobs
         from bucketrun.handlers.sweep import sweep
 
         live = bool(live_jobs(self.bucket))
-        if live or next(iter(self.bucket.list(keys.NOTIFY_WATCH)), None) is not None:
+        if live or any(next(iter(self.bucket.list(prefix)), None) is not None
+                       for prefix in (keys.NOTIFY_WATCH, keys.FLEET_INDEX)):  # owed notices, fleets to tear down
             sweep(self.bucket, self.ctx.launchers, self.ctx.writer)
         return live
 
@@ -204,3 +212,5 @@ class Simulation:
     def stop(self) -> None:
         self.stop_event.set()
         self._wake_sweep.set()
+        if self._fleets is not None:  # fleet workers still running are drained (SIGTERM), then stopped
+            self._fleets.close()

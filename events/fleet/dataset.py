@@ -87,9 +87,10 @@ def dataset_body(job_id: str, plan: Plan, cov: Coverage, writer: str) -> dict[st
             "items_sha256": plan.items_sha256, "committed_at": codec.iso(codec.now()), "writer": writer}
 
 
-def verify_dataset(bucket, dataset: dict[str, Any], on_part=None) -> dict[str, Any]:
+def verify_dataset(bucket, dataset: dict[str, Any], on_part=None, sink=None) -> dict[str, Any]:
     """Download every part (sync bucket), check its bytes and sha256, and check row by row that each planned
-    item index appears in exactly one part or dead letter. Returns totals; CorruptObject names what is wrong."""
+    item index appears in exactly one part or dead letter. Returns totals; CorruptObject names what is wrong.
+    `sink(shard_entry, data)` receives each part whose bytes and digest check out (to keep a local copy)."""
     import pyarrow.parquet as pq
 
     total = int(dataset["items_total"])
@@ -105,6 +106,8 @@ def verify_dataset(bucket, dataset: dict[str, Any], on_part=None) -> dict[str, A
         if len(data) != s["bytes"] or hashlib.sha256(data).hexdigest() != s["sha256"]:
             problems.append(f"{s['key']}: bytes or sha256 differ from the dataset manifest")
             continue
+        if sink:
+            sink(s, data)
         table = pq.read_table(io.BytesIO(data), columns=["item_index"])
         rows += table.num_rows
         lo, hi = s["covered"]

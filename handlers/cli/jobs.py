@@ -185,9 +185,32 @@ def cmd_get(args) -> int:
             target = out / Path(a["key"]).name
             target.write_bytes(data)
             print(target)
+            if a.get("format") == "dataset":
+                _get_dataset(bucket, codec.loads(data), out)
     except OSError as exc:
         raise CliError(f"cannot write into {out}: {exc.strerror or exc}") from exc
     return 0
+
+
+def _get_dataset(bucket, dataset: dict, out: Path) -> None:
+    """A fleet's dataset: every part is checked (bytes, sha256, each item exactly once) before any is kept."""
+    from bucketrun.events.errors import CorruptObject
+    from bucketrun.events.fleet.dataset import verify_dataset
+
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError as exc:
+        raise CliError("reading a fleet dataset needs pyarrow: pip install 'bucketrun[fleet]'") from exc
+    parts = out / "parts"
+    parts.mkdir(exist_ok=True)
+    try:
+        stats = verify_dataset(bucket, dataset, sink=lambda s, data: (parts / Path(s["key"]).name).write_bytes(data))
+    except CorruptObject as exc:
+        for f in parts.iterdir():  # nothing of a dataset that does not verify is left to be trusted
+            f.unlink()
+        raise CliError(str(exc)) from exc
+    print(f"{parts}/ ({stats['parts']} parts, {stats['rows']} rows, {stats['items']} items, "
+          f"{stats['dead_letters']} dead-lettered: verified)")
 
 
 def cmd_cancel(args) -> int:

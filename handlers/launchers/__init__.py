@@ -38,6 +38,10 @@ def routes_from_env(runpod_api_key: Callable[[], str]) -> Routes:
                 raise LaunchError(f"no Runpod endpoint for kind {kind!r}: set {endpoint_env(spec.env_suffix)}",
                                   FailureClass.CONFIG_ERROR)
             return RunpodLauncher(endpoint, api_key=runpod_api_key())
+        if backend == "fleet":
+            from .fleet import FleetLauncher
+
+            return FleetLauncher()  # each fleet's manifest names its cloud (runpod, vast, skypilot)
         raise LaunchError(f"launch backend {backend!r} (kind {kind!r}) is not available in this deployment",
                           FailureClass.CONFIG_ERROR)
 

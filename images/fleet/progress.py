@@ -12,20 +12,10 @@ from typing import Any
 from bucketrun.events import codec, keys
 from bucketrun.events.errors import BucketrunError
 from bucketrun.events.fleet import claims
+from bucketrun.events.fleet.status import covered_items
 from bucketrun.events.lease import LeaseLost
 
 from .commit import list_shards
-
-
-def covered_items(done_shards) -> int:
-    """Items in the union of the done shards' ranges (a partial commit's remainder lies inside its parent)."""
-    total, reach = 0, -1
-    for lo, hi in sorted(keys.parse_shard_id(s) for s in done_shards):
-        if hi <= reach:
-            continue
-        total += hi - max(lo, reach)
-        reach = hi
-    return total
 
 
 async def fleet_progress(bucket, job_id: str, total: int, heartbeat_s: float) -> dict[str, Any]:

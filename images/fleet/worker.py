@@ -32,6 +32,7 @@ from .progress import ProgressDuty
 log = logging.getLogger("bucketrun.fleet")
 GRACE_S = 25.0
 MAX_IDLE_SLEEP_S = 10.0
+MAX_ERRORS = 50  # store failures past botocore's own retries before a worker gives up
 
 
 class FetchFailed:
@@ -79,9 +80,10 @@ class Worker:
         self.state = "starting"
         self.current: str | None = None
         self.stats = {"items_done": 0, "items_failed": 0, "shards_written": 0, "parquet_bytes": 0,
-                      "claims_lost": 0, "commits_refused": 0, "takeovers": 0, "last_error": None}
+                      "claims_lost": 0, "commits_refused": 0, "takeovers": 0, "dead_lettered": 0, "last_error": None}
         self.recent: collections.deque[tuple[int, float]] = collections.deque(maxlen=10)
         self.idle_s = 0.5
+        self.errors = 0
 
     # -- start ---------------------------------------------------------------------------------------
     async def register(self) -> None:
@@ -285,10 +287,28 @@ class Worker:
                      "reason": f"its worker died {lease.deaths} times processing it"}]
             log.warning("%s: item %d (%s) dead-lettered", self.id, lo, self.job.items[lo])
         lease.body["deaths"] = max(0, self.body.max_item_attempts - 1)  # the halves inherit all but one death
-        await commit_shard(self.bucket, self.job.job_id, self.job.output_prefix, lease, self.id, None, [],
-                           self.job.schema, children=children, dead=dead)
+        result = await commit_shard(self.bucket, self.job.job_id, self.job.output_prefix, lease, self.id, None, [],
+                                    self.job.schema, children=children, dead=dead)
+        if result.won:
+            self.stats["dead_lettered"] += len(dead)
         self.holding.pop(lease.shard, None)
         self.done.add(lease.shard)
+
+    def _drop(self, lease: claims.ShardLease, exc: Exception) -> None:
+        log.warning("%s: shard %s abandoned: %s", self.id, lease.shard, exc)
+        self.stats["last_error"] = f"{type(exc).__name__}: {exc}"[:1000]
+        self.holding.pop(lease.shard, None)
+
+    async def _pause(self, exc: Exception) -> None:
+        """A request failed past botocore's retries (the store is struggling): note it and go round again,
+        after a pause, instead of dying; every step is safe to repeat."""
+        log.warning("%s: %s", self.id, exc)
+        self.stats["last_error"] = f"{type(exc).__name__}: {exc}"[:1000]
+        self.errors += 1
+        if self.errors > MAX_ERRORS:
+            raise exc
+        await self.sleep(min(MAX_IDLE_SLEEP_S, 0.25 * 2 ** min(self.errors, 6)))
+        return None
 
     async def _release(self, lease: claims.ShardLease) -> None:
         self.holding.pop(lease.shard, None)
@@ -336,12 +356,14 @@ class Worker:
         summary = {k: dataset[k] for k in ("items_total", "items_covered", "items_failed", "rows", "bytes")}
         summary.update(key=keys.fleet_dataset_key(self.job.output_prefix), shards=len(dataset["shards"]),
                        dead_letters=len(dataset["dead_letters"]))
+        stored = (await self.bucket.get(summary["key"])).data  # the manifest as the bucket holds it
+        artifact = {"key": summary["key"], "format": "dataset", "bytes": len(stored),
+                    "sha256": hashlib.sha256(stored).hexdigest()}
         problems = self.job.spec_verify({"dataset": summary})
         if problems:
             await self.job.fail_code("dataset check failed: " + "; ".join(problems))
         else:
-            await self.job.succeed({"dataset": summary, "artifacts": [
-                {"key": summary["key"], "format": "dataset"}]})
+            await self.job.succeed({"dataset": summary, "artifacts": [artifact]})
         return "finished"
 
     async def heartbeat(self, final: bool = False) -> None:
@@ -376,7 +398,10 @@ class Worker:
         try:
             ahead: asyncio.Task | None = asyncio.create_task(self.claim_next())
             while True:
-                work = await ahead
+                try:
+                    work = await ahead
+                except BucketrunError as exc:
+                    work = await self._pause(exc)
                 ahead = None
                 if self.stop.any:
                     if isinstance(work, ShardWork):
@@ -384,7 +409,10 @@ class Worker:
                     outcome = "drained" if self.stop.draining.is_set() else "stopped"
                     break
                 if work is None:
-                    work = await self.straggler()
+                    try:
+                        work = await self.straggler()
+                    except BucketrunError as exc:
+                        work = await self._pause(exc)
                     if work == "finished":
                         outcome = "finished"
                         break
@@ -392,7 +420,10 @@ class Worker:
                         ahead = asyncio.create_task(self.claim_next())
                         continue
                 ahead = asyncio.create_task(self.claim_next())  # prefetch the next shard while this one runs
-                await self.process(work)
+                try:
+                    await self.process(work)
+                except BucketrunError as exc:  # the store failed past its retries: the lease lapses, and
+                    self._drop(work.lease, exc)  # the shard is redone under a new generation
                 self.current = None
         finally:
             if ahead is not None:

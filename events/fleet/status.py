@@ -1,0 +1,78 @@
+"""What `bucketrun fleet status` shows, read from the bucket alone: each worker from its heartbeat (alive,
+stale or offline, by the store's Last-Modified), and the totals from the done markers' listing."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from .. import codec, keys
+from ..errors import NotFound
+from ..lifecycle import read_view
+
+
+def covered_items(done_shards) -> int:
+    """Items in the union of the done shards' ranges (a partial commit's remainder lies inside its parent)."""
+    total, reach = 0, -1
+    for lo, hi in sorted(keys.parse_shard_id(s) for s in done_shards):
+        if hi <= reach:
+            continue
+        total += hi - max(lo, reach)
+        reach = hi
+    return total
+
+
+def worker_state(beat: dict[str, Any], age_s: float, heartbeat_s: float) -> str:
+    if beat.get("state") in ("offline", "finished"):
+        return "offline"
+    return "alive" if age_s < 2 * heartbeat_s else "stale"
+
+
+def _get(bucket, key: str) -> dict[str, Any] | None:
+    try:
+        return codec.loads(bucket.get(key).data)
+    except NotFound:
+        return None
+
+
+def fleet_status(bucket, job_id: str, now: datetime | None = None) -> dict[str, Any]:
+    from ..manifest import load_job_manifest
+
+    now = now or codec.now()
+    body = load_job_manifest(bucket, job_id).body
+    view = read_view(bucket, job_id)
+    plan = _get(bucket, keys.fleet_plan_key(job_id))
+    total = plan["total"] if plan else None
+    done_prefix = keys.fleet_done_prefix(job_id)
+    done = [s for s in (keys.fleet_shard_of(i.key, done_prefix) for i in bucket.list(done_prefix)) if s]
+    workers = []
+    hb_prefix = keys.fleet_heartbeats_prefix(job_id)
+    for info in bucket.list(hb_prefix):
+        beat = _get(bucket, info.key)
+        if beat is None:
+            continue
+        age = (now - info.last_modified).total_seconds() if info.last_modified else float("inf")
+        workers.append({"worker": beat.get("worker"), "state": worker_state(beat, age, body.heartbeat_s),
+                        "heartbeat_age_s": round(age, 1), "current_shard": beat.get("current_shard"),
+                        "items_per_s": beat.get("items_per_s"), "items_done": beat.get("items_done", 0),
+                        "items_failed": beat.get("items_failed", 0), "shards_written": beat.get("shards_written", 0),
+                        "dead_lettered": beat.get("dead_lettered", 0),
+                        "last_error": beat.get("last_error")})
+    dataset = None
+    if view.state is not None and view.state.value == "succeeded":
+        dataset = view.latest.detail.get("dataset")
+    items_done = dataset["items_covered"] if dataset else (min(total, covered_items(done)) if total else 0)
+    alive = [w for w in workers if w["state"] == "alive"]
+    rate = sum(w["items_per_s"] or 0.0 for w in alive)
+    left = (total - items_done) if total is not None else None
+    cost = _get(bucket, keys.fleet_prefix(job_id) + "cost.json")
+    return {
+        "job_id": job_id, "state": view.state.value if view.state else None, "planned": plan is not None,
+        "items_total": total, "items_done": items_done,
+        "items_failed": dataset["items_failed"] if dataset else sum(w["items_failed"] for w in workers),
+        "dead_lettered": dataset["dead_letters"] if dataset else sum(w["dead_lettered"] for w in workers),
+        "shards_done": len(done), "shards_planned": plan["n_shards"] if plan else None,
+        "items_per_s": round(rate, 2), "eta_s": round(left / rate, 1) if rate and left else None,
+        "workers": sorted(workers, key=lambda w: w["worker"] or ""),
+        "workers_alive": len(alive), "dataset": dataset, "cost": cost,
+    }

@@ -1,0 +1,53 @@
+"""`bucketrun fleet status JOB`: each worker and the totals, read from the bucket alone (--json for scripts)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from .common import CliError, bucket_of
+
+
+def _age(s: float | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m"
+
+
+def cmd_fleet(args) -> int:
+    from bucketrun.events.fleet.status import fleet_status
+    from bucketrun.events.manifest import load_job_manifest
+
+    bucket = bucket_of(args)
+    if load_job_manifest(bucket, args.job).kind != "fleet":
+        raise CliError(f"job {args.job} is not a fleet")
+    st = fleet_status(bucket, args.job)
+    if args.json:
+        print(json.dumps(st, sort_keys=True))
+        return 0
+    total = st["items_total"]
+    head = (f"{st['job_id']}  {st['state']}  {st['items_done']}/{total if total is not None else '?'} items"
+            f"  failed {st['items_failed']}  dead-lettered {st['dead_lettered']}  {st['items_per_s']} items/s")
+    if st["eta_s"]:
+        head += f"  ETA {_age(st['eta_s'])}"
+    print(head)
+    print(f"workers: {st['workers_alive']} alive of {len(st['workers'])}; shards {st['shards_done']} done"
+          f" of {st['shards_planned'] if st['shards_planned'] is not None else '?'} planned")
+    for w in st["workers"]:
+        rate = f"{w['items_per_s']:.1f}/s" if w["items_per_s"] is not None else "-"
+        print(f"  {w['worker']:<14} {w['state']:<8} beat {_age(w['heartbeat_age_s']):>5} ago  "
+              f"shard {w['current_shard'] or '-':<19} {rate:>9}  done {w['items_done']}")
+    if st["cost"]:
+        print(f"cost: ${st['cost']['total_usd']:.2f} over {len(st['cost']['instances'])} instances")
+    if st["dataset"]:
+        d = st["dataset"]
+        print(f"dataset: {d['key']}  {d['rows']} rows in {d['shards']} parts, {d['bytes']} bytes")
+    sys.stdout.flush()
+    return 0
+
+
+def register(add) -> None:
+    p = add("fleet", cmd_fleet, "a fleet's workers, progress, ETA and cost")
+    p.add_argument("action", choices=["status"])
+    p.add_argument("job")
+    p.add_argument("--json", action="store_true", help="one JSON object, for scripts and n8n")

@@ -1,0 +1,127 @@
+"""The fleet launcher: one job, many instances. It starts one worker per instance on the manifest's backend
+(local processes, Runpod pods, Vast.ai, SkyPilot), records each instance with its $/h under the job, and
+indexes the fleet so the sweep tears it down (handlers/fleet_teardown.py)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from bucketrun.events import codec, keys
+from bucketrun.events.conditional import create_once
+from bucketrun.events.errors import BucketrunError, NotFound
+from bucketrun.events.failures import FailureClass
+from bucketrun.events.storage import open_bucket
+
+from .base import BackendStatus, LaunchError
+from .fleet_base import FleetBackend, Instance
+
+log = logging.getLogger("bucketrun.fleet")
+SEP = "|"
+
+
+def worker_ids(count: int) -> list[str]:
+    """Stable across attempts: a relaunched worker under the same id hands back its previous life's leases."""
+    return [f"w{i:04d}" for i in range(count)]
+
+
+def cloud_backend(name: str) -> FleetBackend:
+    """The deployment's backends, built on first use from the standard provider environments."""
+    if name == "runpod":
+        from .runpod_pods import RunpodPodsBackend
+
+        return RunpodPodsBackend()
+    if name == "vast":
+        from .vast import VastBackend
+
+        return VastBackend()
+    if name == "skypilot":
+        from .skypilot import SkyPilotBackend
+
+        return SkyPilotBackend()
+    raise LaunchError(f"fleet backend {name!r} is not available here", FailureClass.CONFIG_ERROR)
+
+
+def read_instances(bucket, job_id: str) -> list[dict[str, Any]]:
+    out = []
+    for info in bucket.list(keys.fleet_instances_prefix(job_id)):
+        try:
+            out.append(codec.loads(bucket.get(info.key).data))
+        except NotFound:
+            continue
+    return out
+
+
+class FleetLauncher:
+    name = "fleet"
+
+    def __init__(self, backends: dict[str, FleetBackend] | None = None,
+                 factory: Callable[[str], FleetBackend] = cloud_backend):
+        self.backends = dict(backends or {})
+        self.factory = factory
+
+    def backend(self, name: str) -> FleetBackend:
+        if name not in self.backends:
+            self.backends[name] = self.factory(name)
+        return self.backends[name]
+
+    def launch(self, bucket_url: str, job_id: str, attempt: int, manifest) -> str:
+        spec = manifest.body.workers
+        backend = self.backend(spec.backend)
+        bucket = open_bucket(bucket_url)
+        # Indexed before anything starts, so a launcher dying mid-way still leaves the fleet to the sweep.
+        create_once(bucket, keys.fleet_index_key(job_id), codec.dumps({"job_id": job_id, "backend": spec.backend}))
+        instances = backend.start(bucket_url, job_id, worker_ids(spec.count), spec)
+        if not instances:
+            raise LaunchError(f"{spec.backend}: no instance could be started", FailureClass.TRANSIENT)
+        for inst in instances:
+            record_instance(bucket, job_id, inst, attempt)
+        if len(instances) < spec.count:
+            log.warning("fleet %s: %d of %d instances started", job_id, len(instances), spec.count)
+        return SEP.join(["fleet", spec.backend, bucket_url, job_id, str(attempt)])
+
+    def _parse(self, backend_id: str) -> tuple[str, str, str]:
+        parts = backend_id.split(SEP)
+        if len(parts) != 5 or parts[0] != "fleet":
+            raise LaunchError(f"not a fleet backend id: {backend_id!r}", FailureClass.CODE_ERROR)
+        return parts[1], parts[2], parts[3]
+
+    def status(self, backend_id: str) -> BackendStatus:
+        """In progress while any of its instances runs; unknown (lost) when none does."""
+        name, bucket_url, job_id = self._parse(backend_id)
+        backend = self.backend(name)
+        for inst in read_instances(open_bucket(bucket_url), job_id):
+            if inst.get("terminated_at"):
+                continue
+            if backend.alive(inst["instance_id"]) is not False:
+                return BackendStatus.IN_PROGRESS
+        return BackendStatus.UNKNOWN
+
+    def cancel(self, backend_id: str) -> None:
+        from bucketrun.handlers.fleet_teardown import terminate
+
+        name, bucket_url, job_id = self._parse(backend_id)
+        bucket = open_bucket(bucket_url)
+        for inst in read_instances(bucket, job_id):
+            if not inst.get("terminated_at"):
+                terminate(bucket, job_id, inst, self.backend(name), "cancelled")
+
+    def close(self) -> None:
+        for backend in self.backends.values():
+            close = getattr(backend, "close", None)
+            if close:
+                close()
+
+
+def record_instance(bucket, job_id: str, inst: Instance, attempt: int) -> None:
+    body = {**inst.to_json(), "attempt": attempt, "started_at": codec.iso(codec.now()), "terminated_at": None}
+    try:
+        bucket.put(keys.fleet_instance_key(job_id, _safe(inst.instance_id)), codec.dumps(body), "application/json")
+    except BucketrunError as exc:  # the instance runs regardless; the sweep's listing would miss it
+        log.error("instance %s of %s not recorded: %s", inst.instance_id, job_id, exc)
+        raise
+
+
+def _safe(instance_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in instance_id)[:200]
