@@ -35,6 +35,14 @@ venv() {
   fi
 }
 
+# SkyPilot pins click<8.2 and cannot share the project's environment; its task parser gets one of its own.
+skypilot_venv() {
+  local sky=.venv-skypilot
+  [ -f "$sky/.installed" ] && return 0
+  [ -x "$sky/bin/python" ] || "$PY" -m venv "$sky"
+  "$sky/bin/python" -m pip install -q "skypilot==0.14.1" && touch "$sky/.installed"
+}
+
 case "${1:-}" in
   demo)
     venv transcribe
@@ -44,6 +52,7 @@ case "${1:-}" in
   test)
     need_debs
     venv dev
+    skypilot_venv
     shift
     exec "$VENV/bin/python" -m pytest "$@"
     ;;

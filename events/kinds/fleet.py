@@ -181,7 +181,7 @@ def verify(manifest: Any, result: dict[str, Any]) -> list[str]:
 SPEC = KindSpec(
     name="fleet",
     body=FleetBody,
-    work="bucketrun.images.fleet.worker:attempt_work",
+    work="bucketrun.images.fleet.run:attempt_work",
     verify=verify,
     default_resources={"heartbeat_s": 30.0, "stall_after_s": 600.0},
     launcher="fleet",

@@ -197,10 +197,10 @@ def _get_dataset(bucket, dataset: dict, out: Path) -> None:
     from bucketrun.events.errors import CorruptObject
     from bucketrun.events.fleet.dataset import verify_dataset
 
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError as exc:
-        raise CliError("reading a fleet dataset needs pyarrow: pip install 'bucketrun[fleet]'") from exc
+    import importlib.util
+
+    if importlib.util.find_spec("pyarrow") is None:
+        raise CliError("reading a fleet dataset needs pyarrow: pip install 'bucketrun[fleet]'")
     parts = out / "parts"
     parts.mkdir(exist_ok=True)
     try:

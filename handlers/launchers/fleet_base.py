@@ -48,7 +48,7 @@ class FleetBackend(Protocol):
 
 def worker_command(bucket_url: str, job_id: str, worker: str) -> list[str]:
     """What every instance runs: the fleet worker, told only where the bucket is and who it is."""
-    return ["python", "-m", "bucketrun.images.fleet.worker", "--bucket", bucket_url, "--job", job_id,
+    return ["python", "-m", "bucketrun.images.fleet.run", "--bucket", bucket_url, "--job", job_id,
             "--worker", worker]
 
 

@@ -43,7 +43,7 @@ def start_job(bucket_url: str, manifest: dict[str, Any]) -> str:
 
 
 def worker_cmd(bucket_url: str, job_id: str, worker_ids: list[str], grace_s: float | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "bucketrun.images.fleet.worker", "--bucket", bucket_url, "--job", job_id]
+    cmd = [sys.executable, "-m", "bucketrun.images.fleet.run", "--bucket", bucket_url, "--job", job_id]
     for w in worker_ids:
         cmd += ["--worker", w]
     if grace_s is not None:

@@ -1,0 +1,109 @@
+"""Run fleet workers in one process:
+    python -m bucketrun.images.fleet.run --bucket URL --job JOB --worker w0001 [--worker w0002 ...]
+Each worker is an asyncio task; they share the plan, the processor and one connection pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import random
+import signal
+import sys
+from typing import Any
+
+from bucketrun.events.errors import BucketrunError
+
+from .job import FleetJob, FleetStopped
+from .progress import ProgressDuty
+from .worker import GRACE_S, Stop, Worker
+
+log = logging.getLogger("bucketrun.fleet")
+
+
+async def run_workers(bucket_url: str, job_id: str, worker_ids: list[str], device: str = "cpu",
+                      grace_s: float = GRACE_S, install_signals: bool = True) -> dict[str, str]:
+    """Run workers as tasks of this process; returns each one's outcome."""
+    stop = Stop()
+    loop = asyncio.get_running_loop()
+    if install_signals:
+        def on_term() -> None:
+            log.warning("SIGTERM: finishing the current items and committing what is done (grace %.0f s)", grace_s)
+            stop.draining.set()
+            loop.call_later(grace_s, lambda: os._exit(143))  # past the grace period nothing more is saved
+
+        loop.add_signal_handler(signal.SIGTERM, on_term)
+    async with FleetJob(bucket_url, job_id, writer=f"fleet:{','.join(worker_ids)[:64]}", device=device) as job:
+        try:
+            await job.open()
+        except FleetStopped as exc:
+            log.info("not running: %s", exc)
+            return {w: "stopped" for w in worker_ids}
+        watcher = asyncio.create_task(_watch_job(job, stop))
+        duty = ProgressDuty(job, worker_ids[0])
+        duty_task = asyncio.create_task(duty.loop(stop))
+        try:
+            outcomes = await asyncio.gather(*(Worker(job, w, stop).run() for w in worker_ids))
+        finally:
+            watcher.cancel()
+            duty_task.cancel()
+        return dict(zip(worker_ids, outcomes))
+
+
+async def _watch_job(job: FleetJob, stop: Stop) -> None:
+    """Stop the workers when the job leaves this attempt (cancelled, failed, retried elsewhere)."""
+    while True:
+        await asyncio.sleep(job.body.heartbeat_s * random.uniform(0.8, 1.2))
+        try:
+            await job.refresh_view()
+            job.check_live()
+        except FleetStopped as exc:
+            stop.reason = str(exc)
+            stop.stopped.set()
+            return
+        except BucketrunError as exc:
+            log.warning("job state not read: %s", exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bucketrun-fleet-worker", description="Run fleet workers.")
+    parser.add_argument("--bucket", default=os.environ.get("BUCKETRUN_BUCKET"))
+    parser.add_argument("--job", default=os.environ.get("BUCKETRUN_JOB_ID"))
+    parser.add_argument("--worker", action="append", default=[])
+    parser.add_argument("--device", default=os.environ.get("BUCKETRUN_DEVICE", "cpu"))
+    parser.add_argument("--grace", type=float, default=GRACE_S, help="seconds to finish after SIGTERM")
+    args = parser.parse_args(argv)
+    workers = args.worker or [os.environ.get("BUCKETRUN_WORKER_ID") or f"w-{os.uname().nodename}-{os.getpid()}"]
+    if not args.bucket or not args.job:
+        print("bucketrun-fleet-worker: --bucket and --job are required", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        outcomes = asyncio.run(run_workers(args.bucket, args.job, workers, args.device, args.grace))
+    except BucketrunError as exc:
+        print(f"bucketrun-fleet-worker: {exc}", file=sys.stderr)
+        return 1
+    log.info("workers done: %s", outcomes)
+    return 0
+
+
+def attempt_work(ctx) -> dict[str, Any]:
+    """The fleet as one attempt of the generic runtime (a host agent, the local process launcher): one worker
+    in this process. The worker that finishes the dataset writes `succeeded` itself; the runtime's own
+    terminal write then finds it written and stands down."""
+    from bucketrun.events.failures import FailureClass, JobFailure
+    from bucketrun.events.lifecycle import JobState, read_view
+
+    worker = f"w-{os.uname().nodename}-{os.getpid()}"
+    outcomes = asyncio.run(run_workers(ctx.bucket.url, ctx.job_id, [worker], install_signals=False))
+    view = read_view(ctx.bucket, ctx.job_id)
+    if view.state is JobState.SUCCEEDED:
+        return dict(view.latest.detail)
+    raise JobFailure(FailureClass.LOST, f"the fleet worker stopped ({outcomes[worker]}) before the dataset "
+                     f"was committed; the job is {view.state.value if view.state else 'unknown'}", where="fleet")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
