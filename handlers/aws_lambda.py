@@ -70,6 +70,11 @@ def runpod_api_key() -> str:
     return key
 
 
+def vast_api_key() -> str | None:
+    """Only fleets on Vast.ai need it; read when the first such fleet is launched or swept."""
+    return secret_from_env("VAST_API_KEY", "VAST_API_KEY_SECRET_ARN", "VAST_API_KEY_PARAMETER")
+
+
 def context() -> DispatchContext:
     """Built once per container and reused across invocations (warm Lambdas keep clients)."""
     global _context
@@ -78,7 +83,8 @@ def context() -> DispatchContext:
         if not url.startswith("s3://"):
             raise ConfigError("BUCKETRUN_BUCKET must be s3://bucket[/prefix] in the cloud")
         api_key = runpod_api_key()  # read once per container, up front: a missing key fails the deploy's first call
-        _context = DispatchContext(open_bucket(url), routes_from_env(lambda: api_key), default_writer("lambda"))
+        _context = DispatchContext(open_bucket(url), routes_from_env(lambda: api_key, vast_api_key),
+                                   default_writer("lambda"))
     return _context
 
 

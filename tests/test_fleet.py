@@ -48,6 +48,7 @@ def run(coro):
      "workers.secrets"),
     ({"lease_s": 1}, "lease_s"),
     ({"processor": {"entry_point": "not an entry point"}}, "processor"),
+    ({"output": {"prefix": "inbox/x"}}, "output.prefix"),
 ])
 def test_bad_fleet_manifests_are_rejected_naming_the_field(change, loc):
     with pytest.raises(ManifestRejected) as exc:
@@ -68,7 +69,7 @@ def test_fleet_manifest_defaults_and_examples():
 
 def test_a_bad_fleet_manifest_dropped_in_the_inbox_is_rejected_with_its_fields(bucket):
     from bucketrun.handlers.intake import intake
-    from bucketrun.images.fleet.harness import ManualLauncher
+    from bucketrun.local_sim.fleet_harness import ManualLauncher
 
     bucket.put("inbox/bad-fleet.json", codec.dumps({**BASE, "shard_size": -5, "workers": {"count": 5000}}))
     out = intake(bucket, "inbox/bad-fleet.json", ManualLauncher(), "test")

@@ -8,14 +8,13 @@ import collections
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from bucketrun.events import codec, keys
-from bucketrun.images.fleet import harness
+from bucketrun.local_sim import fleet_harness as harness
 
 from conftest import make_s3_bucket, wait_for
 from fault_proxy import FaultProxy

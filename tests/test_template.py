@@ -101,7 +101,9 @@ def test_poisoned_events_are_kept(template):
 
 def _sample_args(fn) -> list:
     samples = {"job_id": "20261122T184512123Z-k3f9qz", "seq": 7, "attempt": 2, "name": "transcript.json",
-               "token": "request:abc", "at": None}
+               "token": "request:abc", "at": None, "shard": "000000000-000000050", "digest": "ab" * 32,
+               "worker": "w0001", "role": "progress", "instance": "local-123", "generation": 2,
+               "output_prefix": "datasets/x/", "lo": 0, "hi": 50}
     return [samples[p] for p in inspect.signature(fn).parameters if p in samples]
 
 
@@ -125,7 +127,9 @@ def test_no_key_a_handler_writes_matches_a_trigger(template):
     assert ("inbox/", ".json") in filters and ("control/cancel/", ".json") in filters
     written = handler_written_keys()
     assert {"event_key", "manifest_key", "progress_key", "artifact_key", "notify_key", "notify_watch_key",
-            "launch_claim_key", "idempotency_key", "log_key", "intake_key", "live_key"} <= set(written)
+            "launch_claim_key", "idempotency_key", "log_key", "intake_key", "live_key", "fleet_plan_key",
+            "fleet_lease_key", "fleet_done_key", "fleet_part_key", "fleet_dataset_key", "fleet_heartbeat_key",
+            "fleet_index_key", "fleet_instance_key"} <= set(written)
     for name, key in written.items():
         for prefix, suffix in filters:
             assert not (key.startswith(prefix) and key.endswith(suffix)), f"{name} -> {key} would re-trigger"

@@ -147,6 +147,8 @@ class Output(Strict):
     @classmethod
     def _slash(cls, v: str | None) -> str | None:
         _relative_key(v.rstrip("/") if v else v)
+        if v is not None and v.split("/", 1)[0] in ("inbox", "control", "index", "jobs"):
+            raise ValueError("must not be under inbox/, control/, index/ or jobs/ (bucketrun's own prefixes)")
         return v if v is None or v.endswith("/") else v + "/"
 
 

@@ -20,7 +20,7 @@ def endpoint_env(kind_suffix: str) -> str:
     return f"RUNPOD_ENDPOINT_ID_{kind_suffix}"
 
 
-def routes_from_env(runpod_api_key: Callable[[], str]) -> Routes:
+def routes_from_env(runpod_api_key: Callable[[], str], vast_api_key: Callable[[], str | None] | None = None) -> Routes:
     """The cloud's routing: each kind goes to BUCKETRUN_LAUNCHER_<KIND> (else its spec's backend); a Runpod
     kind to its own endpoint, RUNPOD_ENDPOINT_ID_<KIND> (RUNPOD_ENDPOINT_ID serves kinds without their own)."""
     from bucketrun.events.kinds import get_kind
@@ -39,9 +39,10 @@ def routes_from_env(runpod_api_key: Callable[[], str]) -> Routes:
                                   FailureClass.CONFIG_ERROR)
             return RunpodLauncher(endpoint, api_key=runpod_api_key())
         if backend == "fleet":
-            from .fleet import FleetLauncher
+            from .fleet import FleetLauncher, cloud_backend
 
-            return FleetLauncher()  # each fleet's manifest names its cloud (runpod, vast, skypilot)
+            # each fleet's manifest names its cloud (runpod, vast, skypilot); keys are read when first needed
+            return FleetLauncher(factory=lambda name: cloud_backend(name, runpod_api_key, vast_api_key))
         raise LaunchError(f"launch backend {backend!r} (kind {kind!r}) is not available in this deployment",
                           FailureClass.CONFIG_ERROR)
 

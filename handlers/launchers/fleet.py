@@ -26,16 +26,18 @@ def worker_ids(count: int) -> list[str]:
     return [f"w{i:04d}" for i in range(count)]
 
 
-def cloud_backend(name: str) -> FleetBackend:
-    """The deployment's backends, built on first use from the standard provider environments."""
+def cloud_backend(name: str, runpod_api_key: Callable[[], str] | None = None,
+                  vast_api_key: Callable[[], str | None] | None = None) -> FleetBackend:
+    """The deployment's backends, built on first use; keys from the callables (the cloud's secret stores),
+    else from the standard provider environments."""
     if name == "runpod":
         from .runpod_pods import RunpodPodsBackend
 
-        return RunpodPodsBackend()
+        return RunpodPodsBackend(api_key=runpod_api_key() if runpod_api_key else None)
     if name == "vast":
         from .vast import VastBackend
 
-        return VastBackend()
+        return VastBackend(api_key=(vast_api_key() if vast_api_key else None) or None)
     if name == "skypilot":
         from .skypilot import SkyPilotBackend
 
