@@ -68,7 +68,7 @@ class Worker:
         self.done: set[str] = set()
         self.seen_etags: dict[str, str] = {}
         digest = int(hashlib.sha256(worker_id.encode()).hexdigest(), 16)
-        self.cursor = digest % max(1, len(self.shards))  # workers start at different points of the shard order
+        self.cursor: int | None = digest % max(1, len(self.shards))  # workers start at different points
         self.rng = random.Random(digest)
         self.holding: dict[str, claims.ShardLease] = {}
         self.lost: set[str] = set()
@@ -102,9 +102,9 @@ class Worker:
                     log.info("%s: released %s held by its previous life", self.id, held["shard"])
         await self.learn()
 
-    async def learn(self) -> dict[str, Any]:
-        """List leases and done markers (a request per thousand shards): the view claims are chosen from."""
-        done = await list_shards(self.bucket, keys.fleet_done_prefix(self.job.job_id))
+    async def learn(self, done: bool = True) -> dict[str, Any]:
+        """List leases (and done markers): a request per thousand shards, the view claims are chosen from."""
+        done = await list_shards(self.bucket, keys.fleet_done_prefix(self.job.job_id)) if done else {}
         leases = await list_shards(self.bucket, keys.fleet_leases_prefix(self.job.job_id))
         self.done |= set(done)
         new = set(leases) - set(self.shards)
@@ -118,19 +118,23 @@ class Worker:
 
     # -- claim ---------------------------------------------------------------------------------------
     def _pick(self) -> int | None:
+        """Go on from the cursor while its shards are free; else jump to the middle of the longest run of free
+        shards, where a collision with the worker working its way up that run is least likely."""
         n = len(self.shards)
-        if 0 <= self.cursor < n and self.shards[self.cursor] not in self.unavailable:
+        if self.cursor is not None and 0 <= self.cursor < n and self.shards[self.cursor] not in self.unavailable:
             return self.cursor
-        for _ in range(32):  # jump: a random point is most likely inside a long untaken run
-            i = self.rng.randrange(n)
-            if self.shards[i] not in self.unavailable:
-                return i
-        start = self.rng.randrange(n)
-        for j in range(n):
-            i = (start + j) % n
-            if self.shards[i] not in self.unavailable:
-                return i
-        return None
+        best_len, best_start, run_start = 0, None, None
+        for i in range(n + 1):
+            free = i < n and self.shards[i] not in self.unavailable
+            if free and run_start is None:
+                run_start = i
+            elif not free and run_start is not None:
+                if i - run_start > best_len:
+                    best_len, best_start = i - run_start, run_start
+                run_start = None
+        if best_start is None:
+            return None
+        return best_start + best_len // 2
 
     async def claim_next(self) -> ShardWork | None:
         while not self.stop.any:
@@ -141,8 +145,10 @@ class Worker:
             self.unavailable.add(shard)
             lease = await claims.claim_fresh(self.bucket, keys.fleet_lease_key(self.job.job_id, shard), self.id,
                                              self.body.lease_s)
-            if lease is None:
-                self.stats["claims_lost"] += 1
+            if lease is None:  # taken: our view is stale. One listing (a request per thousand shards) shows
+                self.stats["claims_lost"] += 1  # what is taken, and the next jump lands in a free run
+                self.cursor = None
+                await self.learn(done=False)
                 continue
             self.cursor = i + 1
             return await self._prepare(lease)
