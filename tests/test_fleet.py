@@ -259,3 +259,38 @@ def test_a_fleet_through_the_simulation_and_the_cli(bucket_url, bucket, launcher
     finally:
         sim.stop()
         thread.join(timeout=30)
+
+
+def test_cancelling_a_running_fleet_stops_its_workers_and_tears_it_down(bucket_url, bucket, launcher):
+    """Cancel mid-run: the workers see it at their next look at the job and stop without committing more; the
+    sweep stops every instance and records the cost; no dataset is ever written."""
+    import time
+
+    from bucketrun.events.lifecycle import read_view
+    from bucketrun.handlers.control import cancel
+    from bucketrun.local_sim.sim import Simulation
+
+    bucket.put("items.jsonl", "\n".join(f'"i{i}"' for i in range(2000)).encode())
+    sim = Simulation(bucket, launcher, poll_s=0.2, sweep_s=0.5, poll_max_s=0.5, sweep_max_s=1.0)
+    thread = threading.Thread(target=sim.run, daemon=True)
+    thread.start()
+    try:
+        from bucketrun.handlers.client import submit
+
+        job, _ = submit(bucket, codec.dumps({**BASE, "processor": {"name": "noop", "options": {"sleep_s": 0.02}},
+                                             "heartbeat_s": 1, "lease_s": 10,
+                                             "resources": {"heartbeat_s": 1, "stall_after_s": 60},
+                                             "workers": {"count": 2, "backend": "local"}}))
+        wait_for(lambda: sum(1 for _ in bucket.list(keys.fleet_done_prefix(job))) >= 2, timeout=120)
+        cancel(bucket, job, "test")
+        wait_for(lambda: not bucket.exists(keys.fleet_index_key(job)), timeout=60)
+        instances = [codec.loads(bucket.get(i.key).data) for i in bucket.list(keys.fleet_instances_prefix(job))]
+        assert len(instances) == 2 and all(i["terminated_at"] and "cancelled" in i["reason"] for i in instances)
+        done_then = sum(1 for _ in bucket.list(keys.fleet_done_prefix(job)))
+        time.sleep(2.5)
+        assert sum(1 for _ in bucket.list(keys.fleet_done_prefix(job))) == done_then  # nothing more committed
+        assert read_view(bucket, job).state is JobState.CANCELLED
+        assert not any(i.key.endswith("dataset.json") for i in bucket.list(keys.fleet_prefix(job)))
+    finally:
+        sim.stop()
+        thread.join(timeout=30)
