@@ -6,6 +6,7 @@ loses the create reads the winner's plan and uses that, whatever its own listing
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -32,6 +33,7 @@ class Plan:
     items_sha256: str
     source_bucket: str | None  # None: the job's own bucket
     body: dict[str, Any]
+    ours: bool = False  # set by write_plan: the plan lists exactly the items this planner passed in
 
     @property
     def n_shards(self) -> int:
@@ -109,7 +111,8 @@ def encode_items(items: list[str]) -> tuple[bytes, str]:
 
 async def write_plan(bucket, job_id: str, items: list[str], shard_size: int, source: dict[str, Any],
                      planner: str) -> Plan:
-    """Create the plan, or return the one already there (the first planner wins, the rest follow it)."""
+    """Create the plan, or return the one already there (the first planner wins, the rest follow it: compare
+    `plan.ours` says whether the items in hand are the plan's)."""
     blob, digest = encode_items(items)
     items_key = keys.fleet_items_key(job_id, digest)
     await aconditional.create_once(bucket, items_key, blob, "application/gzip")
@@ -125,7 +128,7 @@ async def write_plan(bucket, job_id: str, items: list[str], shard_size: int, sou
             pass
     if out.body is None:
         raise CorruptObject(f"{keys.fleet_plan_key(job_id)} vanished while planning")
-    return Plan.from_json(out.body)
+    return dataclasses.replace(Plan.from_json(out.body), ours=Plan.from_json(out.body).items_sha256 == digest)
 
 
 async def read_plan(bucket, job_id: str) -> Plan | None:

@@ -93,7 +93,7 @@ class FleetJob:
                                                                      if items_src.suffix else ""))
                 self.plan = await write_plan(self.bucket, self.job_id, items, self.body.shard_size,
                                              items_src.model_dump(mode="json"), self.writer)
-                self.items = items if self.plan.items_sha256 == _digest(items) else await load_items(self.bucket, self.plan)
+                self.items = items if self.plan.ours else await load_items(self.bucket, self.plan)
             else:
                 self.items = await load_items(self.bucket, self.plan)
         except PlanError as exc:
@@ -156,9 +156,3 @@ class FleetJob:
                                     view=self.view)
         except (IllegalTransition, StaleAttempt) as exc:
             log.info("failure not recorded (the job moved on): %s", exc)
-
-
-def _digest(items: list[str]) -> str:
-    from bucketrun.events.fleet.plan import encode_items
-
-    return encode_items(items)[1]
