@@ -243,7 +243,12 @@ def test_a_fleet_through_the_simulation_and_the_cli(bucket_url, bucket, launcher
         st = json.loads(cli("fleet", "status", job, "--json", env=env).stdout)
         assert (st["state"], st["items_total"], st["items_done"]) == ("succeeded", 600, 600)
         assert len(st["workers"]) == 4 and st["shards_done"] == 24
-        assert all(w["state"] == "offline" for w in st["workers"])
+
+        def all_offline() -> bool:  # a worker waiting on the last shards notices the dataset within 10 s
+            return all(w["state"] == "offline"
+                       for w in json.loads(cli("fleet", "status", job, "--json", env=env).stdout)["workers"])
+
+        wait_for(all_offline, timeout=90)
         text = cli("fleet", "status", job, env=env).stdout
         assert "600/600 items" in text and "w0003" in text
         got = cli("get", job, "--out", str(tmp_path / "got"), env=env)
