@@ -79,7 +79,7 @@ def items_from_parquet(data: bytes, key: str) -> list[str]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(io.BytesIO(data), columns=["item"])
+        table = pq.read_table(io.BytesIO(data), columns=["item"], use_threads=False, pre_buffer=False)
     except (pa.ArrowException, KeyError, ValueError) as exc:
         raise PlanError(f"{key}: not a parquet file with an 'item' column ({exc})") from exc
     column = table.column("item")

@@ -45,6 +45,9 @@ class FleetJob:
         self.processor: Processor | None = None
         self.schema: pa.Schema | None = None
         self.view: JobView | None = None
+        self.plan_existed = False  # True when another process planned: the fleet may be under way
+        self._first = None
+        self._first_lock = asyncio.Lock()
         self.marker_cache: dict[str, dict[str, Any]] = {}  # done markers are write-once: read each once
         self._stack = AsyncExitStack()
         self._tmp = tempfile.TemporaryDirectory(prefix="bucketrun-fleet-")
@@ -82,6 +85,7 @@ class FleetJob:
             self.source = await self._stack.enter_async_context(open_async_bucket(items_src.bucket))
         try:
             self.plan = await read_plan(self.bucket, self.job_id)
+            self.plan_existed = self.plan is not None and not self.plan.ours
             if self.plan is None:
                 if items_src.file:
                     items = await read_items_file(self.bucket, items_src.file)
@@ -107,6 +111,13 @@ class FleetJob:
             await self.fail(FailureClass.CONFIG_ERROR, str(exc), where="processor")
             raise FleetStopped(str(exc)) from exc
         await self.mark_running()
+
+    async def first_listing(self, list_both):
+        """One listing of leases and done markers for every worker this process starts (they start together)."""
+        async with self._first_lock:
+            if self._first is None:
+                self._first = await list_both()
+            return self._first
 
     async def refresh_view(self) -> JobView:
         self.view = await asyncio.to_thread(read_view, self.sync, self.job_id, self.view)

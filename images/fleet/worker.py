@@ -26,7 +26,7 @@ from .job import FleetJob
 
 log = logging.getLogger("bucketrun.fleet")
 GRACE_S = 25.0
-MAX_IDLE_SLEEP_S = 10.0
+MAX_IDLE_SLEEP_S = 20.0  # a waiting worker looks again at least this often
 MAX_ERRORS = 50  # store failures past botocore's own retries before a worker gives up
 
 
@@ -71,6 +71,8 @@ class Worker:
         self.cursor: int | None = digest % max(1, len(self.shards))  # workers start at different points
         self.rng = random.Random(digest)
         self.holding: dict[str, claims.ShardLease] = {}
+        self.roles: dict[str, claims.ShardLease] = {}  # one-writer duties held now (finalize), by key
+        self.collisions = 0  # lost creates in a row
         self.lost: set[str] = set()
         self.state = "starting"
         self.current: str | None = None
@@ -79,6 +81,8 @@ class Worker:
         self.recent: collections.deque[tuple[int, float]] = collections.deque(maxlen=10)
         self.idle_s = 0.5
         self.errors = 0
+        self.all_done = False
+        self.role_seen = False
 
     # -- start ---------------------------------------------------------------------------------------
     async def register(self) -> None:
@@ -100,12 +104,21 @@ class Worker:
                 key = keys.fleet_lease_key(self.job.job_id, held["shard"])
                 if await claims.release_stale(self.bucket, key, self.id, held["generation"]):
                     log.info("%s: released %s held by its previous life", self.id, held["shard"])
-        await self.learn()
+        if last or self.job.plan_existed:  # joining a fleet under way: learn what is taken before claiming
+            done, leases = await self.job.first_listing(self._list_both)
+            self._absorb(done, leases)
+
+    async def _list_both(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return (await list_shards(self.bucket, keys.fleet_done_prefix(self.job.job_id)),
+                await list_shards(self.bucket, keys.fleet_leases_prefix(self.job.job_id)))
 
     async def learn(self, done: bool = True) -> dict[str, Any]:
         """List leases (and done markers): a request per thousand shards, the view claims are chosen from."""
         done = await list_shards(self.bucket, keys.fleet_done_prefix(self.job.job_id)) if done else {}
         leases = await list_shards(self.bucket, keys.fleet_leases_prefix(self.job.job_id))
+        return self._absorb(done, leases)
+
+    def _absorb(self, done: dict[str, Any], leases: dict[str, Any]) -> dict[str, Any]:
         self.done |= set(done)
         new = set(leases) - set(self.shards)
         if new:
@@ -145,11 +158,15 @@ class Worker:
             self.unavailable.add(shard)
             lease = await claims.claim_fresh(self.bucket, keys.fleet_lease_key(self.job.job_id, shard), self.id,
                                              self.body.lease_s)
-            if lease is None:  # taken: our view is stale. One listing (a request per thousand shards) shows
-                self.stats["claims_lost"] += 1  # what is taken, and the next jump lands in a free run
+            if lease is None:  # taken: jump to the middle of the longest run we think free; after a second
+                self.stats["claims_lost"] += 1  # loss in a row our view is stale: one listing (a request per
+                self.collisions += 1  # thousand shards) shows what is taken
                 self.cursor = None
-                await self.learn(done=False)
+                if self.collisions >= 2:
+                    await self.learn(done=False)
+                    self.collisions = 0
                 continue
+            self.collisions = 0
             self.cursor = i + 1
             return await self._prepare(lease)
         return None
@@ -176,9 +193,12 @@ class Worker:
         dataset if all is done, or wait until the earliest lease could expire."""
         if await self.bucket_has(keys.fleet_dataset_key(self.job.output_prefix)):
             return "finished"
+        if self.all_done:  # seen complete once: wait for the dataset without listing again
+            return await self.finalize()
         leases = await self.learn()
         pending = [s for s in self.shards if s not in self.done]
         if not pending:
+            self.all_done = True
             return await self.finalize()
         fresh = [s for s in pending if s not in leases]
         if fresh:
@@ -208,7 +228,7 @@ class Worker:
                 self.stats["takeovers"] += 1
                 self.idle_s = 0.5
                 return await self._prepare(lease)
-        await self.sleep(min(wake, self.idle_s) + self.rng.uniform(0, 0.5))
+        await self.sleep(min(MAX_IDLE_SLEEP_S, max(self.idle_s, wake)) + self.rng.uniform(0, 1))
         self.idle_s = min(MAX_IDLE_SLEEP_S, self.idle_s * 2)
         return None
 
@@ -322,7 +342,7 @@ class Worker:
         """Renew a held lease only once a third of lease_s has passed, so a short shard costs no renewal."""
         while True:
             await asyncio.sleep(max(0.2, self.body.lease_s / 9))
-            for shard, lease in list(self.holding.items()):
+            for shard, lease in [*self.holding.items(), *self.roles.items()]:
                 if lease.due():
                     try:
                         await claims.renew(self.bucket, lease)
@@ -330,6 +350,7 @@ class Worker:
                         log.warning("%s: %s", self.id, exc)
                         self.lost.add(shard)
                         self.holding.pop(shard, None)
+                        self.roles.pop(shard, None)
                     except BucketrunError as exc:  # transient: try again next round, before it lapses
                         log.warning("%s: renewing %s failed: %s", self.id, shard, exc)
 
@@ -337,19 +358,30 @@ class Worker:
     async def finalize(self) -> str | None:
         """Every shard is done: one elected writer commits the dataset manifest, then `succeeded`."""
         key = keys.fleet_singleton_lease_key(self.job.job_id, "finalize")
-        role = await claims.claim_fresh(self.bucket, key, self.id, max(30.0, self.body.lease_s))
+        ttl = max(30.0, self.body.lease_s)
+        role = None if self.role_seen else await claims.claim_fresh(self.bucket, key, self.id, ttl)
+        snap = None
         if role is None:
+            self.role_seen = True  # the role object exists now: later looks read it, without a losing create
             snap = await claims.read(self.bucket, key)
-            if snap is not None and not snap.live and snap.state != "committed":
-                role = await claims.take_over(self.bucket, self.id, max(30.0, self.body.lease_s), snap)
-        if role is None:
-            await self.sleep(min(self.idle_s, 2.0))
-            self.idle_s = min(MAX_IDLE_SLEEP_S, self.idle_s * 2)
+            if snap is not None and not snap.live:
+                role = await claims.take_over(self.bucket, self.id, ttl, snap)
+        if role is None:  # someone is writing the dataset: look again when its role could have lapsed
+            left = snap.body["ttl_s"] - (snap.age_s or 0) if snap is not None and snap.live else 1.0
+            await self.sleep(min(MAX_IDLE_SLEEP_S, max(1.0, left)) + self.rng.uniform(0, 1))
             return None
-        cov, dataset = await build_dataset(self.bucket, self.job.job_id, self.job.plan, self.job.output_prefix,
-                                           self.id, self.job.marker_cache)
+        self.roles[key] = role  # renewed by renew_loop while the markers are read: the role never lapses mid-way
+        try:
+            cov, dataset = await build_dataset(self.bucket, self.job.job_id, self.job.plan, self.job.output_prefix,
+                                               self.id, self.job.marker_cache)
+        finally:
+            self.roles.pop(key, None)
+        if key in self.lost:
+            self.lost.discard(key)
+            return None
         if dataset is None:
             log.info("%s: %d shards still pending; not final yet", self.id, len(cov.pending))
+            self.all_done = False
             self.done -= set(cov.pending)
             self.unavailable -= set(cov.pending)
             await claims.release(self.bucket, role)
