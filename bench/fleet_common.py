@@ -1,0 +1,159 @@
+"""What bench/fleet.py and its Postgres baseline (bench/fleet_pg.py) share: logging, worker ids, process groups,
+the progress monitor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def item_name(i: int) -> str:
+    return f"media/clip-{i:07d}.ogg"
+
+
+def worker_ids(n: int) -> list[str]:
+    return [f"w{i:04d}" for i in range(1, n + 1)]
+
+
+def split(ids: list[str], parts: int) -> list[list[str]]:
+    """Contiguous groups, as even as possible."""
+    k, r = divmod(len(ids), parts)
+    out, at = [], 0
+    for p in range(parts):
+        n = k + (1 if p < r else 0)
+        out.append(ids[at:at + n])
+        at += n
+    return [g for g in out if g]
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def kill_group(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def tail(path: Path, n: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+class Monitor:
+    """Waits for a set of worker processes, printing progress, and kills/restarts some of them once at a given
+    fraction of the work (same argv, so the same worker ids)."""
+
+    def __init__(self, label: str, total_items: int, progress, logdir: Path, kill_at: float | None,
+                 kill_procs: int, timeout_s: float, stall_s: float):
+        self.label, self.total, self.progress, self.logdir = label, total_items, progress, logdir
+        self.kill_at, self.kill_procs, self.timeout_s, self.stall_s = kill_at, kill_procs, timeout_s, stall_s
+        self.kill: dict[str, Any] | None = None
+        self.diagnose = None  # called on a stall or timeout, while the workers still run
+        self.diagnosis: dict[str, Any] | None = None
+
+    def _diagnose(self) -> None:
+        if self.diagnose is not None:
+            try:
+                self.diagnosis = self.diagnose()
+            except Exception as exc:  # noqa: BLE001 - a diagnosis must not hide the failure
+                self.diagnosis = {"diagnosis_failed": repr(exc)}
+
+    def run(self, cmds: list[list[str]], env: dict[str, str] | None = None) -> tuple[float, float]:
+        """Starts every command, returns (wall clock at start, wall clock when the last process exited)."""
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        logs = [self.logdir / f"proc{i}.log" for i in range(len(cmds))]
+        t0_wall, t0 = time.time(), time.perf_counter()
+        procs = [subprocess.Popen(c, cwd=ROOT, env=env, stdout=open(lp, "ab"), stderr=subprocess.STDOUT)
+                 for c, lp in zip(cmds, logs)]
+        killed: set[int] = set()
+        next_print = t0 + 5
+        last_what, last_change = None, t0
+        try:
+            while True:
+                time.sleep(0.25)
+                now = time.perf_counter()
+                running = [p for p in procs if p.poll() is None]
+                if self.kill_at is not None and self.kill is None or now >= next_print or not running \
+                        or now - last_change > self.stall_s:
+                    frac, what = self.progress()
+                else:
+                    frac, what = None, ""
+                if what and what.split(",")[0] != (last_what or "").split(",")[0]:
+                    last_what, last_change = what, now
+                elif now - last_change > self.stall_s:
+                    self._diagnose()
+                    raise RuntimeError(f"{self.label}: stalled: no progress for {now - last_change:.0f} s "
+                                       f"({last_what}, {len(running)}/{len(procs)} processes running)")
+                if now >= next_print and running:
+                    done = frac * self.total
+                    log(f"  {self.label}: {what} ({frac:.1%}), {now - t0:6.1f} s, ~{done / (now - t0):,.0f} items/s, "
+                        f"{len(running)}/{len(procs)} processes running")
+                    next_print = now + 5
+                if self.kill_at is not None and self.kill is None and frac is not None and frac >= self.kill_at:
+                    victims = list(range(min(self.kill_procs, len(procs))))
+                    t_kill = time.perf_counter()
+                    for i in victims:
+                        if procs[i].poll() is None:
+                            os.kill(procs[i].pid, signal.SIGKILL)
+                    for i in victims:
+                        procs[i].wait()
+                        killed.add(i)
+                    log(f"  {self.label}: kill -9 of {len(victims)} of {len(procs)} worker processes at {frac:.0%} "
+                        f"({t_kill - t0:.1f} s); restarting them with the same worker ids")
+                    for i in victims:
+                        procs[i] = subprocess.Popen(cmds[i], cwd=ROOT, env=env, stdout=open(logs[i], "ab"),
+                                                    stderr=subprocess.STDOUT)
+                    self.kill = {"at_fraction": round(frac, 4), "at_s": round(t_kill - t0, 2),
+                                 "processes_killed": len(victims), "processes": len(procs),
+                                 "workers_killed": sum(len_workers(cmds[i]) for i in victims),
+                                 "restarted_after_s": round(time.perf_counter() - t_kill, 3)}
+                if not running and all(p.poll() is not None for p in procs):
+                    break
+                if now - t0 > self.timeout_s:
+                    self._diagnose()
+                    raise RuntimeError(f"{self.label}: workers still running after {self.timeout_s:.0f} s")
+            t_end_wall = time.time()
+        finally:
+            kill_group(procs)
+        bad = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0]
+        if bad:
+            i, rc = bad[0]
+            raise RuntimeError(f"{self.label}: worker process {i} exited {rc}; its log ends:\n{tail(logs[i])}")
+        return t0_wall, t_end_wall
+
+
+class RunFailed(RuntimeError):
+    """One run did not finish or did not check out; the bench records it and goes on."""
+
+    def __init__(self, msg: str, diagnosis: dict[str, Any] | None = None):
+        super().__init__(msg)
+        self.diagnosis = diagnosis or {}
+
+
+def len_workers(cmd: list[str]) -> int:
+    return sum(1 for a in cmd if a == "--worker")
+
+
+# ==============================================================================================================
+# Postgres
+# ==============================================================================================================
