@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,15 @@ class ShardWork:
     poison: bool = False  # its workers died max_item_attempts times: bisect or dead-letter, don't process
 
 
+def start_point(worker_id: str, count: int, n_shards: int, digest: int) -> int:
+    """Where a worker starts in the shard order: the launcher's ids (w0000, w0001, ...) spread evenly over it, so
+    each worker has a run of its own; any other id, by its hash."""
+    m = re.fullmatch(r"w(\d+)", worker_id)
+    if m and 1 < count and int(m[1]) <= count:  # w0000.. or w0001.. up to the manifest's count
+        return (int(m[1]) % count) * n_shards // count
+    return digest % max(1, n_shards)
+
+
 class Stop:
     """Process-wide flags: SIGTERM (drain) and the job leaving this attempt (stop)."""
 
@@ -68,7 +78,7 @@ class Worker:
         self.done: set[str] = set()
         self.seen_etags: dict[str, str] = {}
         digest = int(hashlib.sha256(worker_id.encode()).hexdigest(), 16)
-        self.cursor: int | None = digest % max(1, len(self.shards))  # workers start at different points
+        self.cursor: int | None = start_point(worker_id, job.body.workers.count, len(self.shards), digest)
         self.rng = random.Random(digest)
         self.holding: dict[str, claims.ShardLease] = {}
         self.roles: dict[str, claims.ShardLease] = {}  # one-writer duties held now (finalize), by key
