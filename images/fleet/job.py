@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,8 @@ class FleetJob:
         self.schema: pa.Schema | None = None
         self.view: JobView | None = None
         self.plan_existed = False  # True when another process planned: the fleet may be under way
-        self._first = None
-        self._first_lock = asyncio.Lock()
+        self._listing = None
+        self._listing_lock = asyncio.Lock()
         self.marker_cache: dict[str, dict[str, Any]] = {}  # done markers are write-once: read each once
         self._stack = AsyncExitStack()
         self._tmp = tempfile.TemporaryDirectory(prefix="bucketrun-fleet-")
@@ -112,12 +113,15 @@ class FleetJob:
             raise FleetStopped(str(exc)) from exc
         await self.mark_running()
 
-    async def first_listing(self, list_both):
-        """One listing of leases and done markers for every worker this process starts (they start together)."""
-        async with self._first_lock:
-            if self._first is None:
-                self._first = await list_both()
-            return self._first
+    async def shared_listing(self, list_both, max_age_s: float):
+        """Leases and done markers, listed at most once per `max_age_s` for all the workers of this process:
+        on a large bucket a LIST is the store's most expensive request, and idle workers would otherwise all
+        list at once."""
+        async with self._listing_lock:
+            now = time.monotonic()
+            if self._listing is None or now - self._listing[0] > max_age_s:
+                self._listing = (now, await list_both())
+            return self._listing[1]
 
     async def refresh_view(self) -> JobView:
         self.view = await asyncio.to_thread(read_view, self.sync, self.job_id, self.view)

@@ -28,6 +28,7 @@ from .job import FleetJob
 log = logging.getLogger("bucketrun.fleet")
 GRACE_S = 25.0
 MAX_IDLE_SLEEP_S = 20.0  # a waiting worker looks again at least this often
+LISTING_MAX_AGE_S = 2.0  # workers of one process share a listing this young
 MAX_ERRORS = 50  # store failures past botocore's own retries before a worker gives up
 
 
@@ -115,18 +116,15 @@ class Worker:
                 if await claims.release_stale(self.bucket, key, self.id, held["generation"]):
                     log.info("%s: released %s held by its previous life", self.id, held["shard"])
         if last or self.job.plan_existed:  # joining a fleet under way: learn what is taken before claiming
-            done, leases = await self.job.first_listing(self._list_both)
-            self._absorb(done, leases)
+            self._absorb(*await self.job.shared_listing(self._list_both, LISTING_MAX_AGE_S))
 
     async def _list_both(self) -> tuple[dict[str, Any], dict[str, Any]]:
         return (await list_shards(self.bucket, keys.fleet_done_prefix(self.job.job_id)),
                 await list_shards(self.bucket, keys.fleet_leases_prefix(self.job.job_id)))
 
-    async def learn(self, done: bool = True) -> dict[str, Any]:
-        """List leases (and done markers): a request per thousand shards, the view claims are chosen from."""
-        done = await list_shards(self.bucket, keys.fleet_done_prefix(self.job.job_id)) if done else {}
-        leases = await list_shards(self.bucket, keys.fleet_leases_prefix(self.job.job_id))
-        return self._absorb(done, leases)
+    async def learn(self) -> dict[str, Any]:
+        """Leases and done markers (a request per thousand shards each), shared by this process's workers."""
+        return self._absorb(*await self.job.shared_listing(self._list_both, LISTING_MAX_AGE_S))
 
     def _absorb(self, done: dict[str, Any], leases: dict[str, Any]) -> dict[str, Any]:
         self.done |= set(done)
@@ -173,7 +171,7 @@ class Worker:
                 self.collisions += 1  # thousand shards) shows what is taken
                 self.cursor = None
                 if self.collisions >= 2:
-                    await self.learn(done=False)
+                    await self.learn()
                     self.collisions = 0
                 continue
             self.collisions = 0
