@@ -13,9 +13,7 @@ from typing import Any
 
 from .. import aconditional, codec, keys
 from ..errors import ConditionalConflict, NotFound, PreconditionFailed
-from ..lease import HELD, RELEASED, LeaseLost, Snapshot, _age, _check_body
-
-RENEW_FRACTION = 1 / 3  # renewed once a third of lease_s passed, and only while the shard still runs
+from ..lease import HELD, RELEASED, RENEW_FRACTION, LeaseLost, Snapshot, _age, _check_body
 
 
 @dataclass
@@ -36,10 +34,8 @@ class ShardLease:
     ttl_s = property(lambda self: self.body["ttl_s"])
 
     def due(self) -> bool:
+        """Renewed once a third of lease_s passed (the same rule as events/lease.py), only while it still runs."""
         return time.monotonic() - self.written_at >= self.ttl_s * RENEW_FRACTION
-
-    def remaining(self) -> float:
-        return self.ttl_s - (time.monotonic() - self.written_at)
 
 
 def _body(holder: str, ttl_s: float, generation: int, deaths: int, state: str = HELD) -> dict[str, Any]:

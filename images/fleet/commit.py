@@ -43,7 +43,8 @@ class CommitResult:
 async def commit_shard(bucket, job_id: str, output_prefix: str, lease: claims.ShardLease, worker: str,
                        covered: tuple[int, int] | None, rows: list[dict[str, Any]], schema: pa.Schema,
                        items_failed: int = 0, children: list[tuple[int, int]] = (),
-                       dead: list[dict[str, Any]] = ()) -> CommitResult:
+                       dead: list[dict[str, Any]] = (), child_deaths: int | None = None) -> CommitResult:
+    """`child_deaths`: the deaths each child shard starts with (default: the parent's)."""
     shard, generation = lease.shard, lease.generation
     part = None
     if covered is not None:
@@ -52,14 +53,13 @@ async def commit_shard(bucket, job_id: str, output_prefix: str, lease: claims.Sh
         await aconditional.create_once(bucket, part_key, data, PARQUET)  # one writer per generation
         part = {"key": part_key, "rows": len(rows), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     for a, b in children:  # offered before the marker that names them, so a listing never misses one
-        await claims.offer(bucket, job_id, keys.shard_id(a, b), deaths=min(lease.deaths, 1_000))
+        await claims.offer(bucket, job_id, keys.shard_id(a, b), deaths=lease.deaths if child_deaths is None else child_deaths)
     marker = {"shard": shard, "generation": generation, "worker": worker,
               "covered": list(covered) if covered else None, "part": part, "items_failed": items_failed,
               "children": [list(c) for c in children], "dead": list(dead), "at": codec.iso(codec.now())}
     out = await aconditional.create_json(bucket, keys.fleet_done_key(job_id, shard), marker)
-    if not out.won and part is not None and (out.body or {}).get("part", {}) != part:
-        if ((out.body or {}).get("part") or {}).get("key") != part["key"]:
-            await bucket.delete(part["key"])  # a zombie's orphan: the shard's row set is the winner's
+    if not out.won and part is not None and ((out.body or {}).get("part") or {}).get("key") != part["key"]:
+        await bucket.delete(part["key"])  # a zombie's orphan: the shard's row set is the winner's
     return CommitResult(out.won, out.body if not out.won else marker)
 
 

@@ -315,9 +315,9 @@ class Worker:
             dead = [{"index": lo, "item": self.job.items[lo],
                      "reason": f"its worker died {lease.deaths} times processing it"}]
             log.warning("%s: item %d (%s) dead-lettered", self.id, lo, self.job.items[lo])
-        lease.body["deaths"] = max(0, self.body.max_item_attempts - 1)  # the halves inherit all but one death
         result = await commit_shard(self.bucket, self.job.job_id, self.job.output_prefix, lease, self.id, None, [],
-                                    self.job.schema, children=children, dead=dead)
+                                    self.job.schema, children=children, dead=dead,
+                                    child_deaths=max(0, self.body.max_item_attempts - 1))  # all but one death
         if result.won:
             self.stats["dead_lettered"] += len(dead)
         self.holding.pop(lease.shard, None)
