@@ -22,6 +22,10 @@ class FailureClass(str, Enum):
     OUT_OF_MEMORY = "out_of_memory"  # needs a bigger GPU or a smaller model/batch
     CODE_ERROR = "code_error"  # a bug in the worker or the launcher
     CONFIG_ERROR = "config_error"  # deployment settings: wrong endpoint id, bad API key
+    PREFLIGHT = "preflight"  # a host's dataset, model cache or environment failed verification
+    RUNTIME_CRASH = "runtime_crash"  # the command died before a checkpoint reached the target
+    PATH_ERROR = "path_error"  # a path or write error in the run (permissions, a missing directory)
+    DISK_FULL = "disk_full"  # the disk or its inodes ran out
     OTHER = "other"  # unclassified: treat as a bug
 
     @property

@@ -248,3 +248,70 @@ def fleet_instance_key(job_id: str, instance: str) -> str:
 def fleet_index_key(job_id: str) -> str:
     """Present while a fleet may have instances to tear down; the sweep lists these."""
     return f"{FLEET_INDEX}{job_id}.json"
+
+
+# -- host agents and training windows (bucketrun agent; the train_window kind) ---------------------------------
+AGENT_QUEUE = f"{INDEX}agents/"  # index/agents/<label>/<job>-<attempt>-<role>.json: work offered to a label
+HOSTS = f"{INDEX}hosts/"  # index/hosts/<agent>.json: each agent's heartbeat
+LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+
+def agent_offer_prefix(label: str) -> str:
+    return f"{AGENT_QUEUE}{label}/"
+
+
+def agent_offer_key(label: str, job_id: str, attempt: int, role: str) -> str:
+    """Job ids lead, so an agent takes the oldest offer first; `role` is "run" or "preflight"."""
+    return f"{agent_offer_prefix(label)}{job_id}-{attempt:03d}-{role}.json"
+
+
+def parse_agent_offer(key: str, label: str) -> tuple[str, int, str] | None:
+    name = key[len(agent_offer_prefix(label)):] if key.startswith(agent_offer_prefix(label)) else ""
+    m = re.fullmatch(r"(?P<job>\d{8}T\d{9}Z-[0-9a-hjkmnp-tv-z]{6})-(?P<attempt>\d{3})-(?P<role>run|preflight)\.json",
+                     name)
+    return (m["job"], int(m["attempt"]), m["role"]) if m else None
+
+
+def agent_claim_key(job_id: str, attempt: int, label: str, role: str) -> str:
+    """Created once by the agent that takes this attempt's role for a label: two agents never run it both."""
+    return f"{JOBS}{job_id}/agents/{attempt:03d}-{label}-{role}.json"
+
+
+def host_key(agent: str) -> str:
+    return f"{HOSTS}{agent}.json"
+
+
+def preflight_key(job_id: str, host: str) -> str:
+    """Each named host's preflight verdict for the job (its latest attempt's; the body names the attempt)."""
+    return f"{JOBS}{job_id}/preflight/{host}.json"
+
+
+def train_log_prefix(job_id: str, attempt: int) -> str:
+    """The training command's log, in numbered chunks, so a reader follows it without rewriting one object."""
+    return f"{JOBS}{job_id}/logs/{attempt:03d}-train/"
+
+
+def train_log_key(job_id: str, attempt: int, chunk: int) -> str:
+    return f"{train_log_prefix(job_id, attempt)}{chunk:06d}.log"
+
+
+def mirror_prefix(job_id: str, attempt: int, step: int) -> str:
+    """The run directory as mirrored after the gate, by attempt and checkpoint step."""
+    return f"{JOBS}{job_id}/mirror/{attempt:03d}-step{step:09d}/"
+
+
+def mirror_manifest_key(job_id: str, attempt: int, step: int) -> str:
+    """Written last, after the mirror listed back verified: what a resume or the next stage trusts."""
+    return f"{JOBS}{job_id}/mirror/{attempt:03d}-step{step:09d}.json"
+
+
+def mirrors_prefix(job_id: str) -> str:
+    return f"{JOBS}{job_id}/mirror/"
+
+
+def report_key(job_id: str) -> str:
+    return f"{JOBS}{job_id}/report.md"
+
+
+def report_json_key(job_id: str) -> str:
+    return f"{JOBS}{job_id}/report.json"

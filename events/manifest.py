@@ -59,10 +59,27 @@ class RunpodPolicy(Strict):
     ttl_s: int = Field(86400, ge=60, le=7 * 86400, description="Runpod policy.ttl")
 
 
+class AgentTarget(Strict):
+    """Which host agents may run the job (`bucketrun agent --labels ...`): any agent with one of the labels."""
+
+    labels: list[str] = Field(min_length=1, max_length=16)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: list[str]) -> list[str]:
+        from .keys import LABEL_RE
+
+        for label in v:
+            if not LABEL_RE.match(label):
+                raise ValueError(f"label {label[:40]!r}: lowercase letters, digits, '_', '.', '-'")
+        return v
+
+
 class LaunchOptions(Strict):
     """Backend-specific settings, one section per launch backend; a backend ignores the others' sections."""
 
     runpod: RunpodPolicy = Field(default_factory=RunpodPolicy)
+    agent: AgentTarget | None = None
 
 
 class Notify(Strict):

@@ -71,7 +71,9 @@ class Simulation:
             from bucketrun.handlers.launchers.fleet_local import LocalFleetBackend
 
             self._fleets = FleetLauncher({"local": LocalFleetBackend()})
-            launcher = Routes(default=launcher, by_kind={"fleet": self._fleets})
+            from bucketrun.handlers.launchers.agent import AgentLauncher
+
+            launcher = Routes(default=launcher, by_kind={"fleet": self._fleets, "train_window": AgentLauncher()})
         self.ctx = DispatchContext(bucket, launcher, writer or default_writer("sim"))
         self.poll_pacing = Pacing(poll_s, poll_max_s)
         self.sweep_s = sweep_s

@@ -16,7 +16,8 @@ from pydantic import BaseModel
 
 # (module, attribute) of every built-in kind's spec; imported on first use.
 _BUILTIN = {"transcribe": ("bucketrun.events.kinds.transcribe", "SPEC"),
-            "fleet": ("bucketrun.events.kinds.fleet", "SPEC")}
+            "fleet": ("bucketrun.events.kinds.fleet", "SPEC"),
+            "train_window": ("bucketrun.events.kinds.train_window", "SPEC")}
 _loaded: dict[str, "KindSpec"] = {}
 
 Verify = Callable[[Any, dict[str, Any]], list[str]]

@@ -11,10 +11,10 @@ import sys
 from bucketrun.events.errors import BucketrunError, NotFound
 from bucketrun.events.manifest import ManifestRejected
 
-from . import bucket, fleet, jobs, local, maintenance
+from . import bucket, fleet, jobs, local, maintenance, train
 from .common import CliError, Parser
 
-COMMAND_GROUPS = (jobs, fleet, bucket, maintenance, local)
+COMMAND_GROUPS = (jobs, fleet, train, bucket, maintenance, local)
 
 
 def build_parser() -> argparse.ArgumentParser:

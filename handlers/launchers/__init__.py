@@ -43,6 +43,10 @@ def routes_from_env(runpod_api_key: Callable[[], str], vast_api_key: Callable[[]
 
             # each fleet's manifest names its cloud (runpod, vast, skypilot); keys are read when first needed
             return FleetLauncher(factory=lambda name: cloud_backend(name, runpod_api_key, vast_api_key))
+        if backend == "agent":
+            from .agent import AgentLauncher
+
+            return AgentLauncher()  # host agents claim the offers it writes; no provider key is involved
         raise LaunchError(f"launch backend {backend!r} (kind {kind!r}) is not available in this deployment",
                           FailureClass.CONFIG_ERROR)
 

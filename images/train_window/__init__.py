@@ -1,0 +1,1 @@
+"""The train_window kind: preflight on every host, a bounded training run, a checkpoint gate, verified mirroring."""

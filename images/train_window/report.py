@@ -1,0 +1,77 @@
+"""The window's report, in the runbook's deliverable format: jobs/<id>/report.md for people and report.json for
+scripts (`bucketrun report JOB`). Written at the end of every attempt, passed or failed."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from bucketrun.events import codec, keys
+from bucketrun.events.storage import Bucket
+
+
+def _part(verdict: dict[str, Any], name: str) -> str:
+    part = verdict.get(name)
+    if not part:
+        return "not checked (the manifest names none)"
+    if part.get("ok"):
+        figures = f"{part.get('files', 0)} files, {part.get('bytes', 0):,} bytes"
+        if name == "dataset":
+            figures += f", {part.get('lines', 0):,} lines"
+        hashed = " (sha256 of every file)" if part.get("hashed_bytes") else " (sizes only: quick mode)"
+        return f"verified at {part.get('path')}: {figures}{hashed if name == 'model_cache' else ''}"
+    msgs = "; ".join(f.get("message", f.get("problem", "")) for f in part.get("findings", [])[:5])
+    partial = " The cache is PARTIAL." if part.get("partial") else ""
+    return f"FAILED at {part.get('path')}: {msgs}.{partial}"
+
+
+def blockers(report: dict[str, Any]) -> list[str]:
+    """What stands between this run and the next window."""
+    out = []
+    for host, v in (report.get("preflight") or {}).items():
+        if not v.get("ok"):
+            out.append(f"host {host} fails preflight: fix it and resubmit")
+    fail = report.get("failure")
+    if fail:
+        out.append(f"{fail['class']} at {fail['where']}: {fail['message']}")
+    elif not (report.get("mirror") or {}).get("verified"):
+        out.append("no verified mirror of the checkpoint in the bucket")
+    return out
+
+
+def render(report: dict[str, Any], state: str) -> str:
+    gate = report.get("gate") or {}
+    mirror = report.get("mirror") or {}
+    lines = [f"# Training window {report['job_id']} (attempt {report['attempt']}): {state}", ""]
+    lines += ["## Dataset verification", ""]
+    for host, v in (report.get("preflight") or {}).items():
+        lines.append(f"- **{host}**: {_part(v, 'dataset')}")
+    lines += ["", "## Model cache verification", ""]
+    for host, v in (report.get("preflight") or {}).items():
+        lines.append(f"- **{host}**: {_part(v, 'model_cache')}")
+    lines += ["", "## Command", "", f"On **{report['launch_host']}**:", "",
+              "    " + shlex.join(report.get("command") or []), ""]
+    reached = gate.get("passed")
+    lines += ["## Checkpoint", "",
+              f"- target step {report['target_step']}; the progress file reads step {gate.get('step')}: "
+              + ("**reached**" if reached else "**not reached**")]
+    for rel, size in (gate.get("required") or {}).items():
+        lines.append(f"- `{rel}`: {'missing' if size is None else f'{size:,} bytes'}")
+    resume = report.get("resume") or {}
+    if resume:
+        lines.append(f"- resumed from: {resume.get('from')} (step {resume.get('step')})")
+    lines += ["", "## Where things are", "", f"- run directory: `{report['run_dir']}` on {report['launch_host']}",
+              f"- mirror: `{mirror.get('prefix')}` ({mirror.get('files', 0)} files, {mirror.get('bytes', 0):,} bytes, "
+              f"{'verified by listing back and re-hashing' if mirror.get('verified') else 'NOT verified'})"
+              if mirror else "- mirror: none"]
+    for w in report.get("warnings") or []:
+        lines.append(f"- warning: {w}")
+    lines += ["", "## What blocks the next window", ""]
+    lines += [f"- {b}" for b in blockers(report)] or ["- nothing: the checkpoint is verified in the bucket"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(bucket: Bucket, report: dict[str, Any], body: Any, state: str) -> None:
+    data = {**report, "state": state, "blockers": blockers(report), "at": codec.iso(codec.now())}
+    bucket.put(keys.report_json_key(report["job_id"]), codec.dumps(data), "application/json")
+    bucket.put(keys.report_key(report["job_id"]), render(report, state).encode(), "text/markdown; charset=utf-8")

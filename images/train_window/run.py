@@ -1,0 +1,181 @@
+"""A training window on its launching host: preflight here, wait for every named host's preflight, the smoke
+gate, resume from the newest verified checkpoint, run and watch, then the success gate and the verified mirror.
+The attempt runtime writes `succeeded` only after `verify` accepts what this returns."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from bucketrun.events import codec, keys
+from bucketrun.events.failures import FailureClass, JobFailure
+from bucketrun.events.kinds.train_window import Smoke, TrainWindowBody
+
+from ..runtime.agent import host_path
+from .gate import clear_dir, gate, mirror_run_dir, prepare_resume
+from .preflight import check_host, findings_of, read_preflight
+from .report import write_report
+from .supervise import Outcome, Supervisor, child_env, stop_previous, triage
+
+log = logging.getLogger("bucketrun.train_window")
+PREFLIGHT_WAIT_S = float(os.environ.get("BUCKETRUN_PREFLIGHT_WAIT_S", "900"))
+
+
+def render(argv: list[str], values: dict[str, Any]) -> list[str]:
+    return [a.format(**values) for a in argv]
+
+
+class Window:
+    def __init__(self, attempt):
+        self.a = attempt
+        self.body: TrainWindowBody = attempt.manifest.body
+        self.label = os.environ.get("BUCKETRUN_AGENT_LABEL") or self.body.hosts.launch
+        root = os.environ.get("BUCKETRUN_AGENT_ROOT")
+        self.root = Path(root) if root else None
+        w = self.body.window
+        self.run_dir = host_path(self.body.checkpoint.run_dir.format(target_step=w.target_step), self.root)
+        self.workdir = host_path(self.body.workdir, self.root) if self.body.workdir else None
+        self.report: dict[str, Any] = {"job_id": attempt.job_id, "attempt": attempt.attempt, "launch_host": self.label,
+                                       "run_dir": str(self.run_dir), "target_step": w.target_step}
+        self.chunk = 0
+
+    def values(self, run_dir: Path, target_step: int, size: int) -> dict[str, Any]:
+        return {"target_step": target_step, "window": size, "start_step": target_step - size,
+                "run_dir": str(run_dir), "workdir": str(self.workdir or "")}
+
+    # -- preflight ---------------------------------------------------------------------------------------
+    def preflight(self) -> dict[str, Any]:
+        a, body = self.a, self.body
+        a.progress(f"preflight on {self.label}", 0.02)
+        own = check_host(body, a.bucket, self.root)
+        a.bucket.put(keys.preflight_key(a.job_id, self.label), codec.dumps(
+            {"job_id": a.job_id, "attempt": a.attempt, "host": self.label, "agent": os.environ.get("BUCKETRUN_AGENT_ID"),
+             "at": codec.iso(codec.now()), **own}), "application/json")
+        verdicts = {self.label: {"attempt": a.attempt, **own}}
+        deadline = time.monotonic() + PREFLIGHT_WAIT_S
+        while True:
+            for host in body.hosts.preflight:
+                if host not in verdicts:
+                    record = read_preflight(a.bucket, a.job_id, host, a.attempt)
+                    if record is not None:
+                        verdicts[host] = record
+            waiting = [h for h in body.hosts.preflight if h not in verdicts]
+            a.progress(f"preflight: {len(verdicts)}/{len(body.hosts.preflight)} hosts reported", 0.05)
+            if not waiting:
+                break
+            if time.monotonic() > deadline:
+                self.report["preflight"] = verdicts
+                self.fail(FailureClass.PREFLIGHT, f"host{'s' if len(waiting) > 1 else ''} {', '.join(waiting)} did not "
+                          f"report a preflight within {PREFLIGHT_WAIT_S:.0f} s: is `bucketrun agent --labels "
+                          f"{waiting[0]}` running there?", where=f"preflight/{waiting[0]}")
+            a.check()
+            time.sleep(1.0)
+        self.report["preflight"] = verdicts
+        bad = [h for h in body.hosts.preflight if not verdicts[h].get("ok")]
+        if bad:
+            first = findings_of(verdicts[bad[0]])
+            said = "; ".join(f.get("message", f.get("problem", "")) for f in first[:3]) or "see its preflight object"
+            self.fail(FailureClass.PREFLIGHT, f"preflight failed on {', '.join(bad)}: {bad[0]}: {said}",
+                      where=f"preflight/{bad[0]}")
+        return {h: {"ok": v.get("ok")} for h, v in verdicts.items()}
+
+    # -- running -----------------------------------------------------------------------------------------
+    def supervise(self, argv: list[str], run_dir: Path, target_step: int, max_wall_s: float,
+                  ship: bool) -> Outcome:
+        a, body, t = self.a, self.body, self.body.timeouts
+
+        def ship_chunk(data: bytes) -> None:
+            a.bucket.put(keys.train_log_key(a.job_id, a.attempt, self.chunk), data, "text/plain; charset=utf-8")
+            self.chunk += 1
+
+        def on_step(step: int) -> None:
+            a.progress(f"training: step {step}/{target_step}", min(0.9, 0.1 + 0.8 * step / max(1, target_step)))
+
+        return Supervisor(argv, self.workdir, child_env(body.env), run_dir / body.checkpoint.progress_file,
+                          body.checkpoint.step_field, t.first_log_s, t.stall_s, max_wall_s,
+                          ship=ship_chunk if ship else None, on_step=on_step, check=a.check,
+                          pidfile=run_dir / ".bucketrun-run.json").run()
+
+    def smoke(self, smoke: Smoke) -> dict[str, Any]:
+        self.a.progress("smoke run", 0.08)
+        run_dir = host_path(smoke.run_dir, self.root)
+        clear_dir(run_dir)
+        argv = render(smoke.command, self.values(run_dir, smoke.target_step, smoke.target_step))
+        out = self.supervise(argv, run_dir, smoke.target_step, smoke.timeout_s, ship=False)
+        g = gate(run_dir, self.body.checkpoint, smoke.target_step)
+        record = {"command": argv, "passed": g["passed"], "step": g["step"], "rc": out.rc, "reason": out.reason,
+                  "seconds": out.wall_s}
+        self.report["smoke"] = record
+        if not g["passed"]:
+            cls, why = triage(out, smoke.target_step, self.body.timeouts.first_log_s, self.body.timeouts.stall_s)
+            self.fail(cls, f"the smoke run failed, so the window did not start: {why}; gate: "
+                      + "; ".join(g["problems"]), where="smoke")
+        return record
+
+    def run(self) -> dict[str, Any]:
+        body, a = self.body, self.a
+        w = body.window
+        self.report["command"] = argv = render(body.command, self.values(self.run_dir, w.target_step, w.size))
+        preflight = self.preflight()
+        if body.smoke is not None:
+            self.smoke(body.smoke)
+        stopped = stop_previous(self.run_dir)
+        try:
+            resume = prepare_resume(a.bucket, a.job_id, self.run_dir, body.checkpoint, body.resume_from)
+        except (FileNotFoundError, RuntimeError) as exc:
+            self.fail(FailureClass.BAD_INPUT, f"cannot resume: {exc}", where="resume")
+        resume["stopped_previous_group"] = stopped
+        self.report["resume"] = resume
+        warnings = []
+        if resume.get("step") is not None and resume["step"] >= w.target_step:
+            out = Outcome("exited", 0, None, 0.0, 0.0, resume["step"], ["(already at the target: not relaunched)"])
+            warnings.append(f"the checkpoint was already at step {resume['step']}; the command was not run")
+        else:
+            a.progress("training: starting", 0.1)
+            out = self.supervise(argv, self.run_dir, w.target_step, body.timeouts.max_wall_s, ship=True)
+        self.report["run"] = {"reason": out.reason, "rc": out.rc, "first_log_s": out.first_log_s,
+                              "wall_s": out.wall_s, "step": out.step, "lines": out.lines, "tail": out.tail[-10:]}
+        g = gate(self.run_dir, body.checkpoint, w.target_step)
+        self.report["gate"] = g
+        if not g["passed"]:
+            cls, why = triage(out, w.target_step, body.timeouts.first_log_s, body.timeouts.stall_s,
+                              disk_problem=self.disk_problem())
+            self.fail(cls, why + "; gate: " + "; ".join(g["problems"]), where="run")
+        if out.rc not in (0, None):
+            warnings.append(f"the command exited {out.rc} after the checkpoint reached step {w.target_step} "
+                            "(teardown noise); the gate passed, so the window succeeded")
+        a.progress("mirroring the run directory", 0.92)
+        mirror = mirror_run_dir(a.bucket, self.run_dir, body.mirror, a.job_id, a.attempt, w.target_step,
+                                progress=lambda i, n: a.progress(f"mirroring {i}/{n} files", 0.92 + 0.07 * i / n))
+        self.report["mirror"] = {k: mirror[k] for k in ("prefix", "manifest", "verified", "problems", "bytes")}
+        self.report["mirror"]["files"] = len(mirror["files"])
+        if not mirror["verified"]:
+            self.fail(FailureClass.TRANSIENT, "the mirror did not verify: " + "; ".join(mirror["problems"][:5]),
+                      where="mirror")
+        self.report["warnings"] = warnings
+        write_report(a.bucket, self.report, body, state="succeeded")
+        return {"gate": {"step": g["step"], "required": g["required"]}, "preflight": preflight,
+                "mirror": {"prefix": mirror["prefix"], "manifest": mirror["manifest"], "verified": True,
+                           "step": w.target_step, "files": len(mirror["files"]), "bytes": mirror["bytes"]},
+                "command": argv, "resume": resume, "warnings": warnings}
+
+    def disk_problem(self) -> str | None:
+        from .audit import audit
+
+        env = audit(self.run_dir, {"min_free_disk_gb": 0.01, "min_free_inodes": 100})
+        return "; ".join(f["message"] for f in env.findings) or None
+
+    def fail(self, cls: FailureClass, message: str, where: str) -> None:
+        self.report["failure"] = {"class": cls.value, "message": message, "where": where}
+        try:
+            write_report(self.a.bucket, self.report, self.body, state="failed")
+        except Exception as exc:  # noqa: BLE001 - the report is advice; the failure itself must be recorded
+            log.warning("report not written: %s", exc)
+        raise JobFailure(cls, message, where=where)
+
+
+def attempt_work(attempt) -> dict[str, Any]:
+    return Window(attempt).run()

@@ -1,0 +1,319 @@
+"""Training windows end to end with a real trainer (tests/fixtures/tiny_trainer.py): two host agents on this
+machine, each with its own root, stand in for two hosts; the simulation does intake, launch and the sweep.
+Model caches are built in huggingface_hub's own layout from the offline Whisper base files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bucketrun.events import codec, keys
+from bucketrun.events.kinds.train_window import TrainWindowBody
+from bucketrun.events.lifecycle import read_view
+from bucketrun.events.storage import open_bucket
+from bucketrun.handlers.client import submit
+from bucketrun.images.train_window.fingerprint import fingerprint_dataset, fingerprint_hf_cache, hf_repo_folder
+from bucketrun.images.train_window.gate import gate
+from bucketrun.images.train_window.preflight import check_host, findings_of
+from bucketrun.images.train_window.supervise import Supervisor, child_env, triage
+from bucketrun.images.transcribe.model import offline_base_parts
+
+from conftest import wait_for
+
+TRAINER = Path(__file__).parent / "fixtures" / "tiny_trainer.py"
+REPO = "openai/whisper-base"
+COMMIT = "a" * 40
+BIN = str(Path(sys.executable).with_name("bucketrun"))
+
+
+def _trainer_module():
+    spec = importlib.util.spec_from_file_location("tiny_trainer", TRAINER)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def build_cache(root: Path) -> Path:
+    """The layout hf_hub_download leaves: blobs by etag, snapshot links ../../blobs/<etag>, refs/main."""
+    import hashlib
+
+    part1, _ = offline_base_parts()
+    cache = root / "hf" / "hub"
+    repo = hf_repo_folder(cache, REPO, "model")
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "snapshots" / COMMIT).mkdir(parents=True)
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        data = (part1 / name).read_bytes()
+        etag = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        (repo / "blobs" / etag).write_bytes(data)
+        (repo / "snapshots" / COMMIT / name).symlink_to(f"../../blobs/{etag}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    return cache
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    """Two host roots with the same dataset and model cache; fingerprints taken from host-a's copies."""
+    make = _trainer_module().make_dataset
+    roots = {}
+    for label in ("host-a", "host-b"):
+        root = tmp_path / label
+        make(root / "data", n_train=120, n_valid=30, n_test=30, dim=6, seed=1)
+        build_cache(root)
+        roots[label] = root
+    fps = {"dataset": fingerprint_dataset(roots["host-a"] / "data", {"train": 100}).model_dump(mode="json"),
+           "cache": fingerprint_hf_cache(roots["host-a"] / "hf" / "hub", REPO).model_dump(mode="json")}
+    return roots, fps
+
+
+def manifest(fps, *flags, target=6, size=6, preflight=("host-a", "host-b"), **over):
+    m = {"kind": "train_window",
+         "command": [sys.executable, str(TRAINER), "--data", "data", "--run-dir", "{run_dir}",
+                     "--target-step", "{target_step}", "--window", "{window}", "--step-sleep", "0.05", *flags],
+         "workdir": ".",
+         "window": {"target_step": target, "size": size},
+         "checkpoint": {"run_dir": "runs/main", "required_files": ["checkpoint-{target_step}/adapter_model.npz",
+                                                                    "checkpoint-{target_step}/adapter_config.json"]},
+         "dataset": {"path": "data", "fingerprint": fps["dataset"]},
+         "model_cache": {"repo_id": REPO, "cache_dir": "hf/hub", "fingerprint": fps["cache"], "mode": "full"},
+         "hosts": {"preflight": list(preflight), "launch": "host-a"},
+         "timeouts": {"first_log_s": 20, "stall_s": 20, "max_wall_s": 300},
+         "resources": {"heartbeat_s": 1, "stall_after_s": 8, "max_attempts": 1}}
+    m.update(over)
+    return m
+
+
+class Fleet:
+    """The simulation in a thread plus one agent process per host root."""
+
+    def __init__(self, bucket_url: str, roots: dict[str, Path]):
+        from bucketrun.handlers.launchers import Routes
+        from bucketrun.handlers.launchers.agent import AgentLauncher
+        from bucketrun.local_sim.sim import Simulation
+
+        self.url, self.roots = bucket_url, roots
+        self.bucket = open_bucket(bucket_url)
+        self.sim = Simulation(self.bucket, Routes(by_kind={"train_window": AgentLauncher()}), poll_s=0.2,
+                              sweep_s=0.5, poll_max_s=0.5, sweep_max_s=1.0)
+        self.thread = threading.Thread(target=self.sim.run, daemon=True)
+        self.agents: dict[str, subprocess.Popen] = {}
+        self.env = {**os.environ, "BUCKETRUN_PREFLIGHT_WAIT_S": "30"}
+
+    def start_agent(self, label: str) -> subprocess.Popen:
+        self.agents[label] = subprocess.Popen(
+            [BIN, "--bucket", self.url, "agent", "--labels", label, "--root", str(self.roots[label]), "--poll", "0.3"],
+            env=self.env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return self.agents[label]
+
+    def __enter__(self):
+        self.thread.start()
+        for label in self.roots:
+            self.start_agent(label)
+        return self
+
+    def __exit__(self, *exc):
+        for proc in self.agents.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.agents.values():
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        self.sim.stop()
+        self.thread.join(timeout=30)
+
+    def run(self, m: dict, timeout: float = 120) -> tuple[str, dict]:
+        job_id, _ = submit(self.bucket, codec.dumps(m))
+        return job_id, self.wait(job_id, timeout)
+
+    def wait(self, job_id: str, timeout: float = 120) -> dict:
+        def ended():
+            view = read_view(self.bucket, job_id)
+            return view if view.state is not None and view.state.terminal else None
+
+        view = wait_for(ended, timeout=timeout, every=0.3)
+        return {"state": view.state.value, "attempt": view.attempt, "detail": view.history[-1].detail}
+
+
+@pytest.fixture
+def bucket_url(tmp_path):
+    return open_bucket(str(tmp_path / "bucket")).url
+
+
+def test_a_window_on_two_hosts_gates_mirrors_reports_and_chains(hosts, bucket_url, tmp_path):
+    roots, fps = hosts
+    nxt = manifest(fps, target=8, size=2, preflight=("host-a",), resume_from="{checkpoint_manifest}")
+    nxt["checkpoint"]["run_dir"] = "runs/eval"  # a fresh directory: it must start from the bucket's checkpoint
+    with Fleet(bucket_url, roots) as f:
+        job, out = f.run(manifest(fps, then=nxt))
+        assert out["state"] == "succeeded", out
+        d = out["detail"]
+        assert d["gate"]["step"] == 6 and d["mirror"]["verified"] and d["mirror"]["files"] >= 4
+        assert set(d["preflight"]) == {"host-a", "host-b"} and all(v["ok"] for v in d["preflight"].values())
+        # each host wrote its own preflight verdict, with figures, not a folder check
+        for label in ("host-a", "host-b"):
+            pf = codec.loads(f.bucket.get(keys.preflight_key(job, label)).data)
+            assert pf["ok"] and pf["dataset"]["lines"] == 180 and pf["model_cache"]["hashed_bytes"] > 0
+        # the mirror: every object re-hashes to what the host has
+        mm = codec.loads(f.bucket.get(d["mirror"]["manifest"]).data)
+        run_dir = roots["host-a"] / "runs" / "main"
+        import hashlib
+        for entry in mm["files"]:
+            assert hashlib.sha256((run_dir / entry["path"]).read_bytes()).hexdigest() == entry["sha256"]
+        assert any(e["path"] == "checkpoint-6/adapter_model.npz" for e in mm["files"])
+        log = b"".join(f.bucket.get(i.key).data for i in f.bucket.list(keys.train_log_prefix(job, 1)))
+        assert b"step 6/6" in log
+        report = subprocess.run([BIN, "--bucket", bucket_url, "report", job], capture_output=True, text=True)
+        assert report.returncode == 0 and "**reached**" in report.stdout and "host-b" in report.stdout
+        assert "nothing: the checkpoint is verified" in report.stdout and "--target-step 6" in report.stdout
+        # the chained stage: submitted after success, started from the verified checkpoint in the bucket
+        child = wait_for(lambda: read_view(f.bucket, next(
+            (j for j in (i.key.split("/")[-1][:-5] for i in f.bucket.list(keys.INBOX)) if j != job), job))
+            if len(list(f.bucket.list(keys.INBOX))) > 1 else None, timeout=60)
+        child_out = f.wait(child.job_id)
+        assert child_out["state"] == "succeeded", child_out
+        assert child_out["detail"]["resume"]["from"] == "bucket" and child_out["detail"]["resume"]["step"] == 6
+        assert (roots["host-a"] / "runs" / "eval" / "checkpoint.json").exists()
+        assert json.loads((roots["host-a"] / "runs" / "eval" / "checkpoint.json").read_text())["step"] == 8
+
+
+def test_a_host_with_a_truncated_dataset_fails_preflight_and_nothing_launches(hosts, bucket_url):
+    roots, fps = hosts
+    train = roots["host-b"] / "data" / "train.jsonl"
+    train.write_bytes(train.read_bytes()[:-40])
+    with Fleet(bucket_url, roots) as f:
+        job, out = f.run(manifest(fps))
+    err = out["detail"]["error"]
+    assert out["state"] == "failed" and err["class"] == "preflight" and err["where"] == "preflight/host-b"
+    assert "train.jsonl" in err["message"]
+    assert not (roots["host-a"] / "runs" / "main" / "checkpoint.json").exists()  # the window never started
+    rep = codec.loads(f.bucket.get(keys.report_json_key(job)).data)
+    assert rep["state"] == "failed" and any("host-b" in b for b in rep["blockers"])
+
+
+@pytest.mark.parametrize("damage,problem", [
+    ("missing_blob", "missing_blob"), ("truncated_blob", "bytes"), ("incomplete", "incomplete_blob"),
+    ("ref", "ref_mismatch"), ("truncated_dataset", "truncated_line")])
+def test_preflight_names_each_partial_cache_and_dataset(hosts, damage, problem):
+    roots, fps = hosts
+    root = roots["host-b"]
+    repo = hf_repo_folder(root / "hf" / "hub", REPO, "model")
+    blob = repo / "snapshots" / COMMIT / "tokenizer.json"
+    target = blob.parent / os.readlink(blob)
+    if damage == "missing_blob":
+        target.unlink()
+    elif damage == "truncated_blob":
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 3])
+    elif damage == "incomplete":
+        (repo / "blobs" / "0123abcd.1a2b3c4d.incomplete").write_bytes(b"partial")
+    elif damage == "ref":
+        (repo / "refs" / "main").write_text("b" * 40)
+    else:
+        p = root / "data" / "valid.jsonl"
+        p.write_bytes(p.read_bytes()[:-7])
+    body = TrainWindowBody.model_validate({k: v for k, v in manifest(fps).items() if k not in ("kind", "resources")})
+    verdict = check_host(body, root=root)
+    assert not verdict["ok"]
+    assert problem in {f["problem"] for f in findings_of(verdict)}
+    if damage != "truncated_dataset":
+        assert verdict["model_cache"]["partial"] == (damage in ("missing_blob", "truncated_blob", "incomplete"))
+    assert check_host(body, root=roots["host-a"])["ok"]  # the good host passes the same checks
+
+
+def _supervise(root: Path, *flags, target=5, first_log_s=20.0, stall_s=20.0):
+    run_dir = root / "runs" / "t"
+    argv = [sys.executable, str(TRAINER), "--data", str(root / "data"), "--run-dir", str(run_dir),
+            "--target-step", str(target), "--step-sleep", "0.05", *flags]
+    sup = Supervisor(argv, root, child_env([]), run_dir / "checkpoint.json", "step", first_log_s, stall_s, 120)
+    out = sup.run()
+    from bucketrun.events.kinds.train_window import Checkpoint
+
+    ck = Checkpoint.model_validate({"run_dir": "runs/t", "required_files": ["checkpoint-{target_step}/adapter_model.npz"]})
+    return out, gate(run_dir, ck, target)
+
+
+@pytest.mark.parametrize("flags,cls,said", [
+    (["--hang-before-log"], "model_error", "no training log line within first_log_s"),
+    (["--hang-after-step", "2"], "stall", "went silent"),
+    (["--crash-at", "3"], "runtime_crash", "exit code 3"),
+    (["--fail-write"], "disk_full", "No space left"),
+    (["--write-nothing"], "code_error", "exited 0"),
+])
+def test_triage_classifies_each_way_a_run_fails(hosts, flags, cls, said):
+    roots, _ = hosts
+    started = time.monotonic()
+    out, g = _supervise(roots["host-a"], *flags, first_log_s=3.0, stall_s=3.0)
+    assert not g["passed"]
+    got, message = triage(out, 5, 3.0, 3.0)
+    assert got.value == cls and said in message, (got, message, out)
+    assert time.monotonic() - started < 30  # a hang is stopped by its timeout, not left running
+    if cls == "runtime_crash":
+        assert out.step == 2 and "injected crash" in message  # the last log lines are in the message
+
+
+def test_a_path_error_is_named_as_such(hosts, tmp_path):
+    roots, _ = hosts
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a directory should be")
+    argv = [sys.executable, str(TRAINER), "--data", str(roots["host-a"] / "data"), "--run-dir",
+            str(blocker / "run"), "--target-step", "3", "--step-sleep", "0"]
+    out = Supervisor(argv, tmp_path, child_env([]), blocker / "run" / "checkpoint.json", "step", 20, 20, 60).run()
+    got, message = triage(out, 3, 20, 20)
+    assert got.value == "path_error" and out.rc not in (0, None), (got, message)
+
+
+def test_a_noisy_teardown_after_the_gate_is_success_with_a_warning(hosts, bucket_url):
+    roots, fps = hosts
+    with Fleet(bucket_url, {"host-a": roots["host-a"]}) as f:
+        _, out = f.run(manifest(fps, "--exit-nonzero-after-last", preflight=("host-a",)))
+    assert out["state"] == "succeeded", out
+    assert any("exited 1 after the checkpoint reached step 6" in w for w in out["detail"]["warnings"])
+
+
+def test_a_stalled_window_fails_as_a_stall_through_the_agent(hosts, bucket_url):
+    roots, fps = hosts
+    m = manifest(fps, "--hang-after-step", "2", preflight=("host-a",))
+    m["timeouts"]["stall_s"] = 3
+    with Fleet(bucket_url, {"host-a": roots["host-a"]}) as f:
+        _, out = f.run(m)
+    assert out["state"] == "failed" and out["detail"]["error"]["class"] == "stall"
+    assert "at step 2" in out["detail"]["error"]["message"]
+
+
+def test_resume_after_kill_9_of_the_agent_mid_run(hosts, bucket_url):
+    """The agent and its attempt die with kill -9 while the trainer runs on, orphaned; the sweep sees the
+    silence, retries, a new agent stops the orphan and resumes from the checkpoint, never from scratch."""
+    roots, fps = hosts
+    m = manifest(fps, target=60, size=60, preflight=("host-a",))
+    m["command"][m["command"].index("0.05")] = "0.5"
+    m["resources"]["max_attempts"] = 2
+    with Fleet(bucket_url, {"host-a": roots["host-a"]}) as f:
+        job, _ = submit(f.bucket, codec.dumps(m))
+        progress = roots["host-a"] / "runs" / "main" / "checkpoint.json"
+        wait_for(lambda: progress.exists() and json.loads(progress.read_text())["step"] >= 3, timeout=60)
+        agent = f.agents["host-a"]
+        os.killpg(agent.pid, signal.SIGKILL)  # the agent and its attempt; the trainer has its own session
+        agent.wait()
+        killed_at = json.loads(progress.read_text())["step"]
+        f.start_agent("host-a")
+        out = f.wait(job, timeout=180)
+    assert out["state"] == "succeeded" and out["attempt"] == 2, out
+    resume = out["detail"]["resume"]
+    assert resume["from"] == "host" and resume["step"] >= killed_at
+    log = b"".join(f.bucket.get(i.key).data for i in f.bucket.list(keys.train_log_prefix(job, 2))).decode()
+    import re
+
+    first = int(re.search(r"^step (\d+)/60", log, re.M)[1])
+    assert first == resume["step"] + 1 and first > killed_at  # resumed, not restarted from step 1
