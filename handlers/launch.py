@@ -32,7 +32,7 @@ def cancel_backend(bucket: Bucket, job_id: str, launchers: Routes | Launcher, ba
     """Stop a job's backend work on the launcher of its kind; best effort: a worker that outlives this stops at
     its next heartbeat, when it sees the job left its attempt."""
     try:
-        as_routes(launchers).for_kind(load_job_manifest(bucket, job_id).kind).cancel(backend_id)
+        as_routes(launchers).for_job(load_job_manifest(bucket, job_id)).cancel(backend_id)
     except BucketrunError as exc:
         log.warning("backend cancel of %s failed (the worker stops at its next heartbeat): %s", backend_id, exc)
 
@@ -54,7 +54,7 @@ def launch_attempt(bucket: Bucket, view: JobView, launchers: Routes | Launcher, 
         manifest = load_job_manifest(bucket, job_id)
     launcher = None
     try:
-        launcher = as_routes(launchers).for_kind(manifest.kind)
+        launcher = as_routes(launchers).for_job(manifest)
         backend_id = launcher.launch(bucket.url, job_id, attempt, manifest)
     except LaunchError as exc:
         where = launcher.name if launcher is not None else f"kind {manifest.kind}"

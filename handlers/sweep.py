@@ -112,7 +112,7 @@ def sweep_job(bucket: Bucket, job_id: str, launchers: Routes | Launcher, writer:
             outcome["state"] = record_failure(bucket, job_id, error, writer=writer, attempt=view.attempt,
                                               max_attempts=resources.max_attempts, view=view).state.value
         else:
-            launcher = as_routes(launchers).for_kind(manifest.kind) if manifest else None
+            launcher = as_routes(launchers).for_job(manifest) if manifest else None
             outcome.update(_ask_backend(bucket, view, launcher, writer, resources, decision))
     except (IllegalTransition, StaleAttempt) as exc:
         outcome["state"] = "moved-on"

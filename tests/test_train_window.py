@@ -28,7 +28,7 @@ from bucketrun.images.train_window.preflight import check_host, findings_of
 from bucketrun.images.train_window.supervise import Supervisor, child_env, triage
 from bucketrun.images.transcribe.model import offline_base_parts
 
-from conftest import wait_for
+from conftest import jobs_by_inbox_key, wait_for
 
 TRAINER = Path(__file__).parent / "fixtures" / "tiny_trainer.py"
 REPO = "openai/whisper-base"
@@ -179,10 +179,8 @@ def test_a_window_on_two_hosts_gates_mirrors_reports_and_chains(hosts, bucket_ur
         assert report.returncode == 0 and "**reached**" in report.stdout and "host-b" in report.stdout
         assert "nothing: the checkpoint is verified" in report.stdout and "--target-step 6" in report.stdout
         # the chained stage: submitted after success, started from the verified checkpoint in the bucket
-        child = wait_for(lambda: read_view(f.bucket, next(
-            (j for j in (i.key.split("/")[-1][:-5] for i in f.bucket.list(keys.INBOX)) if j != job), job))
-            if len(list(f.bucket.list(keys.INBOX))) > 1 else None, timeout=60)
-        child_out = f.wait(child.job_id)
+        child = wait_for(lambda: jobs_by_inbox_key(f.bucket).get(keys.inbox_key(f"{job}-then.json")), timeout=60)
+        child_out = f.wait(child)
         assert child_out["state"] == "succeeded", child_out
         assert child_out["detail"]["resume"]["from"] == "bucket" and child_out["detail"]["resume"]["step"] == 6
         assert (roots["host-a"] / "runs" / "eval" / "checkpoint.json").exists()
@@ -317,3 +315,66 @@ def test_resume_after_kill_9_of_the_agent_mid_run(hosts, bucket_url):
 
     first = int(re.search(r"^step (\d+)/60", log, re.M)[1])
     assert first == resume["step"] + 1 and first > killed_at  # resumed, not restarted from step 1
+
+
+def test_a_failing_smoke_run_stops_the_window_before_it_starts(hosts, bucket_url):
+    roots, fps = hosts
+    m = manifest(fps, preflight=("host-a",))
+    m["smoke"] = {"command": [*m["command"], "--crash-at", "1"], "run_dir": "scratch/smoke", "target_step": 1,
+                  "timeout_s": 60}
+    with Fleet(bucket_url, {"host-a": roots["host-a"]}) as f:
+        job, out = f.run(m)
+        err = out["detail"]["error"]
+        assert out["state"] == "failed" and err["where"] == "smoke" and err["class"] == "runtime_crash", err
+        assert not (roots["host-a"] / "runs" / "main" / "checkpoint.json").exists()  # the real window never ran
+        ok = manifest(fps, preflight=("host-a",))
+        ok["smoke"] = {"command": ok["command"], "run_dir": "scratch/smoke", "target_step": 1}
+        _, out = f.run(ok)
+        assert out["state"] == "succeeded", out
+        rep = codec.loads(f.bucket.get(keys.report_json_key(_)).data)
+        assert rep["smoke"]["passed"] and rep["smoke"]["step"] == 1
+
+
+def test_only_named_variables_reach_the_command(tmp_path, monkeypatch):
+    """`env` names what passes through; the agent's own bucket credentials never reach the training command."""
+    monkeypatch.setenv("TRAIN_PROFILE", "p7")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "never-in-the-run")
+    out_file = tmp_path / "env.json"
+    code = f"import json, os; json.dump(dict(os.environ), open({str(out_file)!r}, 'w')); print('step 1')"
+    out = Supervisor([sys.executable, "-c", code], tmp_path, child_env(["TRAIN_PROFILE"]), tmp_path / "p.json",
+                     "step", 20, 20, 60).run()
+    seen = json.loads(out_file.read_text())
+    assert out.rc == 0 and out.first_log_s is not None
+    assert seen["TRAIN_PROFILE"] == "p7" and "AWS_SECRET_ACCESS_KEY" not in seen and "PATH" in seen
+
+
+def test_cli_fingerprint_and_agent_errors_are_one_line(hosts, tmp_path, bucket_url):
+    roots, fps = hosts
+    ok = subprocess.run([BIN, "fingerprint", "dataset", str(roots["host-a"] / "data"), "--min-lines", "train=100"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and json.loads(ok.stdout) == fps["dataset"]
+    hf = subprocess.run([BIN, "fingerprint", "hf-cache", str(roots["host-a"] / "hf" / "hub"), "--repo", REPO],
+                        capture_output=True, text=True)
+    assert hf.returncode == 0 and json.loads(hf.stdout)["revision"] == COMMIT
+    for argv in (["fingerprint", "dataset", str(tmp_path / "nowhere")],
+                 ["fingerprint", "hf-cache", str(roots["host-a"] / "hf" / "hub"), "--repo", "org/absent"],
+                 ["--bucket", bucket_url, "agent", "--labels", "Bad Label"],
+                 ["--bucket", bucket_url, "report", "20991231T000000000Z-zzzzzz"]):
+        bad = subprocess.run([BIN, *argv], capture_output=True, text=True)
+        assert bad.returncode != 0 and "Traceback" not in bad.stderr, (argv, bad.stderr)
+        assert len(bad.stderr.strip().splitlines()) == 1, (argv, bad.stderr)
+
+
+def test_a_manifest_that_names_agents_runs_transcription_on_one(bucket_url, tmp_path, http_media):
+    """Any kind can run on an agent: a transcription with launch.agent.labels goes to the agent, not the cloud."""
+    roots = {"gpu-box": tmp_path / "gpu-box"}
+    roots["gpu-box"].mkdir()
+    with Fleet(bucket_url, roots) as f:
+        job, out = f.run({"kind": "transcribe", "source": {"url": f"{http_media}/speech.ogg"},
+                          "launch": {"agent": {"labels": ["gpu-box"]}}, "resources": {"max_attempts": 1}},
+                         timeout=300)
+        assert out["state"] == "succeeded", out
+        claims = [i.key for i in f.bucket.list(f"{keys.job_prefix(job)}agents/")]
+        assert claims == [keys.agent_claim_key(job, 1, "gpu-box", "run")]
+        assert codec.loads(f.bucket.get(claims[0]).data)["label"] == "gpu-box"
+        assert {a["format"] for a in out["detail"]["artifacts"]} >= {"srt", "vtt", "json", "txt"}

@@ -62,6 +62,16 @@ class Routes:
             raise LaunchError(f"no launcher is configured for kind {kind!r}", FailureClass.CONFIG_ERROR)
         return launcher
 
+    def for_job(self, manifest) -> Launcher:
+        """A manifest that names host agents (launch.agent.labels) runs on them, whatever its kind's route."""
+        if manifest.launch.agent is not None and manifest.kind != "fleet":
+            if "_agent" not in self.by_kind:
+                from .agent import AgentLauncher
+
+                self.by_kind["_agent"] = AgentLauncher()
+            return self.by_kind["_agent"]
+        return self.for_kind(manifest.kind)
+
     def close(self) -> None:
         for launcher in {id(x): x for x in [self.default, *self.by_kind.values()] if x is not None}.values():
             close = getattr(launcher, "close", None)
