@@ -78,7 +78,7 @@ class Monitor:
             except Exception as exc:  # noqa: BLE001 - a diagnosis must not hide the failure
                 self.diagnosis = {"diagnosis_failed": repr(exc)}
 
-    def run(self, cmds: list[list[str]], env: dict[str, str] | None = None) -> tuple[float, float]:
+    def run(self, cmds: list[list[str]], env: dict[str, str] | None = None) -> tuple[float, float]:  # noqa: C901
         """Starts every command, returns (wall clock at start, wall clock when the last process exited)."""
         self.logdir.mkdir(parents=True, exist_ok=True)
         logs = [self.logdir / f"proc{i}.log" for i in range(len(cmds))]
@@ -98,7 +98,7 @@ class Monitor:
                     frac, what = self.progress()
                 else:
                     frac, what = None, ""
-                if what and what.split(",")[0] != (last_what or "").split(",")[0]:
+                if what and _count(what) != _count(last_what or ""):
                     last_what, last_change = what, now
                 elif now - last_change > self.stall_s:
                     self._diagnose()
@@ -157,3 +157,9 @@ def len_workers(cmd: list[str]) -> int:
 # ==============================================================================================================
 # Postgres
 # ==============================================================================================================
+
+
+def _count(what: str) -> str:
+    """The progress figure a status line leads with ("9,197/10,148 shards done, ..." -> "9,197/10,148"): the
+    figure, not the text up to its first comma, which a thousands separator would cut short."""
+    return what.split(" ", 1)[0]

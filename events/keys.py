@@ -231,6 +231,16 @@ def fleet_heartbeat_key(job_id: str, worker: str) -> str:
     return f"{fleet_heartbeats_prefix(job_id)}{worker}.json"
 
 
+def fleet_ledgers_prefix(job_id: str) -> str:
+    return f"{JOBS}{job_id}/fleet/ledgers/"
+
+
+def fleet_ledger_key(job_id: str, writer: str, seq: int) -> str:
+    """A copy of the done markers one worker process won, written once when it falls idle, so the finalizer
+    reads a few ledgers instead of one object per shard."""
+    return f"{fleet_ledgers_prefix(job_id)}{writer}-{seq:04d}.json"
+
+
 def fleet_singleton_lease_key(job_id: str, role: str) -> str:
     """Lease for a one-writer duty (progress, finalize), so the duty survives its holder's death."""
     return f"{JOBS}{job_id}/fleet/roles/{role}.json"
@@ -315,3 +325,14 @@ def report_key(job_id: str) -> str:
 
 def report_json_key(job_id: str) -> str:
     return f"{JOBS}{job_id}/report.json"
+
+
+TEARDOWN = f"{INDEX}teardown/"  # index/teardown/<agent>.json: a rented host to stop once its checkpoint is safe
+
+
+def host_teardown_key(agent: str) -> str:
+    return f"{TEARDOWN}{agent}.json"
+
+
+def host_teardown_record_key(job_id: str) -> str:
+    return f"{JOBS}{job_id}/host-teardown.json"

@@ -182,6 +182,9 @@ def sweep(bucket: Bucket, launchers: Routes | Launcher, writer: str, now: dateti
     from .fleet_teardown import sweep_fleets
 
     outcomes += sweep_fleets(bucket, launchers)
+    from .host_teardown import sweep_hosts
+
+    outcomes += sweep_hosts(bucket, launchers)
     for info in bucket.list(keys.NOTIFY_WATCH):
         job_id = keys.job_id_from_index(info.key, keys.NOTIFY_WATCH)
         if not job_id:

@@ -97,22 +97,24 @@ def manifest(fps, *flags, target=6, size=6, preflight=("host-a", "host-b"), **ov
 class Fleet:
     """The simulation in a thread plus one agent process per host root."""
 
-    def __init__(self, bucket_url: str, roots: dict[str, Path]):
+    def __init__(self, bucket_url: str, roots: dict[str, Path], routes=None, env: dict[str, str] | None = None):
         from bucketrun.handlers.launchers import Routes
         from bucketrun.handlers.launchers.agent import AgentLauncher
         from bucketrun.local_sim.sim import Simulation
 
         self.url, self.roots = bucket_url, roots
         self.bucket = open_bucket(bucket_url)
-        self.sim = Simulation(self.bucket, Routes(by_kind={"train_window": AgentLauncher()}), poll_s=0.2,
+        routes = routes or Routes(by_kind={"train_window": AgentLauncher()})
+        self.sim = Simulation(self.bucket, routes, poll_s=0.2,
                               sweep_s=0.5, poll_max_s=0.5, sweep_max_s=1.0)
         self.thread = threading.Thread(target=self.sim.run, daemon=True)
         self.agents: dict[str, subprocess.Popen] = {}
-        self.env = {**os.environ, "BUCKETRUN_PREFLIGHT_WAIT_S": "30"}
+        self.env = {**os.environ, "BUCKETRUN_PREFLIGHT_WAIT_S": "30", **(env or {})}
 
     def start_agent(self, label: str) -> subprocess.Popen:
         self.agents[label] = subprocess.Popen(
-            [BIN, "--bucket", self.url, "agent", "--labels", label, "--root", str(self.roots[label]), "--poll", "0.3"],
+            [BIN, "--bucket", self.url, "agent", "--labels", label, "--root", str(self.roots[label]), "--poll", "0.3",
+             "--poll-max", "1"],
             env=self.env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return self.agents[label]
 
@@ -378,3 +380,62 @@ def test_a_manifest_that_names_agents_runs_transcription_on_one(bucket_url, tmp_
         assert claims == [keys.agent_claim_key(job, 1, "gpu-box", "run")]
         assert codec.loads(f.bucket.get(claims[0]).data)["label"] == "gpu-box"
         assert {a["format"] for a in out["detail"]["artifacts"]} >= {"srt", "vtt", "json", "txt"}
+
+
+def test_a_rented_host_is_stopped_only_after_its_checkpoint_is_verified(hosts, bucket_url, monkeypatch):
+    """hosts.teardown: the window asks, and the sweep stops the instance (Vast, faked at its HTTP boundary) once
+    the mirror verified; a request whose mirror is not verified is dropped, the host left running."""
+    from test_fleet_cloud_backends import FakeVast, offer, vast_spec
+
+    from bucketrun.handlers import host_teardown
+    from bucketrun.handlers.launchers import Routes
+    from bucketrun.handlers.launchers.agent import AgentLauncher
+    from bucketrun.handlers.launchers.fleet import FleetLauncher
+    from bucketrun.handlers.launchers.vast import VastBackend
+
+    fake = FakeVast([offer(1, 0.45)])
+    try:
+        vast = VastBackend("vast-test-key", server_url=fake.url)
+        [inst] = vast.start(bucket_url, "20260101T000000000Z-aaaaaa", ["w000"], vast_spec())
+        roots, fps = hosts
+        routes = Routes(by_kind={"train_window": AgentLauncher(), "fleet": FleetLauncher({"vast": vast})})
+        with Fleet(bucket_url, {"host-a": roots["host-a"]}, routes,
+                   env={"BUCKETRUN_INSTANCE": f"vast:{inst.instance_id}"}) as f:
+            m = manifest(fps, preflight=("host-a",))
+            m["hosts"]["teardown"] = True
+            job, out = f.run(m)
+            assert out["state"] == "succeeded", out
+            record = wait_for(lambda: f.bucket.exists(keys.host_teardown_record_key(job)), timeout=30)
+            assert record
+            rec = codec.loads(f.bucket.get(keys.host_teardown_record_key(job)).data)
+            assert rec["action"] == "stop" and rec["instance"] == {"backend": "vast", "id": inst.instance_id}
+            assert vast.alive(inst.instance_id) is False
+            assert not list(f.bucket.list(keys.TEARDOWN))
+    finally:
+        fake.close()
+    req = {"job_id": "j", "agent": "a", "instance": {"backend": "vast", "id": "1"}}
+    assert host_teardown.decide(req, "succeeded", None, None)[0] == "drop"
+    assert host_teardown.decide(req, "succeeded", {"verified": False}, None)[0] == "drop"
+    assert host_teardown.decide(req, "running", {"verified": True}, None)[0] == "wait"
+    assert host_teardown.decide(req, "succeeded", {"verified": True}, {"tasks": [{"job_id": "other"}]})[0] == "wait"
+    assert host_teardown.decide(req, "succeeded", {"verified": True}, {"tasks": [{"job_id": "j"}]})[0] == "stop"
+
+
+def test_a_dataset_from_a_bucket_prefix_is_synced_then_verified(hosts, bucket_url, tmp_path):
+    roots, fps = hosts
+    bucket = open_bucket(bucket_url)
+    for p in sorted((roots["host-a"] / "data").iterdir()):
+        bucket.put(f"datasets/v1/{p.name}", p.read_bytes())
+    m = manifest(fps, preflight=("host-a",))
+    m["dataset"] = {"path": "synced", "prefix": "datasets/v1", "fingerprint": fps["dataset"]}
+    body = TrainWindowBody.model_validate({k: v for k, v in m.items() if k not in ("kind", "resources")})
+    empty = tmp_path / "fresh-host"
+    build_cache(empty)
+    first = check_host(body, bucket, root=empty)
+    assert first["ok"] and first["dataset"]["sync"]["fetched"] == 4 and first["dataset"]["lines"] == 180
+    again = check_host(body, bucket, root=empty)  # present and the right size: kept, and still verified
+    assert again["ok"] and again["dataset"]["sync"] == {"prefix": "datasets/v1/", "fetched": 0, "kept": 4}
+    bucket.put("datasets/v1/train.jsonl", b'{"x": [1], "y": 0}\n')  # the bucket copy is wrong: verify says so
+    (empty / "synced" / "train.jsonl").unlink()
+    bad = check_host(body, bucket, root=empty)
+    assert not bad["ok"] and {"bytes", "sha256"} <= {f["problem"] for f in findings_of(bad)}

@@ -113,6 +113,8 @@ class Hosts(Strict):
 
     preflight: list[str] = Field(min_length=1, max_length=32)
     launch: str
+    teardown: bool = Field(False, description="stop the launching host (a rented instance bucketrun knows, by its "
+                                              "agent's BUCKETRUN_INSTANCE) once the mirror is verified")
 
     @field_validator("preflight")
     @classmethod

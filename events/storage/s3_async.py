@@ -23,7 +23,9 @@ class AsyncS3Bucket:
     async def __aenter__(self):
         import aioboto3
 
-        self._ctx = aioboto3.Session().client("s3", config=client_config())
+        # one pool for every worker task of the process: each may have a claim, a commit, a renewal and a
+        # heartbeat in flight, and a renewal must not queue behind the others' reads
+        self._ctx = aioboto3.Session().client("s3", config=client_config(max_pool_connections=64))
         self.client = await self._ctx.__aenter__()
         return self
 

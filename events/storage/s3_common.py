@@ -21,12 +21,13 @@ CONFLICT_CODES = {"ConditionalRequestConflict", "409"}
 NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 
 
-def client_config():
+def client_config(max_pool_connections: int = 10):
     """Standard botocore settings only; checksums 'when_required' keeps R2 and older MinIO happy."""
     from botocore.config import Config
 
     addressing = os.environ.get("BUCKETRUN_S3_ADDRESSING_STYLE", "auto")
     return Config(
+        max_pool_connections=max_pool_connections,
         retries={"max_attempts": 5, "mode": "standard"},
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",

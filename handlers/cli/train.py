@@ -14,7 +14,8 @@ def cmd_agent(args) -> int:
 
     labels = [x.strip() for x in args.labels.split(",") if x.strip()]
     try:
-        return main(bucket_of(args).url, labels, args.root, args.id, args.poll, once=args.once)
+        return main(bucket_of(args).url, labels, args.root, args.id, args.poll, once=args.once,
+                    poll_max_s=args.poll_max)
     except ValueError as exc:
         raise CliError(f"bucketrun agent: {exc}") from None
 
@@ -63,7 +64,8 @@ def register(add) -> None:
     p.add_argument("--labels", required=True, help="comma-separated, e.g. mac4,gpu")
     p.add_argument("--root", help="where the manifests' relative host paths live (default: the current folder)")
     p.add_argument("--id", help="this agent's id (default: host-label-pid)")
-    p.add_argument("--poll", type=float, default=2.0, help="seconds between looks at the bucket")
+    p.add_argument("--poll", type=float, default=2.0, help="seconds between looks while work is offered")
+    p.add_argument("--poll-max", type=float, default=30.0, help="the longest wait between looks while idle")
     p.add_argument("--once", action="store_true", help="look once, wait for what was claimed, and exit")
     p = add("fingerprint", cmd_fingerprint, "fingerprint a known-good dataset or Hugging Face cache")
     p.add_argument("what", choices=["dataset", "hf-cache"])

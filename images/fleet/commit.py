@@ -87,11 +87,27 @@ async def read_markers(bucket, job_id: str, shards, cache: dict[str, dict[str, A
     return cache
 
 
+async def read_ledgers(bucket, job_id: str, cache: dict[str, dict[str, Any]]) -> None:
+    """Markers copied into the workers' ledgers: a few reads instead of one per shard. Only markers whose
+    create-if-absent won are ledgered, so each copy is the marker as the bucket holds it."""
+    sem = asyncio.Semaphore(READ_CONCURRENCY)
+
+    async def one(key: str) -> None:
+        async with sem:
+            body, _ = await aconditional.read_json(bucket, key)
+        for shard, marker in ((body or {}).get("markers") or {}).items():
+            cache.setdefault(shard, marker)
+
+    ledgers = [info.key async for info in bucket.list(keys.fleet_ledgers_prefix(job_id))]
+    await asyncio.gather(*(one(key) for key in ledgers))
+
+
 async def build_dataset(bucket, job_id: str, plan: Plan, output_prefix: str, writer: str,
                         cache: dict[str, dict[str, Any]]) -> tuple[Coverage, dict[str, Any] | None]:
     """The dataset manifest if every reachable shard is done and every part lists back with its bytes; the
     manifest is created once, and a second finalizer gets the first one's."""
     done = await list_shards(bucket, keys.fleet_done_prefix(job_id))
+    await read_ledgers(bucket, job_id, cache)
     markers = await read_markers(bucket, job_id, done, cache)
     cov = resolve(plan, markers)
     if not cov.complete:

@@ -13,8 +13,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from bucketrun.events import keys
-from bucketrun.events.errors import IllegalTransition, NotFound, StaleAttempt
+from bucketrun.events import aconditional, keys
+from bucketrun.events.errors import BucketrunError, IllegalTransition, NotFound, StaleAttempt
 from bucketrun.events.failures import FailureClass, error_detail
 from bucketrun.events.fleet.plan import Plan, PlanError, list_items, load_items, read_items_file, read_plan, write_plan
 from bucketrun.events.kinds.fleet import FleetBody
@@ -47,9 +47,11 @@ class FleetJob:
         self.schema: pa.Schema | None = None
         self.view: JobView | None = None
         self.plan_existed = False  # True when another process planned: the fleet may be under way
-        self._listing = None
-        self._listing_lock = asyncio.Lock()
+        self._listings: dict[str, tuple[float, int, Any]] = {}
+        self._listing_locks: dict[str, asyncio.Lock] = {}
         self.marker_cache: dict[str, dict[str, Any]] = {}  # done markers are write-once: read each once
+        self.unledgered: dict[str, dict[str, Any]] = {}  # markers this process won since its last ledger
+        self.ledgers = 0
         self._stack = AsyncExitStack()
         self._tmp = tempfile.TemporaryDirectory(prefix="bucketrun-fleet-")
 
@@ -113,15 +115,37 @@ class FleetJob:
             raise FleetStopped(str(exc)) from exc
         await self.mark_running()
 
-    async def shared_listing(self, list_both, max_age_s: float):
-        """Leases and done markers, listed at most once per `max_age_s` for all the workers of this process:
-        on a large bucket a LIST is the store's most expensive request, and idle workers would otherwise all
-        list at once."""
-        async with self._listing_lock:
+    async def shared_listing(self, name: str, list_fn, min_age_s: float, s_per_page: float):
+        """A listing (`name`: "both" leases and done markers, or "leases"), made once for all the workers of this
+        process and no more often than its last size allows (`s_per_page` seconds per page of 1,000 keys, at
+        least `min_age_s`): a LIST is the store's most expensive request, and a full one grows with the plan."""
+        lock = self._listing_locks.setdefault(name, asyncio.Lock())
+        async with lock:
             now = time.monotonic()
-            if self._listing is None or now - self._listing[0] > max_age_s:
-                self._listing = (now, await list_both())
-            return self._listing[1]
+            cached = self._listings.get(name)
+            if cached is not None:
+                at, pages, found = cached
+                if now - at <= max(min_age_s, s_per_page * pages):
+                    return found
+            found = await list_fn()
+            self._listings[name] = (time.monotonic(), sum(-(-len(part) // 1000) for part in found), found)
+            return found
+
+    def won(self, shard: str, marker: dict[str, Any]) -> None:
+        self.marker_cache[shard] = marker
+        self.unledgered[shard] = marker
+
+    async def write_ledger(self, writer: str) -> None:
+        """The markers this process won, as one write-once object (a new one each time it falls idle with more)."""
+        if not self.unledgered:
+            return
+        batch, self.unledgered = self.unledgered, {}
+        key = keys.fleet_ledger_key(self.job_id, writer, self.ledgers)
+        self.ledgers += 1
+        try:
+            await aconditional.create_json(self.bucket, key, {"markers": batch})
+        except BucketrunError:
+            self.unledgered.update(batch)  # the finalizer reads those markers one by one instead; nothing is lost
 
     async def refresh_view(self) -> JobView:
         self.view = await asyncio.to_thread(read_view, self.sync, self.job_id, self.view)

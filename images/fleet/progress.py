@@ -17,6 +17,8 @@ from bucketrun.events.lease import LeaseLost
 
 from .commit import list_shards
 
+LIST_S_PER_PAGE = 1.0
+
 
 async def fleet_progress(bucket, job_id: str, total: int, heartbeat_s: float) -> dict[str, Any]:
     """Two listings: done markers (items done) and heartbeats (workers alive by the store's Last-Modified)."""
@@ -37,10 +39,11 @@ class ProgressDuty:
         self.started = time.monotonic()
         self.last: tuple[float, int] | None = None
         self.every = job.manifest.resources.heartbeat_s
+        self.last_shards = 0
 
     async def _hold(self, tick: int) -> bool:
         key = keys.fleet_singleton_lease_key(self.job.job_id, "progress")
-        ttl = 3 * self.every
+        ttl = 4 * self.every
         if self.role is not None:
             try:
                 await claims.renew(self.job.bucket, self.role)
@@ -50,7 +53,7 @@ class ProgressDuty:
                 return False
         if tick == 0:
             self.role = await claims.claim_fresh(self.job.bucket, key, self.holder, ttl)
-        elif tick % 3 == 0:  # a non-holder looks only every third beat: the duty moves within ~4 beats
+        elif tick % 3 == 0:  # a non-holder looks only every third beat: the duty moves within ~5 beats
             snap = await claims.read(self.job.bucket, key)
             if snap is None:
                 self.role = await claims.claim_fresh(self.job.bucket, key, self.holder, ttl)
@@ -65,6 +68,7 @@ class ProgressDuty:
         if self.last is not None and now > self.last[0]:
             rate = max(0.0, (p["items_done"] - self.last[1]) / (now - self.last[0]))
         self.last = (now, p["items_done"])
+        self.last_shards = p["shards_done"]
         left = p["items_total"] - p["items_done"]
         body = {"attempt": self.job.attempt, "stage": f"{p['items_done']}/{p['items_total']} items",
                 "percent": round(100.0 * p["items_done"] / max(1, p["items_total"]), 1),
@@ -85,4 +89,11 @@ class ProgressDuty:
             except BucketrunError:
                 pass  # progress is advisory; the next beat tries again
             tick += 1
-            await asyncio.sleep(self.every * random.uniform(0.8, 1.2))
+            await asyncio.sleep(self.pause() * random.uniform(0.8, 1.2))
+
+    def pause(self) -> float:
+        """A heartbeat, or longer on a large plan: the write lists every done marker, a page per thousand
+        shards, so it comes at most every `LIST_S_PER_PAGE` seconds per page (and at least every two beats,
+        well inside the role's ttl)."""
+        pages = -(-self.last_shards // 1000) if self.role is not None else 0
+        return min(2 * self.every, max(self.every, LIST_S_PER_PAGE * pages))

@@ -35,6 +35,7 @@ async def run_workers(bucket_url: str, job_id: str, worker_ids: list[str], devic
             loop.call_later(grace_s, lambda: os._exit(143))  # past the grace period nothing more is saved
 
         loop.add_signal_handler(signal.SIGTERM, on_term)
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
     async with FleetJob(bucket_url, job_id, writer=f"fleet:{','.join(worker_ids)[:64]}", device=device) as job:
         try:
             await job.open()
@@ -50,6 +51,25 @@ async def run_workers(bucket_url: str, job_id: str, worker_ids: list[str], devic
             watcher.cancel()
             duty_task.cancel()
         return dict(zip(worker_ids, outcomes))
+
+
+def _where(coro: Any) -> str:
+    """The await chain a task is suspended in, outermost first (Worker.run:412 > straggler:230 > ...)."""
+    out = []
+    while coro is not None and getattr(coro, "cr_frame", None) is not None:
+        out.append(f"{coro.cr_code.co_name}:{coro.cr_frame.f_lineno}")
+        coro = coro.cr_await
+    return " > ".join(out) or type(coro).__name__
+
+
+def dump_tasks() -> None:
+    """`kill -USR1 <pid>`: where this process's tasks wait, counted, in the log; for a fleet that looks idle."""
+    counts: dict[str, int] = {}
+    for task in asyncio.all_tasks():
+        where = _where(task.get_coro())
+        counts[where] = counts.get(where, 0) + 1
+    for where, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+        log.warning("tasks: %3d at %s", n, where)
 
 
 async def _watch_job(job: FleetJob, stop: Stop) -> None:

@@ -28,7 +28,10 @@ from .job import FleetJob
 log = logging.getLogger("bucketrun.fleet")
 GRACE_S = 25.0
 MAX_IDLE_SLEEP_S = 20.0  # a waiting worker looks again at least this often
-LISTING_MAX_AGE_S = 2.0  # workers of one process share a listing this young
+LISTING_MAX_AGE_S = 2.0  # workers of one process share a listing this young...
+LISTING_S_PER_PAGE = 0.5  # ...or younger by this much per page it took: 22 pages (10,000 shards) are shared 11 s
+READS_PER_LOOK = 4  # candidate leases an idle worker reads per look
+JUMP_CHOICES = 8  # a worker out of its own run jumps into one of this many longest free runs
 MAX_ERRORS = 50  # store failures past botocore's own retries before a worker gives up
 
 
@@ -76,6 +79,7 @@ class Worker:
         self.shards: list[str] = job.plan.base_shards()
         self.base = frozenset(self.shards)
         self.unavailable: set[str] = set()
+        self.leased: set[str] = set()  # shards known to have a lease (listed, won or lost): a lease is never deleted
         self.done: set[str] = set()
         self.seen_etags: dict[str, str] = {}
         digest = int(hashlib.sha256(worker_id.encode()).hexdigest(), 16)
@@ -116,7 +120,7 @@ class Worker:
                 if await claims.release_stale(self.bucket, key, self.id, held["generation"]):
                     log.info("%s: released %s held by its previous life", self.id, held["shard"])
         if last or self.job.plan_existed:  # joining a fleet under way: learn what is taken before claiming
-            self._absorb(*await self.job.shared_listing(self._list_both, LISTING_MAX_AGE_S))
+            await self.learn()
 
     async def _list_both(self) -> tuple[dict[str, Any], dict[str, Any]]:
         return (await list_shards(self.bucket, keys.fleet_done_prefix(self.job.job_id)),
@@ -124,7 +128,16 @@ class Worker:
 
     async def learn(self) -> dict[str, Any]:
         """Leases and done markers (a request per thousand shards each), shared by this process's workers."""
-        return self._absorb(*await self.job.shared_listing(self._list_both, LISTING_MAX_AGE_S))
+        return self._absorb(*await self.job.shared_listing("both", self._list_both, LISTING_MAX_AGE_S,
+                                                           LISTING_S_PER_PAGE))
+
+    async def learn_leases(self) -> None:
+        """A claimer whose view proved stale needs only what is taken: the leases, half a full listing, shared."""
+        leases = await self.job.shared_listing("leases", self._list_leases, LISTING_MAX_AGE_S, LISTING_S_PER_PAGE)
+        self._absorb({}, leases[0])
+
+    async def _list_leases(self) -> tuple[dict[str, Any]]:
+        return (await list_shards(self.bucket, keys.fleet_leases_prefix(self.job.job_id)),)
 
     def _absorb(self, done: dict[str, Any], leases: dict[str, Any]) -> dict[str, Any]:
         self.done |= set(done)
@@ -132,6 +145,7 @@ class Worker:
         if new:
             self.shards = sorted(set(self.shards) | new)
         self.unavailable |= set(leases) | set(done)
+        self.leased |= set(leases)
         for shard, info in leases.items():
             if shard in self.base:  # a planned shard's lease is someone's claim: read it only once it ages
                 self.seen_etags.setdefault(shard, info.etag)
@@ -139,23 +153,27 @@ class Worker:
 
     # -- claim ---------------------------------------------------------------------------------------
     def _pick(self) -> int | None:
-        """Go on from the cursor while its shards are free; else jump to the middle of the longest run of free
-        shards, where a collision with the worker working its way up that run is least likely."""
+        """Go on from the cursor while its shards are free; else jump into one of the longest runs of free
+        shards, at a random point of its middle half: far from the run's owner working its way up, and (as the
+        workers of a process share one view) not where the other jumpers land."""
         n = len(self.shards)
         if self.cursor is not None and 0 <= self.cursor < n and self.shards[self.cursor] not in self.unavailable:
             return self.cursor
-        best_len, best_start, run_start = 0, None, None
+        runs, run_start = [], None
         for i in range(n + 1):
             free = i < n and self.shards[i] not in self.unavailable
             if free and run_start is None:
                 run_start = i
             elif not free and run_start is not None:
-                if i - run_start > best_len:
-                    best_len, best_start = i - run_start, run_start
+                runs.append((i - run_start, run_start))
                 run_start = None
-        if best_start is None:
+        if not runs:
             return None
-        return best_start + best_len // 2
+        runs.sort(reverse=True)
+        length, start = self.rng.choice(runs[:JUMP_CHOICES])
+        if length <= 2:
+            return start + length // 2
+        return start + self.rng.randrange(length // 4, length - length // 4)
 
     async def claim_next(self) -> ShardWork | None:
         while not self.stop.any:
@@ -166,12 +184,13 @@ class Worker:
             self.unavailable.add(shard)
             lease = await claims.claim_fresh(self.bucket, keys.fleet_lease_key(self.job.job_id, shard), self.id,
                                              self.body.lease_s)
+            self.leased.add(shard)  # won or lost, the lease exists from here on
             if lease is None:  # taken: jump to the middle of the longest run we think free; after a second
                 self.stats["claims_lost"] += 1  # loss in a row our view is stale: one listing (a request per
                 self.collisions += 1  # thousand shards) shows what is taken
                 self.cursor = None
                 if self.collisions >= 2:
-                    await self.learn()
+                    await self.learn_leases()
                     self.collisions = 0
                 continue
             self.collisions = 0
@@ -208,19 +227,32 @@ class Worker:
         if not pending:
             self.all_done = True
             return await self.finalize()
-        fresh = [s for s in pending if s not in leases]
+        # Never claimed, as far as anyone here knows: free in our view. A shard we lost a claim on is leased even
+        # if the (older) listing does not show it yet; counting it fresh again would spin on 412s and starve
+        # the takeover of expired leases below.
+        fresh = [s for s in pending if s not in leases and s not in self.leased]
         if fresh:
-            self.unavailable -= set(fresh)  # never claimed: our view was stale
+            self.unavailable -= set(fresh)
             return None
+        await self.job.write_ledger(self.id)  # nothing left to claim fresh: hand the finalizer our markers
         now = codec.now()
         wake = MAX_IDLE_SLEEP_S
+        candidates = []  # leases that changed (maybe released) or aged past lease_s (maybe expired)
         for shard in pending:
-            info = leases[shard]
+            info = leases.get(shard)
+            if info is None:  # leased since the listing was taken: the next listing shows its age
+                continue
             age = (now - info.last_modified).total_seconds() if info.last_modified else 0.0
-            changed = self.seen_etags.get(shard) != info.etag
-            if not changed and age < self.body.lease_s:
+            if self.seen_etags.get(shard) == info.etag and age < self.body.lease_s:
                 wake = min(wake, self.body.lease_s - age + 0.5)
                 continue
+            candidates.append((shard, info))
+        # Each idle worker reads a few candidates, in its own random order: a hundred workers reading every
+        # candidate would fill the connection pool and starve the renewals and commits of the workers at work.
+        self.rng.shuffle(candidates)
+        if len(candidates) > READS_PER_LOOK:
+            wake = min(wake, 1.0)
+        for shard, info in candidates[:READS_PER_LOOK]:
             snap = await claims.read(self.bucket, info.key)
             if snap is None:
                 continue
@@ -236,6 +268,8 @@ class Worker:
                 self.stats["takeovers"] += 1
                 self.idle_s = 0.5
                 return await self._prepare(lease)
+        if candidates:
+            self.idle_s = 0.5  # there is work about to free up: look again soon
         await self.sleep(min(MAX_IDLE_SLEEP_S, max(self.idle_s, wake)) + self.rng.uniform(0, 1))
         self.idle_s = min(MAX_IDLE_SLEEP_S, self.idle_s * 2)
         return None
@@ -292,6 +326,7 @@ class Worker:
         self.holding.pop(lease.shard, None)
         self.done.add(lease.shard)
         if result.won:
+            self.job.won(lease.shard, result.marker)
             self.stats["items_done"] += k - lo - failed
             self.stats["items_failed"] += failed
             self.stats["shards_written"] += 1
@@ -319,6 +354,7 @@ class Worker:
                                     self.job.schema, children=children, dead=dead,
                                     child_deaths=max(0, self.body.max_item_attempts - 1))  # all but one death
         if result.won:
+            self.job.won(lease.shard, result.marker)
             self.stats["dead_lettered"] += len(dead)
         self.holding.pop(lease.shard, None)
         self.done.add(lease.shard)

@@ -49,14 +49,15 @@ def default_agent_id(labels: list[str]) -> str:
 
 class Agent:
     def __init__(self, bucket: Bucket, labels: list[str], root: Path | None = None, agent_id: str | None = None,
-                 poll_s: float = 2.0, max_tasks: int = 4):
+                 poll_s: float = 2.0, max_tasks: int = 4, poll_max_s: float = 30.0):
         bad = [label for label in labels if not keys.LABEL_RE.match(label)]
         if not labels or bad:
             raise ValueError(f"labels must be lowercase letters, digits, '_', '.', '-': {bad or labels}")
         self.bucket, self.labels = bucket, labels
         self.root = (root or Path.cwd()).resolve()
         self.id = agent_id or default_agent_id(labels)
-        self.poll_s, self.max_tasks = poll_s, max_tasks
+        self.poll_s, self.max_tasks, self.poll_max_s = poll_s, max_tasks, max(poll_s, poll_max_s)
+        self.wait_s = poll_s  # doubles while nothing is offered, back to poll_s when something is
         self.tasks: dict[str, Task] = {}
         self.done: set[str] = set()  # offers this agent finished or found stale: not looked at again
         self.stopping = threading.Event()
@@ -70,13 +71,15 @@ class Agent:
         try:
             while not self.stopping.is_set():
                 self.reap()
+                offered = False
                 if len(self.tasks) < self.max_tasks and not (once and looked):
-                    self.poll()
+                    offered = self.poll()
                     looked = True
                 self.beat("online")
                 if once and not self.tasks:
                     break
-                self.stopping.wait(self.poll_s)
+                self.wait_s = self.poll_s if offered or self.tasks else min(self.poll_max_s, self.wait_s * 2)
+                self.stopping.wait(self.wait_s)
         finally:
             self.drain()
             self.beat("offline", force=True)
@@ -84,14 +87,17 @@ class Agent:
     def stop(self, *_: Any) -> None:
         self.stopping.set()
 
-    def poll(self) -> None:
-        """One LIST per label; the oldest offer first (job ids sort in time order)."""
+    def poll(self) -> bool:
+        """One LIST per label; the oldest offer first (job ids sort in time order). True if anything is offered:
+        an idle agent backs off to `poll_max_s` between looks, so it costs a few requests a minute."""
+        seen = False
         for label in self.labels:
             try:
                 offers = [i.key for i in self.bucket.list(keys.agent_offer_prefix(label))]
             except BucketrunError as exc:
                 log.warning("listing offers for %s failed: %s", label, exc)
                 continue
+            seen = seen or any(k not in self.done for k in offers)
             for key in offers:
                 if key in self.done or key in self.tasks or len(self.tasks) >= self.max_tasks:
                     continue
@@ -103,6 +109,7 @@ class Agent:
                     self.consider(key, label, *parsed)
                 except BucketrunError as exc:
                     log.warning("offer %s: %s", key, exc)
+        return seen
 
     def consider(self, key: str, label: str, job_id: str, attempt: int, role: str) -> None:
         view = read_view(self.bucket, job_id)
@@ -158,7 +165,7 @@ class Agent:
         if not force and time.monotonic() - self.last_beat < HEARTBEAT_S:
             return
         body = {"agent": self.id, "host": socket.gethostname(), "labels": self.labels, "state": state,
-                "pid": os.getpid(), "root": str(self.root), "at": codec.iso(codec.now()),
+                "pid": os.getpid(), "root": str(self.root), "at": codec.iso(codec.now()), "instance": instance(),
                 "tasks": [{"job_id": t.job_id, "attempt": t.attempt, "role": t.role, "label": t.label}
                           for t in self.tasks.values()]}
         try:
@@ -166,6 +173,14 @@ class Agent:
             self.last_beat = time.monotonic()
         except BucketrunError as exc:
             log.warning("heartbeat not written: %s", exc)
+
+
+def instance() -> dict[str, str] | None:
+    """The rented instance this agent runs on, as whoever started it set BUCKETRUN_INSTANCE ("runpod:<pod id>",
+    "vast:<instance id>"): what a window's `hosts.teardown` may stop."""
+    raw = os.environ.get("BUCKETRUN_INSTANCE", "")
+    backend, _, ident = raw.partition(":")
+    return {"backend": backend, "id": ident} if backend in ("runpod", "vast", "skypilot") and ident else None
 
 
 def host_path(path: str, root: Path | None = None) -> Path:
@@ -179,8 +194,9 @@ def host_path(path: str, root: Path | None = None) -> Path:
 
 
 def main(bucket_url: str, labels: list[str], root: str | None, agent_id: str | None, poll_s: float,
-         once: bool = False) -> int:
-    agent = Agent(open_bucket(bucket_url), labels, Path(root) if root else None, agent_id, poll_s)
+         once: bool = False, poll_max_s: float = 30.0) -> int:
+    agent = Agent(open_bucket(bucket_url), labels, Path(root) if root else None, agent_id, poll_s,
+                  poll_max_s=poll_max_s)
     signal.signal(signal.SIGTERM, agent.stop)
     signal.signal(signal.SIGINT, agent.stop)
     print(f"agent {agent.id} on {', '.join(labels)}: watching {bucket_url}", file=sys.stderr)

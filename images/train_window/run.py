@@ -155,12 +155,28 @@ class Window:
         if not mirror["verified"]:
             self.fail(FailureClass.TRANSIENT, "the mirror did not verify: " + "; ".join(mirror["problems"][:5]),
                       where="mirror")
+        if body.hosts.teardown:
+            warnings += self.request_teardown(mirror)
         self.report["warnings"] = warnings
         write_report(a.bucket, self.report, body, state="succeeded")
         return {"gate": {"step": g["step"], "required": g["required"]}, "preflight": preflight,
                 "mirror": {"prefix": mirror["prefix"], "manifest": mirror["manifest"], "verified": True,
                            "step": w.target_step, "files": len(mirror["files"]), "bytes": mirror["bytes"]},
                 "command": argv, "resume": resume, "warnings": warnings}
+
+    def request_teardown(self, mirror: dict[str, Any]) -> list[str]:
+        """Ask the sweep (which holds the provider keys) to stop this host; it does so only once the mirror this
+        names is verified in the bucket and the host runs nothing else."""
+        from ..runtime.agent import instance
+
+        inst = instance()
+        if inst is None:
+            return ["hosts.teardown asked, but this host's agent has no BUCKETRUN_INSTANCE: it was left running"]
+        agent = os.environ.get("BUCKETRUN_AGENT_ID", "")
+        self.a.bucket.put(keys.host_teardown_key(agent), codec.dumps(
+            {"agent": agent, "instance": inst, "job_id": self.a.job_id, "attempt": self.a.attempt,
+             "mirror_manifest": mirror["manifest"], "requested_at": codec.iso(codec.now())}), "application/json")
+        return []
 
     def disk_problem(self) -> str | None:
         from .audit import audit
