@@ -439,3 +439,32 @@ def test_a_dataset_from_a_bucket_prefix_is_synced_then_verified(hosts, bucket_ur
     (empty / "synced" / "train.jsonl").unlink()
     bad = check_host(body, bucket, root=empty)
     assert not bad["ok"] and {"bytes", "sha256"} <= {f["problem"] for f in findings_of(bad)}
+
+
+def test_sigterm_stops_the_agent_cleanly_and_the_window_resumes_elsewhere(hosts, bucket_url):
+    """SIGTERM: the agent stops claiming, its attempt stops the trainer's process group and ends as `lost`
+    (retried), the agent goes offline and exits 0; the next agent resumes from the checkpoint."""
+    roots, fps = hosts
+    m = manifest(fps, target=40, size=40, preflight=("host-a",))
+    m["command"][m["command"].index("0.05")] = "0.3"
+    m["resources"]["max_attempts"] = 2
+    with Fleet(bucket_url, {"host-a": roots["host-a"]}) as f:
+        job, _ = submit(f.bucket, codec.dumps(m))
+        run_dir = roots["host-a"] / "runs" / "main"
+        wait_for(lambda: (run_dir / "checkpoint.json").exists()
+                 and json.loads((run_dir / "checkpoint.json").read_text())["step"] >= 2, timeout=60)
+        pgid = json.loads((run_dir / ".bucketrun-run.json").read_text())["pgid"]
+        agent = f.agents["host-a"]
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=45) == 0
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pgid, 0)  # the trainer's whole group is gone, not orphaned
+        first = read_view(f.bucket, job).history
+        retry = first[-1]  # a retry straight away: the attempt was lost, not failed
+        assert retry.state.value == "queued" and retry.detail["retry"]["error"]["class"] == "lost", retry.detail
+        beats = [codec.loads(f.bucket.get(i.key).data) for i in f.bucket.list(keys.HOSTS)]
+        assert beats and all(b["state"] == "offline" for b in beats)
+        f.start_agent("host-a")
+        out = f.wait(job, timeout=180)
+    assert out["state"] == "succeeded" and out["attempt"] == 2, out
+    assert out["detail"]["resume"]["from"] == "host" and out["detail"]["resume"]["step"] >= 2
