@@ -64,15 +64,19 @@ class AgentTarget(Strict):
 
     labels: list[str] = Field(min_length=1, max_length=16)
 
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, v: list[str]) -> list[str]:
-        from .keys import LABEL_RE
+    _labels = field_validator("labels")(classmethod(lambda cls, v: check_labels(v)))
 
-        for label in v:
-            if not LABEL_RE.match(label):
-                raise ValueError(f"label {label[:40]!r}: lowercase letters, digits, '_', '.', '-'")
-        return v
+
+def check_labels(labels: list[str]) -> list[str]:
+    """Host labels name keys (index/agents/<label>/), so they are short, lowercase and never repeat."""
+    from .keys import LABEL_RE
+
+    for label in labels:
+        if not LABEL_RE.match(label):
+            raise ValueError(f"label {label[:40]!r}: lowercase letters, digits, '_', '.', '-'")
+    if len(set(labels)) != len(labels):
+        raise ValueError("labels repeat")
+    return labels
 
 
 class LaunchOptions(Strict):

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import wait_for
+
 TRAINER = Path(__file__).resolve().parent / "fixtures" / "tiny_trainer.py"
 _spec = importlib.util.spec_from_file_location("tiny_trainer", TRAINER)
 tiny_trainer = importlib.util.module_from_spec(_spec)
@@ -79,16 +81,6 @@ def weights(run_dir: Path) -> np.ndarray:
         return np.append(z["w"], z["b"])
 
 
-def wait_for(predicate, timeout: float = 15.0, every: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("timed out waiting")
-
-
 def test_make_dataset_matches_its_manifest(tmp_path):
     """The manifest's counts and dim are what the trainer checks the splits against."""
     d = tiny_trainer.make_dataset(tmp_path, n_train=30, n_valid=7, n_test=5, dim=3, seed=4)
@@ -149,7 +141,7 @@ def test_resumes_after_kill_9(data, tmp_path, procs):
     """SIGKILL mid-run, restart: training continues from the committed step and ends where an unkilled run does."""
     run_dir = tmp_path / "run"
     p, _, _ = start(procs, tmp_path, data, run_dir, 20, "--step-sleep", 0.3, name="first")
-    wait_for(lambda: (committed(run_dir) or {}).get("step", 0) >= 2)
+    wait_for(lambda: (committed(run_dir) or {}).get("step", 0) >= 2, timeout=15, every=0.02)
     p.send_signal(signal.SIGKILL)
     assert p.wait(timeout=10) == -signal.SIGKILL
     killed_at = committed(run_dir)["step"]
@@ -241,8 +233,8 @@ def test_hang_after_step(data, tmp_path, procs):
     """A stall after step 2's checkpoint: still alive, no more output, checkpoint frozen at 2."""
     run_dir = tmp_path / "run"
     p, out, _ = start(procs, tmp_path, data, run_dir, 10, "--hang-after-step", 2)
-    wait_for(lambda: (committed(run_dir) or {}).get("step") == 2)
-    wait_for(lambda: "step 2/10" in out.read_text())
+    wait_for(lambda: (committed(run_dir) or {}).get("step") == 2, timeout=15, every=0.02)
+    wait_for(lambda: "step 2/10" in out.read_text(), timeout=15, every=0.02)
     size = out.stat().st_size
     time.sleep(2)
     assert p.poll() is None

@@ -14,11 +14,10 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..fingerprints import CacheFingerprint, DatasetFingerprint
-from ..manifest import Strict
+from ..manifest import Strict, check_labels
 from . import KindSpec
 
 PLACEHOLDERS = frozenset({"target_step", "window", "start_step", "run_dir", "workdir"})
-LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
@@ -116,15 +115,7 @@ class Hosts(Strict):
     teardown: bool = Field(False, description="stop the launching host (a rented instance bucketrun knows, by its "
                                               "agent's BUCKETRUN_INSTANCE) once the mirror is verified")
 
-    @field_validator("preflight")
-    @classmethod
-    def _labels(cls, v: list[str]) -> list[str]:
-        for label in v:
-            if not LABEL_RE.match(label):
-                raise ValueError(f"label {label[:40]!r}: lowercase letters, digits, '_', '.', '-'")
-        if len(set(v)) != len(v):
-            raise ValueError("labels repeat")
-        return v
+    _labels = field_validator("preflight")(classmethod(lambda cls, v: check_labels(v)))
 
     @model_validator(mode="after")
     def _launch_checked(self) -> "Hosts":
