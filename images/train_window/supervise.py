@@ -55,14 +55,17 @@ def read_step(path: Path, step_field: str) -> int | None:
         return None
 
 
-def stop_group(pgid: int, grace_s: float = 10.0) -> None:
-    """SIGTERM to the whole group, then SIGKILL after `grace_s`: a trainer's dataloader children go too."""
+def stop_group(pgid: int, grace_s: float = 10.0, reap: Callable[[], Any] | None = None) -> None:
+    """SIGTERM to the whole group, then SIGKILL after `grace_s`: a trainer's dataloader children go too.
+    `reap` collects our own child, so its zombie does not keep the group looking alive."""
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
+        if reap is not None:
+            reap()
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
@@ -172,7 +175,7 @@ class Supervisor:
                     break
         finally:
             if proc.poll() is None:
-                stop_group(proc.pid)
+                stop_group(proc.pid, reap=proc.poll)
                 proc.wait()
             reader.join(timeout=5)
             self._flush()
