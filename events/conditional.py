@@ -100,12 +100,15 @@ def update_json(bucket: Bucket, key: str, change: Callable[[dict[str, Any] | Non
     """Read, change, write back with If-Match (or If-None-Match when absent), re-reading after a lost race.
     `change` returns the new body, or None to leave the object as it is (the outcome is then not a win)."""
     current, etag = _read(bucket, key)
-    for _ in range(max_rounds):
+    for n in range(max_rounds):
         new = change(current)
         if new is None:
             return Outcome(False, current, etag)
         out = replace_json(bucket, key, new, etag) if etag else create_json(bucket, key, new)
         if out.won:
             return out
-        current, etag = out.body, out.etag
+        # Lost to another writer: wait a jittered, growing moment before the next round, or the same loser can
+        # keep re-reading just before each winner writes (seen: 20 lost rounds in a row on a loaded machine).
+        time.sleep(random.uniform(0, min(0.5, 0.005 * 2 ** n)))
+        current, etag = _read(bucket, key)
     raise StorageError(f"{key}: lost {max_rounds} compare-and-swap rounds in a row")
