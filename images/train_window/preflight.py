@@ -85,11 +85,16 @@ def run_preflight(bucket: Bucket, job_id: str, attempt: int, label: str, root: P
     manifest = load_job_manifest(bucket, job_id)
     body: TrainWindowBody = manifest.body  # type: ignore[assignment]
     verdict = check_host(body, bucket, root)
+    write_verdict(bucket, job_id, attempt, label, verdict)
+    log.info("preflight on %s: %s", label, "passed" if verdict["ok"] else f"{len(findings_of(verdict))} findings")
+    return {"job_id": job_id, "attempt": attempt, "host": label, "ok": verdict["ok"]}
+
+
+def write_verdict(bucket: Bucket, job_id: str, attempt: int, label: str, verdict: dict[str, Any]) -> None:
+    """jobs/<id>/preflight/<host>.json, naming the attempt it speaks for."""
     record = {"job_id": job_id, "attempt": attempt, "host": label, "agent": os.environ.get("BUCKETRUN_AGENT_ID"),
               "at": codec.iso(codec.now()), **verdict}
     bucket.put(keys.preflight_key(job_id, label), codec.dumps(record), "application/json")
-    log.info("preflight on %s: %s", label, "passed" if verdict["ok"] else f"{len(findings_of(verdict))} findings")
-    return {"job_id": job_id, "attempt": attempt, "host": label, "ok": verdict["ok"]}
 
 
 def read_preflight(bucket: Bucket, job_id: str, label: str, attempt: int) -> dict[str, Any] | None:

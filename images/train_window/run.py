@@ -16,7 +16,7 @@ from bucketrun.events.kinds.train_window import Smoke, TrainWindowBody
 
 from ..runtime.agent import host_path
 from .gate import clear_dir, gate, mirror_run_dir, prepare_resume
-from .preflight import check_host, findings_of, read_preflight
+from .preflight import check_host, findings_of, read_preflight, write_verdict
 from .report import write_report
 from .supervise import Outcome, Supervisor, child_env, stop_previous, triage
 
@@ -51,9 +51,7 @@ class Window:
         a, body = self.a, self.body
         a.progress(f"preflight on {self.label}", 0.02)
         own = check_host(body, a.bucket, self.root)
-        a.bucket.put(keys.preflight_key(a.job_id, self.label), codec.dumps(
-            {"job_id": a.job_id, "attempt": a.attempt, "host": self.label, "agent": os.environ.get("BUCKETRUN_AGENT_ID"),
-             "at": codec.iso(codec.now()), **own}), "application/json")
+        write_verdict(a.bucket, a.job_id, a.attempt, self.label, own)
         verdicts = {self.label: {"attempt": a.attempt, **own}}
         deadline = time.monotonic() + PREFLIGHT_WAIT_S
         while True:
