@@ -336,3 +336,25 @@ def host_teardown_key(agent: str) -> str:
 
 def host_teardown_record_key(job_id: str) -> str:
     return f"{JOBS}{job_id}/host-teardown.json"
+
+
+CACHE = "cache/"
+TRANSCRIPT_CACHE = f"{CACHE}transcribe/"
+
+
+def transcript_cache_entry_key(options_digest: str, media_sha256: str) -> str:
+    """cache/transcribe/<options>/media/<sha256 of the fetched media>.json: one write-once entry per result."""
+    return f"{TRANSCRIPT_CACHE}{options_digest}/media/{media_sha256}.json"
+
+
+def transcript_cache_files_prefix(options_digest: str, media_sha256: str, job_id: str, attempt: int) -> str:
+    """The entry's own copies of the outputs, per producing attempt, so racing producers never overwrite each
+    other and the loser can remove exactly its own files; a job's artifacts may be deleted, the cache's stay."""
+    return f"{TRANSCRIPT_CACHE}{options_digest}/files/{media_sha256}/{job_id}-{attempt:03d}/"
+
+
+def transcript_cache_alias_key(options_digest: str, media_id: str) -> str:
+    """A site extractor's media id (e.g. "Youtube:dQw4w9WgXcQ") -> the media's sha256, so a re-submitted URL
+    is answered before its media is downloaded. Hashed: ids may hold any characters."""
+    digest = hashlib.sha256(media_id.encode()).hexdigest()[:40]
+    return f"{TRANSCRIPT_CACHE}{options_digest}/ids/{digest}.json"

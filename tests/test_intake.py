@@ -47,7 +47,7 @@ def test_sample_s3_put_event_creates_and_launches_one_job(s3_endpoint, launcher)
     assert view.history[0].detail["inbox"]["key"] == key
     assert view.history[2].detail["backend"] == "local" and view.history[2].detail["backend_id"]
     manifest = codec.loads(bucket.get(keys.manifest_key(job_id)).data)
-    assert manifest["options"]["beam_size"] == 5 and manifest["options"]["formats"] == ["srt", "vtt", "json", "txt"]
+    assert manifest["options"]["beam_size"] is None and manifest["options"]["formats"] == ["srt", "vtt", "json", "txt"]
     assert bucket.get(key).data == raw  # the dropped object is kept untouched
 
 

@@ -104,7 +104,8 @@ def _sample_args(fn) -> list:
                "token": "request:abc", "at": None, "shard": "000000000-000000050", "digest": "ab" * 32,
                "worker": "w0001", "role": "progress", "instance": "local-123", "generation": 2,
                "output_prefix": "datasets/x/", "lo": 0, "hi": 50, "label": "gpu", "host": "mac4",
-               "agent": "mac4-gpu-1", "step": 10, "chunk": 3, "writer": "w0001", "seq": 2}
+               "agent": "mac4-gpu-1", "step": 10, "chunk": 3, "writer": "w0001", "seq": 2,
+               "options_digest": "0f" * 12, "media_sha256": "cd" * 32, "media_id": "Youtube:dQw4w9WgXcQ"}
     return [samples[p] for p in inspect.signature(fn).parameters if p in samples]
 
 

@@ -56,10 +56,12 @@ class TranscribeOptions(Strict):
     model: str | None = Field(None, max_length=1024, description="None: large-v3 on CUDA, the offline base model on CPU")
     language: str | None = Field(None, min_length=2, max_length=8, description="None or 'auto' detects it")
     task: Literal["transcribe", "translate"] = "transcribe"
-    beam_size: int = Field(5, ge=1, le=10)
+    beam_size: int | None = Field(None, ge=1, le=10, description="None: the device's measured default "
+                                  "(images/transcribe/settings.py)")
     vad: bool | None = Field(None, description="None: on")
     word_timestamps: bool = True
     formats: list[Literal["srt", "vtt", "json", "txt"]] = Field(default_factory=lambda: list(FORMATS), min_length=1)
+    cache: bool = Field(True, description="serve a result cached for the same media and options; false: run fresh")
 
     @field_validator("language")
     @classmethod

@@ -6,6 +6,7 @@ import abc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from ..errors import InvalidKey
 
@@ -92,6 +93,13 @@ class Bucket(abc.ABC):
     @abc.abstractmethod
     def relative_key(self, full_key: str) -> str | None:
         """Inverse of full_key; None for keys outside this bucket's prefix."""
+
+    def download(self, key: str, dest: "Path") -> str:
+        """Write the object to a local file without holding it in memory (backends stream); returns its ETag.
+        Media can be hours long, so a worker never reads it into one bytes object."""
+        blob = self.get(key)
+        dest.write_bytes(blob.data)
+        return blob.etag
 
     def exists(self, key: str) -> bool:
         from ..errors import NotFound

@@ -57,6 +57,16 @@ class S3Bucket(Bucket):
             raise translate(exc, "get_object", key, self.k.url) from exc
         return self.k.blob(key, data, response)
 
+    def download(self, key, dest):
+        response = self._call("get_object", key, **self.k.key_params(key))
+        try:
+            with open(dest, "wb") as out:
+                for chunk in response["Body"].iter_chunks(1 << 20):
+                    out.write(chunk)
+        except _LIBRARY_ERRORS as exc:
+            raise translate(exc, "get_object", key, self.k.url) from exc
+        return response["ETag"]
+
     def head(self, key):
         return self.k.info(key, self._call("head_object", key, **self.k.key_params(key)))
 

@@ -27,6 +27,7 @@ from bucketrun.events.retry import record_failure
 from bucketrun.events.storage import Bucket, open_bucket
 
 from .heartbeat import Heartbeat
+from .stages import Stages, handoffs
 
 log = logging.getLogger("bucketrun.worker")
 Work = Callable[["Attempt"], dict[str, Any]]
@@ -79,6 +80,7 @@ class Attempt:
         self.bucket, self.job_id, self.attempt, self.manifest = bucket, job_id, attempt, manifest
         self.workdir, self.beat = workdir, beat
         self.artifacts: list[dict[str, Any]] = []
+        self.stages = Stages()
 
     def progress(self, stage: str, fraction: float, processed: float | None = None,
                  total: float | None = None) -> None:
@@ -173,12 +175,14 @@ def run_attempt(bucket_url: str, job_id: str, attempt: int, writer: str | None =
                            on_beat=shipper.maybe_ship) as beat, \
                     tempfile.TemporaryDirectory(prefix="bucketrun-") as tmp:
                 ctx = Attempt(bucket, job_id, attempt, manifest, Path(tmp), beat)
+                ctx.stages.add("setup", time.monotonic() - started)
                 result = run(ctx) or {}
                 problems = spec.verify(manifest, {**result, "artifacts": ctx.artifacts})
                 if problems:
                     raise JobFailure(FailureClass.CODE_ERROR, "the result failed its completion check: "
                                      + "; ".join(problems)[:500], where="verify")
-                detail = {**result, "artifacts": ctx.artifacts}
+                stages = {**handoffs(view.history, attempt), **ctx.stages.to_json()}
+                detail = {**result, "artifacts": ctx.artifacts, "stages": stages}
         except JobFailure as exc:
             log.error("job failed (%s): %s", exc.cls.value, exc.message)
             error = error_detail(exc.cls, exc.message, where=exc.where)["error"]

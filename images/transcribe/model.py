@@ -176,6 +176,19 @@ def load(choice: ModelChoice):
         return model
 
 
+_pipelines: dict[int, object] = {}
+
+
+def batched(whisper):
+    """faster-whisper's BatchedInferencePipeline over a loaded model, made once per model."""
+    from faster_whisper import BatchedInferencePipeline
+
+    with _lock:
+        if id(whisper) not in _pipelines:
+            _pipelines[id(whisper)] = BatchedInferencePipeline(whisper)
+        return _pipelines[id(whisper)]
+
+
 def preload(requested: str | None = None) -> None:
     """Warm a worker before its first job: the image's (or the default) model, loaded once per process."""
     load(choose(requested or None))

@@ -1,0 +1,50 @@
+"""How a job's audio is decoded: beam size, sequential or batched inference, and the window size. One place, so
+the work, the cache key and the benchmarks agree on what a default means.
+
+Defaults were measured, not guessed: bench/cpu_settings.py (CPU) and bench/gpu_throughput.py (GPU); the README's
+"Transcription speed" section quotes them.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass
+from typing import Any
+
+from .model import ModelChoice
+
+# CPU default: the fastest setting whose WER stayed within 0.01 of beam 5 (bench/results/cpu_settings.json).
+CPU_BEAM = 5
+CPU_BATCH: int | None = None
+GPU_BEAM = 5
+# Windows: decoded and transcribed one at a time, cut in a silence, so memory does not grow with duration.
+WINDOW_TARGET_S = 120.0
+WINDOW_MAX_S = 180.0
+WINDOW_SEARCH_S = 30.0
+
+
+@dataclass(frozen=True)
+class Decoding:
+    beam_size: int
+    batch_size: int | None  # None: WhisperModel.transcribe; n: BatchedInferencePipeline with batches of n
+    window_target_s: float = WINDOW_TARGET_S
+    window_max_s: float = WINDOW_MAX_S
+
+
+def resolve(beam_size: int | None, choice: ModelChoice) -> Decoding:
+    """The job's beam if it set one; else the device's default. On CUDA batches are sized from free VRAM."""
+    if choice.device == "cuda":
+        from .gpu import batch_size_for, free_vram_bytes
+
+        return Decoding(beam_size or GPU_BEAM, batch_size_for(free_vram_bytes(), choice.name, choice.compute_type))
+    return Decoding(beam_size or CPU_BEAM, CPU_BATCH)
+
+
+def output_options(opts: Any, choice: ModelChoice, decoding: Decoding, vad: bool) -> dict[str, Any]:
+    """Every resolved setting that changes the transcript, for the cache key; formats are not among them (the
+    cache keeps all four renderings)."""
+    return {"model": choice.name, "device": choice.device, "compute_type": choice.compute_type,
+            "language": opts.language, "task": opts.task, "vad": vad, "word_timestamps": opts.word_timestamps,
+            "beam_size": decoding.beam_size, "batched": decoding.batch_size is not None,  # batch size: speed only
+            "window_target_s": decoding.window_target_s, "window_max_s": decoding.window_max_s,
+            "faster_whisper": importlib.metadata.version("faster-whisper")}
