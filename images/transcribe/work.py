@@ -12,21 +12,12 @@ import threading
 import time
 from typing import Any
 
-from bucketrun.events import codec
-from bucketrun.events.failures import FailureClass, JobFailure
-from bucketrun.images.runtime.attempt import Attempt, Drained, Superseded
-
 from bucketrun.events.result_cache import options_digest
+from bucketrun.images.runtime.attempt import Attempt
 
-from . import cache, fetch, model, settings, stream, subtitles
-from .media import SAMPLE_RATE
+from . import cache, engine, fetch, model, settings, stream
 
 log = logging.getLogger("bucketrun.worker")
-
-FORMATS = ("srt", "vtt", "json", "txt")
-CONTENT_TYPES = {"srt": "application/x-subrip", "vtt": "text/vtt", "json": "application/json",
-                 "txt": "text/plain; charset=utf-8"}
-
 
 def transcribe(ctx: Attempt) -> dict[str, Any]:
     """The registered work of the `transcribe` kind (events/kinds/transcribe.py names it): fetch, answer from
@@ -73,27 +64,20 @@ def transcribe(ctx: Attempt) -> dict[str, Any]:
     log.info("transcribing %s with %s on %s (%s), beam %d, %s, vad %s", f"{hint:.1f} s" if hint else "media",
              choice.name, choice.device, choice.compute_type, decoding.beam_size,
              f"batches of {decoding.batch_size}" if decoding.batch_size else "sequential", vad)
-    run = _transcribe_windows(ctx, path, whisper, choice, decoding, opts, vad, hint)
-    duration = run["duration"]
-    result = {
-        "language": run["language"], "language_probability": run["language_probability"],
-        "duration": round(duration, 3), "model": choice.name, "device": choice.device,
-        "compute_type": choice.compute_type, "transcribe_seconds": round(run["seconds"], 3),
-        "rtf": round(run["seconds"] / duration, 4) if duration else None, "options": resolved,
-        "windows": run["windows"], "segments": [_segment_json(i, s) for i, s in enumerate(run["segments"])],
-    }
+    pace = Pace(ctx, hint, choice)
+    with pace:
+        run = engine.transcribe_file(path, whisper, choice, decoding, opts, vad, stages=st, check=ctx.check,
+                                     on_segment=pace.reached, on_window=pace.reached)
+    duration, result = run.duration, run.result(resolved)
     ctx.progress("upload", 1.0, duration, duration)
     with st("render"):
-        rendered = {fmt: (render(fmt, run["segments"], result), CONTENT_TYPES[fmt]) for fmt in FORMATS}
+        rendered = engine.render_all(run.segments, result)
     with st("write"):
         for fmt in opts.formats:
             data, content_type = rendered[fmt]
             ctx.put_artifact(f"transcript.{fmt}", data, content_type, format=fmt)
-    words = sum(len(s.text.split()) for s in run["segments"])
-    summary = {"language": result["language"], "duration": result["duration"], "segments": len(run["segments"]),
-               "words": words, "rtf": result["rtf"], "model": choice.name, "device": choice.device,
-               "windows": run["windows"]}
-    model_seconds = st.seconds.get("load-model", 0.0) + run["seconds"]
+    summary = run.summary()
+    model_seconds = st.seconds.get("load-model", 0.0) + run.seconds
     out: dict[str, Any] = {"summary": summary, "media_sha256": media_sha256, "model_seconds": round(model_seconds, 3),
                            "gpu_seconds": round(model_seconds, 3) if choice.device == "cuda" else 0.0}
     if opts.cache:
@@ -120,60 +104,6 @@ def _serve(ctx: Attempt, entry, formats: list[str], digest: str) -> dict[str, An
             "model_seconds": 0.0, "gpu_seconds": 0.0,
             "cache": {"hit": True, "entry": keys.transcript_cache_entry_key(digest, entry.media_sha256),
                       "made_by": {"job_id": entry.job_id, "attempt": entry.attempt}}}
-
-
-def _run_model(whisper, decoding: settings.Decoding, audio, opts, vad: bool, language: str | None):
-    kwargs = dict(language=language, task=opts.task, beam_size=decoding.beam_size, vad_filter=vad,
-                  word_timestamps=opts.word_timestamps, condition_on_previous_text=False)
-    if decoding.batch_size:
-        return model.batched(whisper).transcribe(audio, batch_size=decoding.batch_size, **kwargs)
-    return whisper.transcribe(audio, **kwargs)
-
-
-def _transcribe_windows(ctx: Attempt, path, whisper, choice: model.ModelChoice, decoding: settings.Decoding,
-                        opts, vad: bool, hint: float | None) -> dict[str, Any]:
-    """Decode and transcribe one silence-cut window at a time (images/transcribe/stream.py), so peak memory is
-    one window's, whatever the duration. Times and words are shifted by each window's offset; the language is
-    detected on the first window and kept, as a whole-file run detects it once."""
-    st = ctx.stages
-    windows = iter(stream.windows(stream.decode_stream(path), target_s=decoding.window_target_s,
-                                  max_s=decoding.window_max_s, search_s=settings.WINDOW_SEARCH_S))
-    segments: list[subtitles.Segment] = []
-    language, probability, n, end_s = opts.language, None, 0, 0.0
-    pace = Pace(ctx, hint, choice)
-    t0 = time.monotonic()
-    try:
-        with pace:
-            while True:
-                with st("decode"):
-                    window = next(windows, None)
-                if window is None:
-                    break
-                ctx.check()
-                offset = window.offset_s
-                with st("transcribe"):
-                    generator, info = _run_model(whisper, decoding, window.audio, opts, vad, language)
-                    for seg in generator:
-                        ctx.check()
-                        words = tuple(subtitles.Word(offset + float(w.start), offset + float(w.end), w.word,
-                                                     float(w.probability)) for w in (seg.words or []))
-                        segments.append(subtitles.Segment(offset + float(seg.start), offset + float(seg.end),
-                                                          seg.text, words, float(seg.avg_logprob),
-                                                          float(seg.no_speech_prob)))
-                        pace.reached(offset + float(seg.end))
-                if probability is None:
-                    language, probability = language or info.language, float(info.language_probability)
-                n, end_s = n + 1, offset + len(window.audio) / SAMPLE_RATE
-                pace.reached(end_s)
-                if not window.last:
-                    log.info("window %d done: %.1f s of audio transcribed", n, end_s)
-    except (Superseded, Drained, JobFailure):
-        raise
-    except Exception as exc:  # noqa: BLE001 - ctranslate2 raises RuntimeError and friends
-        raise JobFailure(FailureClass.MODEL_ERROR, f"the model failed while transcribing: {exc}",
-                         where="transcribe") from exc
-    return {"segments": segments, "language": language, "windows": n, "duration": end_s,
-            "language_probability": round(probability or 0.0, 4), "seconds": time.monotonic() - t0}
 
 
 # Seconds of work per second of audio, for a job's first window before it has measured its own: the last job's
@@ -237,19 +167,3 @@ class Pace:
         if real or fraction > self.fraction:
             self.fraction = max(self.fraction, fraction)
             self.ctx.progress("transcribe", self.fraction, self.done_s, self.duration)
-
-
-def _segment_json(i: int, s: subtitles.Segment) -> dict[str, Any]:
-    return {"id": i, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text.strip(),
-            "avg_logprob": round(s.avg_logprob, 4), "no_speech_prob": round(s.no_speech_prob, 4),
-            "words": [{"start": round(w.start, 3), "end": round(w.end, 3), "word": w.text.strip(),
-                       "probability": round(w.probability, 4)} for w in s.words]}
-
-
-def render(fmt: str, segments: list[subtitles.Segment], result: dict[str, Any]) -> bytes:
-    if fmt == "json":
-        return codec.dumps(result)
-    if fmt == "txt":
-        return subtitles.to_txt(segments).encode()
-    cues = subtitles.build_cues(segments)
-    return (subtitles.to_srt(cues) if fmt == "srt" else subtitles.to_vtt(cues)).encode()
