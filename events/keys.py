@@ -214,6 +214,15 @@ def fleet_part_key(output_prefix: str, shard: str, generation: int) -> str:
     return f"{output_prefix}parts/{shard}-g{generation:04d}.parquet"
 
 
+def fleet_item_artifact_key(output_prefix: str, item: str, sha256: str, fmt: str) -> str:
+    """A processor's file for one item (a transcribe item's SRT, ...): <output>items/<sha256 of the item>/<sha256
+    of the bytes>.<fmt>, both cut to 16 hex digits. Named by content, so a zombie re-processing the item writes
+    the same bytes under the same key or different bytes under another, never over the file a committed row
+    names; named by the item, not its index, since a processor is handed the item alone."""
+    item_digest = hashlib.sha256(item.encode()).hexdigest()[:16]
+    return f"{output_prefix}items/{item_digest}/{sha256[:16]}.{fmt}"
+
+
 def fleet_dataset_key(output_prefix: str) -> str:
     return f"{output_prefix}dataset.json"
 

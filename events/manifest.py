@@ -245,7 +245,9 @@ def parse_manifest(raw: bytes) -> JobManifest:
     return validate_manifest(decode_manifest(raw))
 
 
-def validate_manifest(obj: dict[str, Any]) -> JobManifest:
+def validate_manifest(obj: dict[str, Any], _expanded_from: str | None = None) -> JobManifest:
+    """The typed manifest. A kind may hand a manifest to another kind (`KindSpec.expand`: a transcribe manifest
+    with many sources becomes a fleet's); the result is the other kind's manifest, validated as that kind."""
     from .kinds import get_kind, kind_names
 
     kind = obj.get("kind")
@@ -270,6 +272,13 @@ def validate_manifest(obj: dict[str, Any]) -> JobManifest:
     if errors or envelope is None or body is None:
         errors = errors[:MAX_FIELD_ERRORS]
         raise ManifestRejected(f"invalid {spec.name} manifest: {summarize(errors)}", errors)
+    expanded = spec.expand(body, obj) if spec.expand is not None and _expanded_from is None else None
+    if expanded is not None:
+        try:
+            return validate_manifest(expanded, _expanded_from=spec.name)
+        except ManifestRejected as exc:  # the checks above should have caught it; say which form failed
+            raise ManifestRejected(f"{spec.name} manifest as a {expanded.get('kind')}: {exc.message}",
+                                   exc.fields) from exc
     return JobManifest(envelope, body)
 
 

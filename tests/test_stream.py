@@ -199,6 +199,8 @@ def test_peak_memory_does_not_grow_with_duration(speech):
         assert report["audio_s"] == pytest.approx(minutes * 60, abs=1) and report["longest_s"] <= 180
         assert report["windows"] >= minutes * 60 // 180
     # A whole decode of the hour is a 230 MB float32 array (decode_audio peaks over 500 MB making it); the stream
-    # holds a few minutes of audio, the VAD's working set and the allocator's slack, whatever the duration.
-    assert reports[60]["growth_mb"] < 115, reports
-    assert reports[60]["growth_mb"] - reports[10]["growth_mb"] < 30, reports
+    # holds a few minutes of audio, the VAD's working set and the allocator's slack, whatever the duration: 60-100
+    # MB here for both files (the spread is the allocator's, run to run). Memory that grew with duration would put
+    # the hour 190 MB over the 10 minutes; a quarter of that is allowed for the spread.
+    assert reports[60]["growth_mb"] < 230 / 2, reports
+    assert reports[60]["growth_mb"] - reports[10]["growth_mb"] < 190 / 4, reports

@@ -105,7 +105,8 @@ def _sample_args(fn) -> list:
                "worker": "w0001", "role": "progress", "instance": "local-123", "generation": 2,
                "output_prefix": "datasets/x/", "lo": 0, "hi": 50, "label": "gpu", "host": "mac4",
                "agent": "mac4-gpu-1", "step": 10, "chunk": 3, "writer": "w0001", "seq": 2,
-               "options_digest": "0f" * 12, "media_sha256": "cd" * 32, "media_id": "Youtube:dQw4w9WgXcQ"}
+               "options_digest": "0f" * 12, "media_sha256": "cd" * 32, "media_id": "Youtube:dQw4w9WgXcQ",
+               "item": "media/talk.ogg", "sha256": "ef" * 32, "fmt": "srt"}
     return [samples[p] for p in inspect.signature(fn).parameters if p in samples]
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from .. import aconditional, codec, keys
 from ..errors import CorruptObject, JobError, NotFound
+from ..kinds.fleet import MAX_ITEM_CHARS
 
 PLAN_VERSION = 1
-MAX_ITEM_CHARS = 4096
 
 
 class PlanError(JobError):
@@ -89,6 +89,15 @@ def items_from_parquet(data: bytes, key: str) -> list[str]:
     for n, value in enumerate(items):
         _item(value, f"{key} row {n}")
     return items
+
+
+def plan_source(items: Any) -> dict[str, Any]:
+    """What plan.json records of where the items came from: the manifest's `items`, with an inline list as its
+    length (the list itself is the plan's items object)."""
+    source = items.model_dump(mode="json", exclude={"inline"})
+    if items.inline is not None:
+        source["inline"] = len(items.inline)
+    return source
 
 
 async def list_items(source, prefix: str, suffix: str | None) -> list[str]:

@@ -21,6 +21,8 @@ _BUILTIN = {"transcribe": ("bucketrun.events.kinds.transcribe", "SPEC"),
 _loaded: dict[str, "KindSpec"] = {}
 
 Verify = Callable[[Any, dict[str, Any]], list[str]]
+# (the validated body, the raw manifest) -> the manifest of another kind that runs it instead, or None to keep it
+Expand = Callable[[BaseModel, dict[str, Any]], "dict[str, Any] | None"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class KindSpec:
     default_resources: dict[str, Any] = field(default_factory=dict)  # liveness: heartbeat_s, stall_after_s
     launcher: str = "runpod"  # the cloud backend that runs it, unless BUCKETRUN_LAUNCHER_<KIND> says otherwise
     preload: str | None = None  # "module:function" that warms a worker (loads a model) before its first job
+    expand: Expand | None = None  # intake hands some manifests to another kind (many sources -> a fleet)
 
     @property
     def env_suffix(self) -> str:

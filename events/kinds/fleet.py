@@ -1,5 +1,6 @@
-"""The fleet kind: one processor over many items (every object under a prefix, or an items file), run by many
-workers that coordinate through the bucket alone. Everything decidable from the manifest is decided here.
+"""The fleet kind: one processor over many items (every object under a prefix, an items file, or a list given
+inline), run by many workers that coordinate through the bucket alone. Everything decidable from the manifest is
+decided here.
 
 The protocol objects (plan, leases, done markers, dataset manifest) are in events/fleet/; the worker is
 images/fleet/.
@@ -8,9 +9,9 @@ images/fleet/.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from ..manifest import Strict
 from . import KindSpec
@@ -19,7 +20,10 @@ from . import KindSpec
 PROCESSORS: dict[str, str] = {
     "noop": "bucketrun.images.fleet.processors.noop:make",
     "transcript_check": "bucketrun.images.fleet.processors.transcript_check:make",
+    "transcribe": "bucketrun.images.fleet.processors.transcribe:make",
 }
+MAX_INLINE_ITEMS = 10_000
+MAX_ITEM_CHARS = 4096  # events/fleet/plan.py holds items files to the same bound
 ENTRY_POINT_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
@@ -32,12 +36,15 @@ def _relative_key(v: str | None) -> str | None:
 
 class Items(Strict):
     """Every object under `prefix` (optionally ending in `suffix`), in this bucket or `bucket`; or an items
-    `file` in this bucket: JSONL (a string, or an object with "item", per line) or parquet with an `item` column."""
+    `file` in this bucket: JSONL (a string, or an object with "item", per line) or parquet with an `item` column;
+    or the items themselves, `inline` (what a transcribe manifest with `sources` becomes)."""
 
     prefix: str | None = Field(None, max_length=1024)
     suffix: str | None = Field(None, min_length=1, max_length=64)
     bucket: str | None = Field(None, max_length=1024, description="another bucket's URL (s3://name/prefix)")
     file: str | None = Field(None, min_length=1, max_length=1024)
+    inline: list[Annotated[str, StringConstraints(min_length=1, max_length=MAX_ITEM_CHARS)]] | None = Field(
+        None, min_length=1, max_length=MAX_INLINE_ITEMS, description="the items, in order")
 
     _prefix = field_validator("prefix", "file")(classmethod(lambda cls, v: _relative_key(v)))
 
@@ -50,10 +57,10 @@ class Items(Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> "Items":
-        if (self.prefix is None) == (self.file is None):
-            raise ValueError("give exactly one of 'prefix' or 'file'")
-        if self.file is not None and (self.suffix is not None or self.bucket is not None):
-            raise ValueError("'suffix' and 'bucket' go with 'prefix', not with 'file'")
+        if sum(x is not None for x in (self.prefix, self.file, self.inline)) != 1:
+            raise ValueError("give exactly one of 'prefix', 'file' or 'inline'")
+        if self.prefix is None and (self.suffix is not None or self.bucket is not None):
+            raise ValueError("'suffix' and 'bucket' go with 'prefix', not with 'file' or 'inline'")
         if self.file is not None and not self.file.endswith((".jsonl", ".parquet")):
             raise ValueError("'file' must be a .jsonl or .parquet object")
         return self
@@ -75,7 +82,19 @@ class TranscriptCheckOptions(Strict):
     silence_db: float = Field(-40.0, ge=-90, le=0, description="frames quieter than this count as silence")
 
 
-_OPTIONS = {"noop": NoopOptions, "transcript_check": TranscriptCheckOptions}
+def _transcribe_options() -> type[Strict]:
+    from .transcribe import TranscribeOptions  # imported late: the transcribe kind imports this module
+
+    return TranscribeOptions
+
+
+# Each built-in's options model, or a function that returns it.
+_OPTIONS = {"noop": NoopOptions, "transcript_check": TranscriptCheckOptions, "transcribe": _transcribe_options}
+
+
+def options_model(name: str) -> type[Strict] | None:
+    found = _OPTIONS.get(name)
+    return found() if found is not None and not isinstance(found, type) else found
 
 
 class Processor(Strict):
@@ -93,9 +112,10 @@ class Processor(Strict):
             raise ValueError(f"unknown processor {self.name!r}; built in: {', '.join(sorted(PROCESSORS))}")
         if self.entry_point is not None and not ENTRY_POINT_RE.match(self.entry_point):
             raise ValueError("entry_point must look like 'package.module:function'")
-        if self.name in _OPTIONS:  # a built-in's options are checked here, at intake, with each field named
+        model = options_model(self.name) if self.name else None
+        if model is not None:  # a built-in's options are checked here, at intake, with each field named
             try:
-                self.options = _OPTIONS[self.name].model_validate(self.options).model_dump(mode="json")
+                self.options = model.model_validate(self.options).model_dump(mode="json")
             except ValidationError as exc:
                 raise ValueError("; ".join(f"options.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
                                            for e in exc.errors(include_input=False))) from None
@@ -152,9 +172,9 @@ class Output(Strict):
         return v if v is None or v.endswith("/") else v + "/"
 
 
-class FleetBody(Strict):
-    items: Items
-    processor: Processor
+class FleetRun(Strict):
+    """How a fleet runs, whatever it processes; a transcribe manifest with `sources` gives these as `fleet`."""
+
     shard_size: int = Field(50, ge=1, le=100_000)
     lease_s: float = Field(120.0, ge=2, le=86400, description="a claim not renewed this long may be taken over")
     heartbeat_s: float = Field(30.0, ge=0.5, le=3600, description="each worker's heartbeat, ± jitter")
@@ -163,9 +183,30 @@ class FleetBody(Strict):
     output: Output = Field(default_factory=Output)
 
     @model_validator(mode="after")
-    def _renewable(self) -> "FleetBody":
+    def _renewable(self) -> "FleetRun":
         if self.lease_s < 2 * self.heartbeat_s and self.lease_s < 10:
             raise ValueError("lease_s must be at least twice heartbeat_s (or 10 s)")
+        return self
+
+
+class FleetBody(FleetRun):
+    items: Items
+    processor: Processor
+    expanded_from: Literal["transcribe"] | None = Field(
+        None, description="the kind of the manifest intake turned into this fleet (a transcribe manifest with "
+                          "`sources`); None: submitted as a fleet")
+
+    @model_validator(mode="after")
+    def _items_fit_the_processor(self) -> "FleetBody":
+        """Inline items are known at intake, so a processor that reads its items a known way has them checked
+        here (a transcribe item is a source: events/kinds/transcribe.py `parse_item`)."""
+        if self.processor.name == "transcribe" and self.items.inline:
+            from .transcribe import item_problem
+
+            for i, item in enumerate(self.items.inline):
+                problem = item_problem(item)
+                if problem:
+                    raise ValueError(f"items.inline[{i}]: {problem}")
         return self
 
 

@@ -2,17 +2,22 @@
 
 Everything decidable from the manifest is decided here, at intake: the URL's scheme and literal address, the
 language code, the model name. The worker (images/transcribe) only checks what needs the network.
+
+A manifest with `sources` (many) instead of `source` is not run as this kind: intake turns it into the equivalent
+fleet manifest (`expand`), whose `transcribe` processor (images/fleet/processors/transcribe.py) writes each
+source's transcripts and one parquet row per source.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_serializer, model_validator
 
 from ..destinations import url_problem
-from ..manifest import Strict
+from ..manifest import ENVELOPE_FIELDS, Strict
 from . import KindSpec
+from .fleet import MAX_INLINE_ITEMS, FleetRun
 
 FORMATS = ("srt", "vtt", "json", "txt")
 # Whisper's language codes (faster_whisper.tokenizer._LANGUAGE_CODES), kept here so intake needs no model stack.
@@ -86,9 +91,93 @@ class TranscribeOptions(Strict):
         return list(dict.fromkeys(v))
 
 
+class BadItem(ValueError):
+    """A fleet item that does not encode a transcription source."""
+
+
+# -- a source as a fleet item ------------------------------------------------------------------------------------
+# A transcribe item is the source as one plain string: the URL itself ("https://host/talk.mp3"), or the bucket key
+# itself ("media/talk.ogg"). An item holding "://" is a URL, anything else a key: a key never holds "//" (no empty
+# segments), so no key reads as a URL. Plain strings keep the dataset's `item` column readable, and an items file
+# or a prefix listing of keys is already valid input for the processor.
+
+def source_item(source: Source) -> str:
+    return source.url if source.url is not None else str(source.key)
+
+
+def parse_item(item: str) -> Source:
+    """The source an item encodes, checked as intake checks a manifest's `source`; BadItem says why not."""
+    try:
+        return Source.model_validate({"url": item} if "://" in item else {"key": item})
+    except ValidationError as exc:
+        what = "URL" if "://" in item else "key"
+        reasons = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors(include_input=False))
+        raise BadItem(f"not a transcribe source ({what}): {reasons}") from None
+
+
+def item_problem(item: str) -> str | None:
+    try:
+        parse_item(item)
+    except BadItem as exc:
+        return str(exc)
+    return None
+
+
+class TranscribeFleet(FleetRun):
+    """The `fleet` section of a many-sources manifest: the fleet kind's own settings (workers, leases, output),
+    with one source per shard by default since each is minutes of audio."""
+
+    shard_size: int = Field(1, ge=1, le=1000)
+
+
 class TranscribeBody(Strict):
-    source: Source
+    source: Source | None = None
+    sources: list[Source] | None = Field(None, min_length=1, max_length=MAX_INLINE_ITEMS,
+                                         description="many sources: run as a fleet (see `expand`)")
     options: TranscribeOptions = Field(default_factory=TranscribeOptions)
+    fleet: TranscribeFleet | None = Field(None, description="how the fleet runs; only with `sources`")
+
+    @field_validator("sources")
+    @classmethod
+    def _not_both(cls, v: list[Source] | None, info: ValidationInfo) -> list[Source] | None:
+        if v is not None and info.data.get("source") is not None:  # named here, so the error names the field
+            raise ValueError("give either 'source' (one) or 'sources' (many), not both")
+        return v
+
+    @field_validator("fleet")
+    @classmethod
+    def _many_only(cls, v: TranscribeFleet | None, info: ValidationInfo) -> TranscribeFleet | None:
+        if v is not None and info.data.get("source") is not None:
+            raise ValueError("goes with 'sources'; a single 'source' runs as one job")
+        return v
+
+    @model_validator(mode="after")
+    def _one_or_many(self) -> "TranscribeBody":
+        if self.source is None and self.sources is None:
+            raise ValueError("give 'source' (one) or 'sources' (many)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _single_as_before(self, handler) -> dict[str, Any]:
+        """A single-source job's stored manifest stays what it always was: no `sources` or `fleet` fields."""
+        data = handler(self)
+        if self.sources is None:
+            data.pop("sources", None)
+            data.pop("fleet", None)
+        return data
+
+
+def expand(body: TranscribeBody, obj: dict[str, Any]) -> dict[str, Any] | None:
+    """A many-sources manifest as the fleet manifest that runs it: the sources inline as items, the options as the
+    `transcribe` processor's, the `fleet` section's settings, the user's own envelope (so the fleet kind's
+    defaults for liveness apply), and `expanded_from` to say where it came from. None: a single source."""
+    if body.sources is None:
+        return None
+    envelope = {k: v for k, v in obj.items() if k in ENVELOPE_FIELDS and k != "kind"}
+    return {**envelope, "kind": "fleet", "expanded_from": "transcribe",
+            **(body.fleet or TranscribeFleet()).model_dump(mode="json"),
+            "items": {"inline": [source_item(s) for s in body.sources]},
+            "processor": {"name": "transcribe", "options": body.options.model_dump(mode="json")}}
 
 
 def verify(manifest: Any, result: dict[str, Any]) -> list[str]:
@@ -115,4 +204,5 @@ SPEC = KindSpec(
     default_resources={"heartbeat_s": 10.0, "stall_after_s": 120.0},
     launcher="runpod",
     preload="bucketrun.images.transcribe.model:preload",
+    expand=expand,
 )

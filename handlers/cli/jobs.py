@@ -211,6 +211,33 @@ def _get_dataset(bucket, dataset: dict, out: Path) -> None:
         raise CliError(str(exc)) from exc
     print(f"{parts}/ ({stats['parts']} parts, {stats['rows']} rows, {stats['items']} items, "
           f"{stats['dead_letters']} dead-lettered: verified)")
+    _get_item_files(bucket, sorted(parts.iterdir()), out / "items")
+
+
+def _get_item_files(bucket, part_files: list[Path], out: Path) -> None:
+    """A processor's per-item files (the transcribe processor's transcripts): each row's `<name>_key` column
+    with a `<name>_sha256` beside it, fetched and checked, as items/<item index>.<name>."""
+    import pyarrow.parquet as pq
+
+    wanted = []
+    for path in part_files:
+        table = pq.read_table(path)
+        names = [c[: -len("_key")] for c in table.column_names
+                 if c.endswith("_key") and f"{c[: -len('_key')]}_sha256" in table.column_names]
+        for row in table.select(["item_index", *(f"{n}_{x}" for n in names for x in ("key", "sha256"))]).to_pylist():
+            wanted += [(row["item_index"], n, row[f"{n}_key"], row[f"{n}_sha256"]) for n in names if row[f"{n}_key"]]
+    if not wanted:
+        return
+    out.mkdir(exist_ok=True)
+    for index, name, key, sha256 in wanted:
+        try:
+            data = bucket.get(key).data
+        except NotFound as exc:
+            raise CliError(f"{key} (item {index}) is missing from the bucket") from exc
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise CliError(f"{key} (item {index}) does not match the sha256 its row records; not trusting it")
+        (out / f"{index:09d}.{name}").write_bytes(data)
+    print(f"{out}/ ({len(wanted)} per-item files: verified)")
 
 
 def cmd_cancel(args) -> int:

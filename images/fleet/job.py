@@ -16,7 +16,8 @@ import pyarrow as pa
 from bucketrun.events import aconditional, keys
 from bucketrun.events.errors import BucketrunError, IllegalTransition, NotFound, StaleAttempt
 from bucketrun.events.failures import FailureClass, error_detail
-from bucketrun.events.fleet.plan import Plan, PlanError, list_items, load_items, read_items_file, read_plan, write_plan
+from bucketrun.events.fleet.plan import (Plan, PlanError, list_items, load_items, plan_source, read_items_file,
+                                         read_plan, write_plan)
 from bucketrun.events.kinds.fleet import FleetBody
 from bucketrun.events.lifecycle import JobState, JobView, append_transition, read_view
 from bucketrun.events.manifest import JobManifest, load_job_manifest
@@ -90,7 +91,9 @@ class FleetJob:
             self.plan = await read_plan(self.bucket, self.job_id)
             self.plan_existed = self.plan is not None and not self.plan.ours
             if self.plan is None:
-                if items_src.file:
+                if items_src.inline is not None:
+                    items = list(items_src.inline)
+                elif items_src.file:
                     items = await read_items_file(self.bucket, items_src.file)
                 else:
                     items = await list_items(self.source, items_src.prefix or "", items_src.suffix)
@@ -99,14 +102,15 @@ class FleetJob:
                     raise PlanError(f"no items found in {where}" + (f" ending in {items_src.suffix!r}"
                                                                      if items_src.suffix else ""))
                 self.plan = await write_plan(self.bucket, self.job_id, items, self.body.shard_size,
-                                             items_src.model_dump(mode="json"), self.writer)
+                                             plan_source(items_src), self.writer)
                 self.items = items if self.plan.ours else await load_items(self.bucket, self.plan)
             else:
                 self.items = await load_items(self.bucket, self.plan)
         except PlanError as exc:
             await self.fail(FailureClass.BAD_INPUT, str(exc), where="plan")
             raise FleetStopped(str(exc)) from exc
-        ctx = ProcessorContext(self.source, Path(self._tmp.name), self.device, self.writer)
+        ctx = ProcessorContext(self.source, Path(self._tmp.name), self.device, self.writer, output=self.sync,
+                               output_prefix=self.output_prefix, job_id=self.job_id, attempt=self.attempt)
         try:
             self.processor = make_processor(self.body.processor.factory, self.body.processor.options, ctx)
             self.schema = schema_of(self.processor)

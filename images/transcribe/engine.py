@@ -82,7 +82,11 @@ def transcribe_file(path, whisper, choice: model.ModelChoice, decoding: settings
     try:
         while True:
             with stage("decode"):
-                window = next(windows, None)
+                try:
+                    window = next(windows, None)
+                except (ValueError, OSError) as exc:  # PyAV mid-stream (a format change, a truncated file)
+                    raise JobFailure(FailureClass.BAD_INPUT, f"the audio could not be decoded past "
+                                     f"{end_s:.1f} s ({exc})", where="source") from exc
             if window is None:
                 break
             check()

@@ -17,18 +17,21 @@ from .model import ModelChoice
 CPU_BEAM = 5
 CPU_BATCH: int | None = None
 GPU_BEAM = 5
-# Windows: decoded and transcribed one at a time, cut in a silence, so memory does not grow with duration.
-WINDOW_TARGET_S = 120.0
-WINDOW_MAX_S = 180.0
-WINDOW_SEARCH_S = 30.0
+# Windows: decoded and transcribed one at a time, cut in a silence, so memory does not grow with duration. On a
+# CPU a window's peak is about 70 MB plus 0.8 MB per second of audio (base, int8, measured with bench/long_audio.py),
+# so 90 s keeps a worker within 300 MB of idle. On a GPU the batched pipeline needs many 30 s chunks per window
+# to fill its batches (16 x 30 s = 480 s), and host memory is not the constraint there.
+WINDOW_SEARCH_S = 20.0
+CPU_WINDOW = (60.0, 90.0)
+GPU_WINDOW = (480.0, 600.0)
 
 
 @dataclass(frozen=True)
 class Decoding:
     beam_size: int
     batch_size: int | None  # None: WhisperModel.transcribe; n: BatchedInferencePipeline with batches of n
-    window_target_s: float = WINDOW_TARGET_S
-    window_max_s: float = WINDOW_MAX_S
+    window_target_s: float = CPU_WINDOW[0]
+    window_max_s: float = CPU_WINDOW[1]
 
 
 def resolve(beam_size: int | None, choice: ModelChoice) -> Decoding:
@@ -36,8 +39,9 @@ def resolve(beam_size: int | None, choice: ModelChoice) -> Decoding:
     if choice.device == "cuda":
         from .gpu import batch_size_for, free_vram_bytes
 
-        return Decoding(beam_size or GPU_BEAM, batch_size_for(free_vram_bytes(), choice.name, choice.compute_type))
-    return Decoding(beam_size or CPU_BEAM, CPU_BATCH)
+        return Decoding(beam_size or GPU_BEAM, batch_size_for(free_vram_bytes(), choice.name, choice.compute_type),
+                        *GPU_WINDOW)
+    return Decoding(beam_size or CPU_BEAM, CPU_BATCH, *CPU_WINDOW)
 
 
 def output_options(opts: Any, choice: ModelChoice, decoding: Decoding, vad: bool) -> dict[str, Any]:

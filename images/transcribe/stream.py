@@ -20,9 +20,9 @@ from bucketrun.events.failures import FailureClass, JobFailure
 SAMPLE_RATE = 16000
 
 # Pauses between phrases are often 300-700 ms, so a 300 ms minimum finds plenty of candidates in a 90 s search
-# region while staying longer than the gaps inside words (stop consonants, ~100 ms). The 100 ms pad (less than
-# faster-whisper's 400 ms) keeps short pauses visible; since the cut is the middle of the longest gap, it still
-# lands at least 150 ms from the edge of detected speech.
+# region while staying longer than the gaps inside words (stop closures, ~100 ms). The 100 ms pad (faster-whisper
+# uses 400 ms) keeps such pauses visible as gaps; a cut is never inside a padded span, so it is at least 100 ms
+# from speech the VAD heard (150 ms when the gap lies between two spans: the middle of a >= 100 ms gap).
 CUT_VAD = VadOptions(min_silence_duration_ms=300, speech_pad_ms=100)
 VAD_PIECE_S = 30.0  # the VAD's working set grows with its input (~0.3 MB/s): 90 s in one call costs 27 MB
 VAD_CONTEXT_S = 1.0  # audio either side of each piece given to the VAD, so piece edges are judged in context

@@ -27,13 +27,18 @@ class ProcessorError(Exception):
 @dataclass
 class ProcessorContext:
     """What a processor may use: the bucket its items live in (async, see events/storage/aio.py), a scratch
-    folder, the device, and the worker's identity for its logs."""
+    folder, the device, the worker's identity for its logs, and where objects of its own go besides the rows
+    (the job's bucket and the fleet's output prefix; their keys are in events/keys.py)."""
 
     source: Any  # an async bucket: `await source.get(key)`, `source.list(prefix)`
     workdir: Path
     device: str = "cpu"
     worker_id: str = "worker"
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("bucketrun.fleet.processor"))
+    output: Any = None  # the job's bucket, synchronous (events/storage): process() runs in a thread
+    output_prefix: str = ""  # the fleet's output prefix in it (the parts and dataset.json are there too)
+    job_id: str = ""
+    attempt: int = 0
 
 
 class Processor(Protocol):

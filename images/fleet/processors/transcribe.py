@@ -1,0 +1,218 @@
+"""The transcribe processor: each item is one source (a bucket key or a URL, events/kinds/transcribe.py
+`parse_item`), transcribed with the transcribe kind's own core (images/transcribe/engine.py) and settings, its
+requested formats written as per-item files under the fleet's output prefix, and one row per source naming them.
+
+A many-sources transcribe manifest runs as a fleet with this processor (events/kinds/transcribe.py `expand`). A
+source that cannot be fetched or transcribed is that item's error row; the fleet goes on with the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from bucketrun.events import keys
+from bucketrun.events.errors import BucketrunError, NotFound
+from bucketrun.events.failures import JobFailure
+from bucketrun.events.kinds.transcribe import FORMATS, BadItem, TranscribeOptions, parse_item
+
+from . import ProcessorContext, ProcessorError
+
+log = logging.getLogger("bucketrun.fleet.transcribe")
+
+
+class SourceFailed(Exception):
+    """This item's source could not be fetched or transcribed (a bad URL, a missing key, not media): the
+    message is the item's error row."""
+
+
+@dataclass
+class Fetched:
+    """fetch()'s payload: the media in its own folder (removed once processed, or by close())."""
+
+    folder: Path
+    path: Path
+    source_type: str  # "url" or "key"
+    media_sha256: str
+    media_bytes: int
+
+
+@dataclass(frozen=True)
+class _Producer:
+    """Who stores a fresh result in the cache: cache.store reads only these three of its producer."""
+
+    bucket: Any
+    job_id: str
+    attempt: int
+
+
+COLUMNS: dict[str, pa.DataType] = {
+    "source_type": pa.string(), "media_sha256": pa.string(), "media_bytes": pa.int64(), "language": pa.string(),
+    "duration_s": pa.float64(), "segments": pa.int64(), "words": pa.int64(), "rtf": pa.float64(),
+    "windows": pa.int64(), "model": pa.string(), "device": pa.string(), "cached": pa.bool_(),
+    "seconds": pa.float64(),
+    **{f"{fmt}_{field}": (pa.int64() if field == "bytes" else pa.string())
+       for fmt in FORMATS for field in ("key", "sha256", "bytes")},
+}
+
+
+class Transcribe:
+    columns = COLUMNS
+    blocking = True  # Whisper holds the CPU/GPU for minutes per source
+
+    def __init__(self, options: TranscribeOptions, ctx: ProcessorContext):
+        if ctx.output is None:
+            raise ProcessorError("the transcribe processor writes per-item files: its context needs `output`")
+        self.options, self.ctx = options, ctx
+        self._model: tuple[Any, Any] | None = None
+        self._lock = threading.Lock()
+        self._source_bucket = None
+        self._folders: set[Path] = set()
+
+    # --- fetch: the source -> a per-item folder ---------------------------------------------------------------
+
+    async def fetch(self, item: str) -> Fetched:
+        from bucketrun.images.transcribe import cache, fetch
+
+        try:
+            source = parse_item(item)
+        except BadItem as exc:
+            raise SourceFailed(str(exc)) from exc
+        self.ctx.workdir.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix="transcribe-", dir=self.ctx.workdir))
+        self._folders.add(folder)
+        try:
+            if source.url is not None:  # yt-dlp blocks: a thread (fetch_url checks the URL's address first)
+                path = await asyncio.to_thread(fetch.fetch_url, source.url, folder)
+            else:
+                path = await asyncio.to_thread(fetch.fetch_key, self._items_bucket(), source.key, folder)
+            digest = await asyncio.to_thread(cache.sha256_file, path)
+            return Fetched(folder, path, "url" if source.url is not None else "key", digest, path.stat().st_size)
+        except JobFailure as exc:
+            self._discard(folder)
+            raise SourceFailed(exc.message) from exc
+        except BaseException:
+            self._discard(folder)
+            raise
+
+    def _items_bucket(self):
+        """The items' bucket, synchronous, for a streamed download (media can be hours; never one bytes object)."""
+        if self._source_bucket is None:
+            from bucketrun.events.storage import open_bucket
+
+            self._source_bucket = getattr(self.ctx.source, "sync", None) or open_bucket(self.ctx.source.url)
+        return self._source_bucket
+
+    # --- process: transcribe, write the files, one row ----------------------------------------------------------
+
+    def model(self):
+        """(WhisperModel, ModelChoice), loaded on first use, once: as the transcribe kind chooses it (base offline
+        on CPU, large-v3 on CUDA). A model that cannot load is the processor's failure, not the source's."""
+        with self._lock:
+            if self._model is None:
+                from bucketrun.images.transcribe.model import choose, load
+
+                try:
+                    choice = choose(self.options.model)
+                    self._model = (load(choice), choice)
+                except JobFailure as exc:
+                    raise ProcessorError(exc.message) from exc
+            return self._model
+
+    def process(self, item: str, payload: Fetched) -> list[dict[str, Any]]:
+        try:
+            return [self._row(item, payload)]
+        finally:
+            self._discard(payload.folder)
+
+    def _row(self, item: str, got: Fetched) -> dict[str, Any]:
+        from bucketrun.events.result_cache import options_digest
+        from bucketrun.images.transcribe import engine, settings
+
+        opts, started = self.options, time.monotonic()
+        whisper, choice = self.model()
+        vad = True if opts.vad is None else opts.vad
+        decoding = settings.resolve(opts.beam_size, choice)  # the same resolution as a single-source job
+        resolved = settings.output_options(opts, choice, decoding, vad)
+        digest = options_digest(resolved)
+        served = self._from_cache(digest, got.media_sha256) if opts.cache else None
+        if served is not None:
+            rendered, summary = served
+        else:
+            try:
+                run = engine.transcribe_file(got.path, whisper, choice, decoding, opts, vad)
+            except JobFailure as exc:
+                raise SourceFailed(exc.message) from exc
+            rendered, summary = engine.render_all(run.segments, run.result(resolved)), run.summary()
+        row: dict[str, Any] = dict.fromkeys(self.columns)
+        row.update(source_type=got.source_type, media_sha256=got.media_sha256, media_bytes=got.media_bytes,
+                   language=summary.get("language"), duration_s=summary.get("duration"),
+                   segments=summary.get("segments"), words=summary.get("words"), rtf=summary.get("rtf"),
+                   windows=summary.get("windows"), model=summary.get("model"), device=summary.get("device"),
+                   cached=served is not None)
+        for fmt in opts.formats:
+            data, content_type = rendered[fmt]
+            sha = hashlib.sha256(data).hexdigest()
+            key = keys.fleet_item_artifact_key(self.ctx.output_prefix, item, sha, fmt)
+            self.ctx.output.put(key, data, content_type)
+            row.update({f"{fmt}_key": key, f"{fmt}_sha256": sha, f"{fmt}_bytes": len(data)})
+        if opts.cache and served is None:
+            self._store(digest, got.media_sha256, resolved, rendered, summary)
+        row["seconds"] = round(time.monotonic() - started, 3)
+        return row
+
+    def _from_cache(self, digest: str, media_sha256: str) -> tuple[dict[str, tuple[bytes, str]], dict] | None:
+        """The requested formats of a cached result for this media under these options, each checked against
+        the entry's sha256 (as cache.serve checks them); None if there is none, or it is broken."""
+        from bucketrun.images.transcribe import cache
+
+        entry = cache.lookup(self.ctx.output, digest, media_sha256)
+        if entry is None:
+            return None
+        by_format = {f.format: f for f in entry.files}
+        rendered = {}
+        for fmt in self.options.formats:
+            record = by_format.get(fmt)
+            try:
+                data = self.ctx.output.get(record.key).data if record else None
+            except NotFound:
+                data = None
+            if data is None or hashlib.sha256(data).hexdigest() != record.sha256:
+                log.warning("cache entry for %s… is broken (%s); transcribing afresh", media_sha256[:12], fmt)
+                return None
+            rendered[fmt] = (data, record.content_type)
+        return rendered, entry.summary
+
+    def _store(self, digest: str, media_sha256: str, resolved: dict[str, Any],
+               rendered: dict[str, tuple[bytes, str]], summary: dict[str, Any]) -> None:
+        from bucketrun.images.transcribe import cache
+
+        producer = _Producer(self.ctx.output, self.ctx.job_id, self.ctx.attempt)
+        try:
+            cache.store(producer, digest, media_sha256, None, resolved, rendered, summary)
+        except BucketrunError as exc:  # the item's own files are written: a missed cache entry costs a re-run
+            log.warning("could not store %s… in the result cache: %s", media_sha256[:12], exc)
+
+    def _discard(self, folder: Path | None) -> None:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+            self._folders.discard(folder)
+
+    def close(self) -> None:
+        """Folders of sources fetched but never processed (the worker stopped mid-prefetch) go too."""
+        for folder in list(self._folders):
+            self._discard(folder)
+
+
+def make(options: dict[str, Any], ctx: ProcessorContext) -> Transcribe:
+    return Transcribe(TranscribeOptions.model_validate(options), ctx)
