@@ -129,8 +129,10 @@ def wait_for_launch(bucket: Bucket, job_id: str, attempt: int, timeout_s: float 
     """The launcher appends `launched` after the backend accepts the job, so a fast worker waits for it."""
     deadline = time.monotonic() + timeout_s
     view = read_view(bucket, job_id)
+    pause = 0.005  # the transition is usually milliseconds behind: look again soon, then back off to 0.2 s
     while view.state is JobState.QUEUED and view.attempt == attempt and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
         view = read_view(bucket, job_id, known=view)
     return view
 
