@@ -75,7 +75,8 @@ def transcribe_file(path, whisper, choice: model.ModelChoice, decoding: settings
         return stages(name) if stages is not None else nullcontext()
 
     windows = iter(stream.windows(stream.decode_stream(path), target_s=decoding.window_target_s,
-                                  max_s=decoding.window_max_s, search_s=settings.WINDOW_SEARCH_S))
+                                  max_s=decoding.window_max_s,
+                                  search_s=min(settings.WINDOW_SEARCH_S, decoding.window_target_s / 2)))
     segments: list[subtitles.Segment] = []
     language, probability, n, end_s = opts.language, None, 0, 0.0
     t0 = time.monotonic()
