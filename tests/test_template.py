@@ -133,7 +133,8 @@ def test_no_key_a_handler_writes_matches_a_trigger(template):
             "launch_claim_key", "idempotency_key", "log_key", "intake_key", "live_key", "fleet_plan_key",
             "fleet_lease_key", "fleet_done_key", "fleet_part_key", "fleet_dataset_key", "fleet_heartbeat_key",
             "fleet_index_key", "fleet_instance_key", "agent_offer_key", "agent_claim_key", "host_key",
-            "preflight_key", "train_log_key", "mirror_manifest_key", "report_key"} <= set(written)
+            "preflight_key", "train_log_key", "mirror_manifest_key", "report_key",
+            "fleet_item_artifact_key"} <= set(written)
     for name, key in written.items():
         for prefix, suffix in filters:
             assert not (key.startswith(prefix) and key.endswith(suffix)), f"{name} -> {key} would re-trigger"

@@ -24,7 +24,7 @@ from bucketrun.events.storage import open_bucket
 from bucketrun.images.fleet.run import run_workers
 from bucketrun.local_sim import fleet_harness as harness
 
-from conftest import SPEECH_TEXT
+from conftest import ROOT, SPEECH_TEXT
 from subtitle_rules import wer
 
 SHORT_TEXTS = {"second.wav": "Please bring the green umbrella from the kitchen table before the rain starts.",
@@ -58,6 +58,8 @@ def test_many_sources_become_a_fleet_manifest():
     assert body.processor.options["language"] == "en" and body.processor.options["formats"] == ["srt", "txt"]
     assert m.resources.stall_after_s == 600.0  # the fleet kind's liveness defaults, not a single job's
     assert validate_manifest(m.to_json()).to_json() == m.to_json()  # the stored manifest reads back the same
+    example = validate_manifest(json.loads((ROOT / "examples" / "transcribe-many.json").read_text()))
+    assert example.kind == "fleet" and len(example.body.items.inline) == 3
     single = validate_manifest({"kind": "transcribe", "source": {"key": "media/a.ogg"}})
     assert single.kind == "transcribe" and "sources" not in single.to_json() and "fleet" not in single.to_json()
 
@@ -173,7 +175,8 @@ def test_many_sources_run_as_a_fleet(bucket_url, media_dir, short_clips, http_me
     assert "404" in rows[5]["error"] or "Not Found" in rows[5]["error"], rows[5]["error"]
     # `bucketrun get` checks the dataset, then each row's files, and keeps them by item index
     got = subprocess.run([str(Path(sys.executable).with_name("bucketrun")), "get", job, "--out", str(tmp_path / "got")],
-                         capture_output=True, text=True, timeout=120, env={**os.environ, "BUCKETRUN_BUCKET": bucket_url})
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "BUCKETRUN_BUCKET": bucket_url})
     assert got.returncode == 0, got.stderr
     assert "6 items, 0 dead-lettered: verified" in got.stdout and "12 per-item files: verified" in got.stdout
     assert (tmp_path / "got" / "items" / "000000003.txt").read_bytes() == bucket.get(rows[3]["txt_key"]).data
