@@ -78,6 +78,10 @@ def test_identical_jobs_racing_leave_one_entry_then_later_jobs_are_served_from_i
     # Both ran the model (neither found an entry), exactly one entry was created, and the loser's files are gone.
     assert not first["cache"]["hit"] and not second["cache"]["hit"]
     assert first["model_seconds"] > 0 and second["model_seconds"] > 0
+    # Each attempt says where its time went, hand-offs included.
+    assert {"intake", "launch", "pickup", "setup", "fetch", "hash", "cache", "decode", "transcribe", "render",
+            "write", "cache-store"} <= set(first["stages"])
+    assert all(v >= 0 for v in first["stages"].values()) and first["stages"]["transcribe"] > 0
     assert sorted([first["cache"]["stored"], second["cache"]["stored"]]) == [False, True]
     [entry_key] = entries(bucket)
     entry = codec.loads(bucket.get(entry_key).data)

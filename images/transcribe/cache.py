@@ -73,10 +73,11 @@ def serve(ctx: Attempt, entry: CacheEntry, formats: list[str]) -> None:
         ctx.put_artifact(f"transcript.{fmt}", data, record.content_type, format=fmt)
 
 
-def store(ctx: Attempt, digest: str, media_sha256: str, media_id: str | None, options: dict[str, Any],
+def store(ctx: Attempt | Any, digest: str, media_sha256: str, media_id: str | None, options: dict[str, Any],
           rendered: dict[str, tuple[bytes, str]], summary: dict[str, Any]) -> dict[str, Any]:
     """Files first, then the entry (create-if-absent) that makes them a result; a producer that loses the race
-    removes its own files and leaves the winner's entry. Returns what the job records about the cache."""
+    removes its own files and leaves the winner's entry. Returns what the job records about the cache. `ctx`:
+    an attempt, or anything with its `bucket`, `job_id` and `attempt` (the fleet's transcribe processor)."""
     prefix = keys.transcript_cache_files_prefix(digest, media_sha256, ctx.job_id, ctx.attempt)
     files = []
     for fmt, (data, content_type) in rendered.items():
