@@ -141,3 +141,18 @@ def test_bench_says_plainly_that_there_is_no_cuda_device(tmp_path):
     result = json.loads(out.read_text())
     assert result["cuda"] is False and result["ran"] is False
     assert result["published"]["audio_min_per_s"] == pytest.approx(13 / 17, abs=1e-3)
+
+
+def test_settings_resolve_per_device_and_without_vad(monkeypatch):
+    from bucketrun.images.transcribe import settings
+    from bucketrun.images.transcribe.model import ModelChoice
+
+    cpu = ModelChoice("base", "cpu", "int8")
+    assert settings.resolve(None, cpu) == settings.Decoding(settings.CPU_BEAM, settings.CPU_BATCH, *settings.CPU_WINDOW)
+    assert settings.resolve(3, cpu).beam_size == 3  # the job's own beam wins
+    assert settings.resolve(None, cpu, vad=False).batch_size is None  # the batched pipeline cuts at VAD spans
+    monkeypatch.setenv(gpu.BATCH_ENV, "12")
+    cuda = settings.resolve(None, ModelChoice("large-v3", "cuda", "float16"))
+    assert cuda.batch_size == 12 and cuda.beam_size == settings.GPU_BEAM
+    assert (cuda.window_target_s, cuda.window_max_s) == settings.GPU_WINDOW
+    assert cuda.window_target_s >= 16 * 30  # a window holds enough 30 s chunks to fill large batches

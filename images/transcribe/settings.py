@@ -13,9 +13,11 @@ from typing import Any
 
 from .model import ModelChoice
 
-# CPU default: the fastest setting whose WER stayed within 0.01 of beam 5 (bench/results/cpu_settings.json).
-CPU_BEAM = 5
-CPU_BATCH: int | None = None
+# CPU default: the fastest setting whose WER stayed within 0.01 of sequential beam 5 (bench/cpu_settings.py,
+# bench/results/cpu_settings.json): faster-whisper's batched pipeline at beam 1. On a CPU the batch size barely
+# matters (2-16 were within noise); 4 fits the 3 chunks of a 90 s window.
+CPU_BEAM = 1
+CPU_BATCH: int | None = 4
 GPU_BEAM = 5
 # Windows: decoded and transcribed one at a time, cut in a silence, so memory does not grow with duration. On a
 # CPU a window's peak is about 70 MB plus 0.8 MB per second of audio (base, int8, measured with bench/long_audio.py),
@@ -34,14 +36,15 @@ class Decoding:
     window_max_s: float = CPU_WINDOW[1]
 
 
-def resolve(beam_size: int | None, choice: ModelChoice) -> Decoding:
-    """The job's beam if it set one; else the device's default. On CUDA batches are sized from free VRAM."""
+def resolve(beam_size: int | None, choice: ModelChoice, vad: bool = True) -> Decoding:
+    """The job's beam if it set one; else the device's default. On CUDA batches are sized from free VRAM. The
+    batched pipeline cuts its batches at VAD speech spans, so without VAD a job runs sequentially."""
     if choice.device == "cuda":
         from .gpu import batch_size_for, free_vram_bytes
 
-        return Decoding(beam_size or GPU_BEAM, batch_size_for(free_vram_bytes(), choice.name, choice.compute_type),
-                        *GPU_WINDOW)
-    return Decoding(beam_size or CPU_BEAM, CPU_BATCH, *CPU_WINDOW)
+        batch = batch_size_for(free_vram_bytes(), choice.name, choice.compute_type) if vad else None
+        return Decoding(beam_size or GPU_BEAM, batch, *GPU_WINDOW)
+    return Decoding(beam_size or CPU_BEAM, CPU_BATCH if vad else None, *CPU_WINDOW)
 
 
 def output_options(opts: Any, choice: ModelChoice, decoding: Decoding, vad: bool) -> dict[str, Any]:

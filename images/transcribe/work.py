@@ -19,13 +19,14 @@ from . import cache, engine, fetch, model, settings, stream
 
 log = logging.getLogger("bucketrun.worker")
 
+
 def transcribe(ctx: Attempt) -> dict[str, Any]:
     """The registered work of the `transcribe` kind (events/kinds/transcribe.py names it): fetch, answer from
     the result cache if it holds this media under these options, else transcribe window by window and store."""
     opts, source, st = ctx.manifest.body.options, ctx.manifest.body.source, ctx.stages
     choice = model.choose(opts.model)
     vad = True if opts.vad is None else opts.vad
-    decoding = settings.resolve(opts.beam_size, choice)
+    decoding = settings.resolve(opts.beam_size, choice, vad)
     resolved = settings.output_options(opts, choice, decoding, vad)
     digest = options_digest(resolved)
     ctx.progress("fetch", 0.0)

@@ -142,7 +142,7 @@ class Transcribe:
         opts, started = self.options, time.monotonic()
         whisper, choice = self.model()
         vad = True if opts.vad is None else opts.vad
-        decoding = settings.resolve(opts.beam_size, choice)  # the same resolution as a single-source job
+        decoding = settings.resolve(opts.beam_size, choice, vad)  # the same resolution as a single-source job
         resolved = settings.output_options(opts, choice, decoding, vad)
         digest = options_digest(resolved)
         served = self._from_cache(digest, got.media_sha256) if opts.cache else None
