@@ -13,11 +13,12 @@ from typing import Any
 
 from .model import ModelChoice
 
-# CPU default: the fastest setting whose WER stayed within 0.01 of sequential beam 5 (bench/cpu_settings.py,
-# bench/results/cpu_settings.json): faster-whisper's batched pipeline at beam 1. On a CPU the batch size barely
-# matters (2-16 were within noise); 4 fits the 3 chunks of a 90 s window.
-CPU_BEAM = 1
-CPU_BATCH: int | None = 4
+# CPU default (bench/cpu_settings.py; README "Benchmark"): faster-whisper's batched pipeline at beam 5, the
+# fastest setting whose WER stayed within 0.01 of sequential beam 5 both on 12 short clips and on the same speech
+# as one 5-minute file. Beam 1 is faster but lost 0.045 WER on the long file. Batch 8 was measured in both passes;
+# on a CPU the batch size barely matters (2-16 within noise).
+CPU_BEAM = 5
+CPU_BATCH: int | None = 8
 GPU_BEAM = 5
 # Windows: decoded and transcribed one at a time, cut in a silence, so memory does not grow with duration. On a
 # CPU a window's peak is about 70 MB plus 0.8 MB per second of audio (base, int8, measured with bench/long_audio.py),

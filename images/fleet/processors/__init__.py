@@ -56,6 +56,33 @@ class Processor(Protocol):
     def close(self) -> None: ...
 
 
+class ScratchFolders:
+    """Per-item scratch folders a processor makes in fetch() and removes once the item is processed; close()
+    removes those of items fetched but never processed (the worker stopped mid-prefetch)."""
+
+    def __init__(self, workdir: Path, prefix: str):
+        self.workdir, self.prefix, self.live = workdir, prefix, set()
+
+    def new(self) -> Path:
+        import tempfile
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=self.prefix, dir=self.workdir))
+        self.live.add(folder)
+        return folder
+
+    def discard(self, folder: Path | None) -> None:
+        import shutil
+
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+            self.live.discard(folder)
+
+    def close(self) -> None:
+        for folder in list(self.live):
+            self.discard(folder)
+
+
 def make_processor(factory: str, options: dict[str, Any], ctx: ProcessorContext) -> Processor:
     try:
         make = load_entry_point(factory)

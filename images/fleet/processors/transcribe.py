@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ from bucketrun.events.errors import BucketrunError, NotFound
 from bucketrun.events.failures import JobFailure
 from bucketrun.events.kinds.transcribe import FORMATS, BadItem, TranscribeOptions, parse_item
 
-from . import ProcessorContext, ProcessorError
+from . import ProcessorContext, ProcessorError, ScratchFolders
 
 log = logging.getLogger("bucketrun.fleet.transcribe")
 
@@ -77,7 +75,7 @@ class Transcribe:
         self._model: tuple[Any, Any] | None = None
         self._lock = threading.Lock()
         self._source_bucket = None
-        self._folders: set[Path] = set()
+        self.scratch = ScratchFolders(ctx.workdir, "transcribe-")
 
     # --- fetch: the source -> a per-item folder ---------------------------------------------------------------
 
@@ -88,9 +86,7 @@ class Transcribe:
             source = parse_item(item)
         except BadItem as exc:
             raise SourceFailed(str(exc)) from exc
-        self.ctx.workdir.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix="transcribe-", dir=self.ctx.workdir))
-        self._folders.add(folder)
+        folder = self.scratch.new()
         try:
             if source.url is not None:  # yt-dlp blocks: a thread (fetch_url checks the URL's address first)
                 path = await asyncio.to_thread(fetch.fetch_url, source.url, folder)
@@ -99,10 +95,10 @@ class Transcribe:
             digest = await asyncio.to_thread(cache.sha256_file, path)
             return Fetched(folder, path, "url" if source.url is not None else "key", digest, path.stat().st_size)
         except JobFailure as exc:
-            self._discard(folder)
+            self.scratch.discard(folder)
             raise SourceFailed(exc.message) from exc
         except BaseException:
-            self._discard(folder)
+            self.scratch.discard(folder)
             raise
 
     def _items_bucket(self):
@@ -133,7 +129,7 @@ class Transcribe:
         try:
             return [self._row(item, payload)]
         finally:
-            self._discard(payload.folder)
+            self.scratch.discard(payload.folder)
 
     def _row(self, item: str, got: Fetched) -> dict[str, Any]:
         from bucketrun.events.result_cache import options_digest
@@ -203,16 +199,8 @@ class Transcribe:
         except BucketrunError as exc:  # the item's own files are written: a missed cache entry costs a re-run
             log.warning("could not store %s… in the result cache: %s", media_sha256[:12], exc)
 
-    def _discard(self, folder: Path | None) -> None:
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
-            self._folders.discard(folder)
-
     def close(self) -> None:
-        """Folders of sources fetched but never processed (the worker stopped mid-prefetch) go too."""
-        for folder in list(self._folders):
-            self._discard(folder)
-
+        self.scratch.close()
 
 def make(options: dict[str, Any], ctx: ProcessorContext) -> Transcribe:
     return Transcribe(TranscribeOptions.model_validate(options), ctx)

@@ -12,7 +12,6 @@ import gzip
 import re
 import shutil
 import tarfile
-import tempfile
 import threading
 import zlib
 from pathlib import Path, PurePosixPath
@@ -23,7 +22,7 @@ import pyarrow as pa
 
 from bucketrun.events.kinds.fleet import TranscriptCheckOptions
 
-from . import ProcessorContext, ProcessorError
+from . import ProcessorContext, ProcessorError, ScratchFolders
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -91,7 +90,7 @@ class TranscriptCheck:
         self.options, self.ctx = options, ctx
         self._model = None
         self._model_lock = threading.Lock()
-        self._folders: set[Path] = set()
+        self.scratch = ScratchFolders(ctx.workdir, "transcript-check-")
 
     # --- fetch: bucket -> per-item folder -------------------------------------------------------------------
 
@@ -100,9 +99,7 @@ class TranscriptCheck:
         if not is_tar and not item.endswith("/"):
             raise ValueError(f"item {item!r} is neither a tar archive ({', '.join(TAR_SUFFIXES)}) "
                              "nor a folder prefix ending in '/'")
-        self.ctx.workdir.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix="transcript-check-", dir=self.ctx.workdir))
-        self._folders.add(folder)
+        folder = self.scratch.new()
         try:
             if is_tar:
                 blob = await self.ctx.source.get(item)
@@ -111,7 +108,7 @@ class TranscriptCheck:
                 files = await self._download(item, folder)
             return await asyncio.to_thread(self._pair, item, files, folder)
         except BaseException:
-            self._discard(folder)
+            self.scratch.discard(folder)
             raise
 
     def _unpack(self, data: bytes, folder: Path) -> dict[str, Path]:
@@ -185,7 +182,7 @@ class TranscriptCheck:
             model = self.model()
             return [self._row(model, name, path, text) for name, path, text in payload]
         finally:
-            self._discard(getattr(payload, "folder", None))
+            self.scratch.discard(getattr(payload, "folder", None))
 
     def _row(self, model, name: str, path: Path | None, reference: str | None) -> dict[str, Any]:
         row: dict[str, Any] = dict.fromkeys(self.columns)
@@ -215,16 +212,8 @@ class TranscriptCheck:
             row["wer"], row["cer"] = error_rates(reference, row["hypothesis"])
         return row
 
-    def _discard(self, folder: Path | None) -> None:
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
-            self._folders.discard(folder)
-
     def close(self) -> None:
-        """Folders of items fetched but never processed (the worker stopped mid-prefetch) go too."""
-        for folder in list(self._folders):
-            self._discard(folder)
-
+        self.scratch.close()
 
 def make(options: dict[str, Any], ctx: ProcessorContext) -> TranscriptCheck:
     return TranscriptCheck(TranscriptCheckOptions.model_validate(options), ctx)
