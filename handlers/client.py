@@ -42,15 +42,21 @@ def wait(bucket: Bucket, job_id: str, on_update: Callable[[dict[str, Any]], None
     taken the manifest in after `pending_hint_s`, `on_pending` is told once (no dispatcher is running?)."""
     started = time.monotonic()
     deadline = None if timeout_s is None else started + timeout_s
-    view, hinted = None, False
+    view, hinted, seen, shown_at = None, False, 0, 0.0
     while True:
         view = read_view(bucket, job_id, known=view)
         if view.history:
-            status = job_status(bucket, job_id, view)
-            if on_update:
-                on_update(status)
-            if status["terminal"]:
-                return status
+            # A poll that finds no new transition costs one listing: the status (several reads) is built only
+            # when the log moved, or at most once a second for a caller that shows progress. A fast poll must not
+            # take CPU from the worker it waits for.
+            moved = len(view.history) != seen
+            if moved or (on_update and time.monotonic() - shown_at >= 1.0):
+                seen, shown_at = len(view.history), time.monotonic()
+                status = job_status(bucket, job_id, view)
+                if on_update:
+                    on_update(status)
+                if status["terminal"]:
+                    return status
         else:
             if on_update:
                 on_update({"job_id": job_id, "state": "dropped", "progress": None, "terminal": False})
