@@ -4,7 +4,8 @@ Speech is the reference clips (bench/speech/clips.json) cycled with 1 s pauses t
 encoded as Opus as a user's upload would be. bucketrun runs each through a warm local simulation as a user
 would (submit, the sim dispatches, the warm worker transcribes), while a sampler reads the worker's RSS every
 0.1 s. The baseline is whole-file faster-whisper on the same file with the same model and settings, in its own
-process (peak from ru_maxrss, idle after the model is loaded). Goal: peak within 300 MB of the idle worker at
+process, with the same resolved settings (images/transcribe/settings.py) over the whole file at once (peak from
+ru_maxrss, idle after the model is loaded). Goal: peak within 300 MB of the idle worker at
 every length, and a WER no worse than whole-file.
 """
 
@@ -66,8 +67,13 @@ whisper = WhisperModel(str(models.offline_base_path()), device="cpu", compute_ty
                        local_files_only=True)
 idle = int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
 t0 = time.perf_counter()
-segments, info = whisper.transcribe(sys.argv[1], language="en", beam_size=decoding.beam_size, vad_filter=True,
-                                    word_timestamps=True, condition_on_previous_text=False)
+kwargs = dict(language="en", beam_size=decoding.beam_size, vad_filter=True, word_timestamps=True,
+              condition_on_previous_text=False)
+if decoding.batch_size:  # the same settings as the worker's default, over the whole file at once
+    from faster_whisper import BatchedInferencePipeline
+    segments, info = BatchedInferencePipeline(whisper).transcribe(sys.argv[1], batch_size=decoding.batch_size, **kwargs)
+else:
+    segments, info = whisper.transcribe(sys.argv[1], **kwargs)
 text = " ".join(s.text.strip() for s in segments)
 print(json.dumps({"idle_mb": idle, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "seconds": time.perf_counter() - t0, "text": text}))

@@ -15,14 +15,15 @@ from .model import ModelChoice
 
 # CPU default (bench/cpu_settings.py; README "Benchmark"): faster-whisper's batched pipeline at beam 5, the
 # fastest setting whose WER stayed within 0.01 of sequential beam 5 both on 12 short clips and on the same speech
-# as one 5-minute file. Beam 1 is faster but lost 0.045 WER on the long file. Batch 8 was measured in both passes;
-# on a CPU the batch size barely matters (2-16 within noise).
+# as one 5-minute file. Beam 1 is faster but lost 0.045 WER on the long file. On two cores the batch size does
+# not change the speed (2-16 within noise) but does change the memory: a 90 s window peaked 396 MB over the
+# loaded model at batch 8, 230 MB at batch 2 and 146 MB sequentially; so batch 2.
 CPU_BEAM = 5
-CPU_BATCH: int | None = 8
+CPU_BATCH: int | None = 2
 GPU_BEAM = 5
 # Windows: decoded and transcribed one at a time, cut in a silence, so memory does not grow with duration. On a
-# CPU a window's peak is about 70 MB plus 0.8 MB per second of audio (base, int8, measured with bench/long_audio.py),
-# so 90 s keeps a worker within 300 MB of idle. On a GPU the batched pipeline needs many 30 s chunks per window
+# CPU a sequential window's peak is about 70 MB plus 0.8 MB per second of audio (base, int8), batch 2 about 230 MB
+# at 90 s, so 60-90 s keeps a worker within 300 MB of idle (bench/long_audio.py). On a GPU the batched pipeline needs many 30 s chunks per window
 # to fill its batches (16 x 30 s = 480 s), and host memory is not the constraint there.
 WINDOW_SEARCH_S = 20.0
 CPU_WINDOW = (60.0, 90.0)
