@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bucketrun.events import codec, keys
+from bucketrun.events import codec
 from bucketrun.events.kinds.transcribe import BadItem, Source, parse_item, source_item
 from bucketrun.events.manifest import ManifestRejected, load_job_manifest, validate_manifest
 from bucketrun.events.storage import open_bucket
