@@ -221,7 +221,7 @@ def _get_item_files(bucket, part_files: list[Path], out: Path) -> None:
 
     wanted = []
     for path in part_files:
-        table = pq.read_table(path)
+        table = pq.read_table(path, use_threads=False, pre_buffer=False)  # no Arrow pool at exit (arrow#34314)
         names = [c[: -len("_key")] for c in table.column_names
                  if c.endswith("_key") and f"{c[: -len('_key')]}_sha256" in table.column_names]
         for row in table.select(["item_index", *(f"{n}_{x}" for n in names for x in ("key", "sha256"))]).to_pylist():

@@ -24,14 +24,6 @@ class BrokenEntry(Exception):
     """An entry whose files are gone or changed: the job transcribes afresh (the entry stays, write-once)."""
 
 
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def lookup(bucket: Bucket, digest: str, media_sha256: str) -> CacheEntry | None:
     try:
         blob = bucket.get(keys.transcript_cache_entry_key(digest, media_sha256))
@@ -53,49 +45,54 @@ def lookup_alias(bucket: Bucket, digest: str, media_id: str) -> str | None:
         return None
 
 
-def serve(ctx: Attempt, entry: CacheEntry, formats: list[str]) -> None:
-    """Copy the requested formats under the job's own attempt prefix, each checked against the entry's sha256
-    before it is written: a cached result is served only as the bytes it was stored with."""
+def read_files(bucket: Bucket, entry: CacheEntry, formats: list[str]) -> dict[str, tuple[bytes, str]]:
+    """The requested formats of an entry as (bytes, content type), each checked against the entry's sha256: a
+    cached result is served only as the bytes it was stored with. BrokenEntry if one is missing or changed."""
     by_format = {f.format: f for f in entry.files}
-    blobs = []
+    out = {}
     for fmt in formats:
         record = by_format.get(fmt)
         if record is None:
             raise BrokenEntry(f"the entry has no {fmt} file")
         try:
-            data = ctx.bucket.get(record.key).data
+            data = bucket.get(record.key).data
         except NotFound as exc:
             raise BrokenEntry(f"{record.key} is missing") from exc
         if hashlib.sha256(data).hexdigest() != record.sha256:
             raise BrokenEntry(f"{record.key} does not match its sha256")
-        blobs.append((fmt, record, data))
-    for fmt, record, data in blobs:
-        ctx.put_artifact(f"transcript.{fmt}", data, record.content_type, format=fmt)
+        out[fmt] = (data, record.content_type)
+    return out
 
 
-def store(ctx: Attempt | Any, digest: str, media_sha256: str, media_id: str | None, options: dict[str, Any],
-          rendered: dict[str, tuple[bytes, str]], summary: dict[str, Any]) -> dict[str, Any]:
-    """Files first, then the entry (create-if-absent) that makes them a result; a producer that loses the race
-    removes its own files and leaves the winner's entry. Returns what the job records about the cache. `ctx`:
-    an attempt, or anything with its `bucket`, `job_id` and `attempt` (the fleet's transcribe processor)."""
-    prefix = keys.transcript_cache_files_prefix(digest, media_sha256, ctx.job_id, ctx.attempt)
+def serve(ctx: Attempt, entry: CacheEntry, formats: list[str]) -> None:
+    """Copy the requested formats under the job's own attempt prefix, all checked before any is written."""
+    for fmt, (data, content_type) in read_files(ctx.bucket, entry, formats).items():
+        ctx.put_artifact(f"transcript.{fmt}", data, content_type, format=fmt)
+
+
+def store(bucket: Bucket, job_id: str, attempt: int, digest: str, media_sha256: str, media_id: str | None,
+          options: dict[str, Any], rendered: dict[str, tuple[bytes, str]], summary: dict[str, Any]) -> dict[str, Any]:
+    """Files first, then the entry (create-if-absent) that makes them a result; a producer (job `job_id`'s
+    `attempt`) that loses the race removes its own files and leaves the winner's entry. Returns what the job
+    records about the cache."""
+    prefix = keys.transcript_cache_files_prefix(digest, media_sha256, job_id, attempt)
     files = []
     for fmt, (data, content_type) in rendered.items():
         key = f"{prefix}transcript.{fmt}"
-        ctx.bucket.put(key, data, content_type)
+        bucket.put(key, data, content_type)
         files.append(CachedFile(format=fmt, key=key, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
                                 content_type=content_type))
     entry = CacheEntry(media_sha256=media_sha256, media_id=media_id, options=options, files=files, summary=summary,
-                       job_id=ctx.job_id, attempt=ctx.attempt, at=codec.iso(codec.now()))
+                       job_id=job_id, attempt=attempt, at=codec.iso(codec.now()))
     entry_key = keys.transcript_cache_entry_key(digest, media_sha256)
-    won = create_json(ctx.bucket, entry_key, entry.model_dump(mode="json")).won
+    won = create_json(bucket, entry_key, entry.model_dump(mode="json")).won
     if not won:
         for f in files:
             try:
-                ctx.bucket.delete(f.key)
+                bucket.delete(f.key)
             except BucketrunError as exc:  # an orphan costs bytes, never correctness
                 log.warning("could not remove %s after losing the cache race: %s", f.key, exc)
     if media_id:
-        create_once(ctx.bucket, keys.transcript_cache_alias_key(digest, media_id),
+        create_once(bucket, keys.transcript_cache_alias_key(digest, media_id),
                     codec.dumps({"media_id": media_id, "media_sha256": media_sha256}))
     return {"entry": entry_key, "stored": won}

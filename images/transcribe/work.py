@@ -49,7 +49,7 @@ def transcribe(ctx: Attempt) -> dict[str, Any]:
             with st("fetch"):
                 path = fetch.fetch_key(ctx.bucket, source.key, ctx.workdir)
     with st("hash"):
-        media_sha256 = cache.sha256_file(path)
+        media_sha256 = model.sha256_file(path)
     log.info("fetched %s (%d bytes, sha256 %s…)", path.name, path.stat().st_size, media_sha256[:12])
     if opts.cache:
         with st("cache"):
@@ -83,8 +83,8 @@ def transcribe(ctx: Attempt) -> dict[str, Any]:
                            "gpu_seconds": round(model_seconds, 3) if choice.device == "cuda" else 0.0}
     if opts.cache:
         with st("cache-store"):
-            out["cache"] = {"hit": False, **cache.store(ctx, digest, media_sha256, media_id, resolved, rendered,
-                                                         summary)}
+            out["cache"] = {"hit": False, **cache.store(ctx.bucket, ctx.job_id, ctx.attempt, digest,
+                                                         media_sha256, media_id, resolved, rendered, summary)}
     return out
 
 

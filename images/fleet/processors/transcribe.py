@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from bucketrun.events import keys
-from bucketrun.events.errors import BucketrunError, NotFound
+from bucketrun.events.errors import BucketrunError
 from bucketrun.events.failures import JobFailure
 from bucketrun.events.kinds.transcribe import FORMATS, BadItem, TranscribeOptions, parse_item
 
@@ -43,15 +43,6 @@ class Fetched:
     source_type: str  # "url" or "key"
     media_sha256: str
     media_bytes: int
-
-
-@dataclass(frozen=True)
-class _Producer:
-    """Who stores a fresh result in the cache: cache.store reads only these three of its producer."""
-
-    bucket: Any
-    job_id: str
-    attempt: int
 
 
 COLUMNS: dict[str, pa.DataType] = {
@@ -80,7 +71,8 @@ class Transcribe:
     # --- fetch: the source -> a per-item folder ---------------------------------------------------------------
 
     async def fetch(self, item: str) -> Fetched:
-        from bucketrun.images.transcribe import cache, fetch
+        from bucketrun.images.transcribe import fetch
+        from bucketrun.images.transcribe.model import sha256_file
 
         try:
             source = parse_item(item)
@@ -92,7 +84,7 @@ class Transcribe:
                 path = await asyncio.to_thread(fetch.fetch_url, source.url, folder)
             else:
                 path = await asyncio.to_thread(fetch.fetch_key, self._items_bucket(), source.key, folder)
-            digest = await asyncio.to_thread(cache.sha256_file, path)
+            digest = await asyncio.to_thread(sha256_file, path)
             return Fetched(folder, path, "url" if source.url is not None else "key", digest, path.stat().st_size)
         except JobFailure as exc:
             self.scratch.discard(folder)
@@ -168,34 +160,26 @@ class Transcribe:
         return row
 
     def _from_cache(self, digest: str, media_sha256: str) -> tuple[dict[str, tuple[bytes, str]], dict] | None:
-        """The requested formats of a cached result for this media under these options, each checked against
-        the entry's sha256 (as cache.serve checks them); None if there is none, or it is broken."""
+        """The requested formats of a cached result for this media under these options, checked as a job's are
+        (cache.read_files); None if there is none, or it is broken."""
         from bucketrun.images.transcribe import cache
 
         entry = cache.lookup(self.ctx.output, digest, media_sha256)
         if entry is None:
             return None
-        by_format = {f.format: f for f in entry.files}
-        rendered = {}
-        for fmt in self.options.formats:
-            record = by_format.get(fmt)
-            try:
-                data = self.ctx.output.get(record.key).data if record else None
-            except NotFound:
-                data = None
-            if data is None or hashlib.sha256(data).hexdigest() != record.sha256:
-                log.warning("cache entry for %s… is broken (%s); transcribing afresh", media_sha256[:12], fmt)
-                return None
-            rendered[fmt] = (data, record.content_type)
-        return rendered, entry.summary
+        try:
+            return cache.read_files(self.ctx.output, entry, self.options.formats), entry.summary
+        except cache.BrokenEntry as exc:
+            log.warning("cache entry for %s… is broken (%s); transcribing afresh", media_sha256[:12], exc)
+            return None
 
     def _store(self, digest: str, media_sha256: str, resolved: dict[str, Any],
                rendered: dict[str, tuple[bytes, str]], summary: dict[str, Any]) -> None:
         from bucketrun.images.transcribe import cache
 
-        producer = _Producer(self.ctx.output, self.ctx.job_id, self.ctx.attempt)
         try:
-            cache.store(producer, digest, media_sha256, None, resolved, rendered, summary)
+            cache.store(self.ctx.output, self.ctx.job_id, self.ctx.attempt, digest, media_sha256, None, resolved,
+                        rendered, summary)
         except BucketrunError as exc:  # the item's own files are written: a missed cache entry costs a re-run
             log.warning("could not store %s… in the result cache: %s", media_sha256[:12], exc)
 
