@@ -54,7 +54,9 @@ case "${1:-}" in
     venv dev
     skypilot_venv
     shift
-    exec "$VENV/bin/python" -m pytest "$@"
+    # Two test processes (pytest-xdist), a file each at a time: much of the suite waits on leases, stalls and
+    # sweeps rather than computing, so two overlap well on two cores. BUCKETRUN_TEST_WORKERS=0 runs it serially.
+    exec "$VENV/bin/python" -m pytest -n "${BUCKETRUN_TEST_WORKERS:-2}" --dist loadfile "$@"
     ;;
   bench)
     need_debs

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from . import codec
 
 # Bump when subtitles.py, the JSON result layout or the windowing change what a given transcription renders to.
-OUTPUT_VERSION = 2
+OUTPUT_VERSION = 3
 # Extractors whose id names the media at a URL, not the media itself: their ids are never trusted as identity.
 UNTRUSTED_EXTRACTORS = frozenset({"Generic", "Html5MediaEmbed", "Http"})
 

@@ -7,6 +7,7 @@ import subprocess
 from types import SimpleNamespace
 
 import pytest
+from faster_whisper.audio import decode_audio
 
 from bucketrun.events.failures import FailureClass, JobFailure
 from bucketrun.images.transcribe import engine, model, settings, subtitles
@@ -54,6 +55,26 @@ def test_windows_transcribe_like_one_file(three_times):
     cues = subtitles.build_cues(run.segments)
     assert all(c.end - c.start <= subtitles.MAX_DURATION + 1e-6 for c in cues)
     assert all(a.end <= b.start for a, b in zip(cues, cues[1:]))
+
+
+def test_batched_windows_give_the_whole_files_transcript(three_times):
+    """The default path: windows of whole VAD chunks give the pipeline's whole-file transcript word for word, with
+    times within its 10 ms rounding (twice: in the window's and in the file's compacted time)."""
+    choice = model.choose(None)
+    whisper = model.load(choice)
+    one_chunk = settings.Decoding(beam_size=1, batch_size=1, window_target_s=30.0, window_max_s=30.0)
+    windows = []
+    run = engine.transcribe_file(three_times, whisper, choice, one_chunk, OPTS, vad=True, on_window=windows.append)
+    generator, info = engine.run_model(whisper, one_chunk, decode_audio(str(three_times)), OPTS, True, None)
+    whole = list(generator)
+    assert run.windows >= 2 and len(windows) == run.windows and windows[-1] == run.duration
+    assert run.language == info.language == "en"
+    assert [s.text for s in run.segments] == [s.text for s in whole] and len(whole) >= 2
+    ours = [w for s in run.segments for w in s.words]
+    theirs = [w for s in whole for w in s.words]
+    assert [w.text for w in ours] == [w.word for w in theirs]
+    assert all(abs(a.start - b.start) <= 0.021 and abs(a.end - b.end) <= 0.021 for a, b in zip(ours, theirs))
+    assert wer(" ".join([SPEECH_TEXT] * 3), subtitles.to_txt(run.segments)) < 0.15
 
 
 def test_a_stop_between_segments_is_raised_as_is(three_times):

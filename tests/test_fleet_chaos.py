@@ -59,7 +59,7 @@ def finish(bucket_url: str, job_id: str, procs, timeout_s: float = 240) -> dict:
 def test_kill_9_workers_mid_fleet_every_item_once(bucket_url, bucket, tmp_path):
     """Two worker processes killed with -9 mid-run: one restarted under the same ids (it hands back its own
     stale leases), one never (its leases expire and are taken over by generation)."""
-    n = 20_000
+    n = 8_000
     put_items(bucket, n)
     job = harness.start_job(bucket_url, fleet(processor={"name": "noop", "options": {"sleep_s": 0.0005}}))
     ids = {p: [f"w{p}{i}" for i in range(3)] for p in "abc"}
@@ -109,11 +109,12 @@ def test_sigterm_finishes_the_item_and_nothing_done_is_redone(bucket_url, bucket
 def test_poison_item_is_dead_lettered_and_the_fleet_completes(bucket_url, bucket, tmp_path):
     """The item kills its worker process every time (a hard exit). The worker is restarted like a pod; the
     shard is bisected until the item is alone, and then dead-lettered."""
-    n = 1_000
+    n = 400
     items = put_items(bucket, n)
     poison = items[123]
+    # Shards of 8: bisected 8 -> 4 -> 2 -> 1, two deaths at each size, then the item alone is dead-lettered.
     job = harness.start_job(bucket_url, fleet(processor={"name": "noop", "options": {"crash_items": [poison]}},
-                                              max_item_attempts=2))
+                                              max_item_attempts=2, shard_size=8))
     procs = {w: spawn(bucket_url, job, [w], log=tmp_path / f"{w}.log") for w in ("p0", "p1")}
     restarts = 0
     deadline = time.monotonic() + 240

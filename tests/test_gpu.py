@@ -156,3 +156,15 @@ def test_settings_resolve_per_device_and_without_vad(monkeypatch):
     assert cuda.batch_size == 12 and cuda.beam_size == settings.GPU_BEAM
     assert (cuda.window_target_s, cuda.window_max_s) == settings.GPU_WINDOW
     assert cuda.window_target_s >= 16 * 30  # a window holds enough 30 s chunks to fill large batches
+    assert settings.resolve(None, cpu).batch_size == 12  # the override holds on a CPU too (less memory at 1)
+    assert settings.resolve(None, cpu, vad=False).batch_size is None
+
+
+def test_a_window_is_whole_batches_of_chunks():
+    from bucketrun.images.transcribe import engine, settings
+
+    def per(batch, target):
+        return engine.chunks_per_window(settings.Decoding(5, batch, target, target + 30))
+
+    assert per(2, 60.0) == 2 and per(2, 120.0) == 4 and per(1, 60.0) == 2
+    assert per(16, 480.0) == 16 and per(24, 480.0) == 24 and per(4, 480.0) == 16  # never less than one batch

@@ -217,3 +217,19 @@ def run_attempt(bucket_url: str, job_id: str, attempt: int, writer: str | None =
         _busy.clear()
         root_logger.removeHandler(handler)
         LogShipper(bucket, keys.log_key(job_id, attempt), buffer).ship()
+        release_memory()
+
+
+def release_memory() -> None:
+    """Hand the heap an attempt freed back to the OS (glibc keeps it otherwise), so a warm worker idles at what it
+    holds, not at its largest job's high-water mark. After the terminal transition: nobody waits on it."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(libc).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS): nothing to trim
+        pass

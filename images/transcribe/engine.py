@@ -12,7 +12,7 @@ from typing import Any
 from bucketrun.events import codec
 from bucketrun.events.failures import FailureClass, JobFailure
 
-from . import model, settings, stream, subtitles
+from . import model, settings, speech, stream, subtitles
 from .media import SAMPLE_RATE
 
 log = logging.getLogger("bucketrun.worker")
@@ -58,6 +58,28 @@ def run_model(whisper, decoding: settings.Decoding, audio, opts: Any, vad: bool,
     return whisper.transcribe(audio, **kwargs)
 
 
+def run_speech(whisper, decoding: settings.Decoding, window: speech.SpeechWindow, opts: Any, language: str | None):
+    """One window of speech chunks through the batched pipeline, given the chunks it would have cut itself, and
+    timestamps mapped back to the media, as the pipeline maps a whole file's."""
+    from faster_whisper.transcribe import restore_speech_timestamps
+
+    # clip_timestamps are seconds the pipeline turns back into samples with int(): a quarter sample over keeps
+    # int() on the intended sample despite float error.
+    clips = [{"start": (a + 0.25) / SAMPLE_RATE, "end": (b + 0.25) / SAMPLE_RATE} for a, b in window.clips]
+    generator, info = model.batched(whisper).transcribe(
+        window.audio, batch_size=decoding.batch_size, clip_timestamps=clips, vad_filter=False, language=language,
+        task=opts.task, beam_size=decoding.beam_size, word_timestamps=opts.word_timestamps,
+        condition_on_previous_text=False)
+    spans = [{"start": a, "end": b} for a, b in window.spans]
+    return restore_speech_timestamps(generator, spans, SAMPLE_RATE), info
+
+
+def chunks_per_window(decoding: settings.Decoding) -> int:
+    """Whole batches of 30 s chunks, about window_target_s of speech: the batches are then the whole file's."""
+    batch = decoding.batch_size or 1
+    return batch * max(1, round(decoding.window_target_s / (speech.CHUNK_S * batch)))
+
+
 def _nothing(*_: Any) -> None:
     return None
 
@@ -66,17 +88,25 @@ def transcribe_file(path, whisper, choice: model.ModelChoice, decoding: settings
                     stages: Any = None, check: Callable[[], None] = _nothing,
                     on_segment: Callable[[float], None] = _nothing,
                     on_window: Callable[[float], None] = _nothing) -> Run:
-    """Decode and transcribe one window at a time (stream.py), so peak memory is one window's whatever the
-    duration. Times and words are shifted by each window's offset; the language is detected on the first
-    window and kept, as a whole-file run detects it once. `check` raises to stop between segments."""
+    """Decode and transcribe one window at a time, so peak memory is one window's whatever the duration.
+
+    Batched (the default with VAD): windows are whole chunks of the pipeline's own VAD chunking (speech.py), so
+    the transcript is the whole file's. Sequential: windows are cut in silences (stream.py) and times shifted by
+    each window's offset. The language is detected on the first window and kept, as a whole-file run detects it
+    once. `check` raises to stop between segments."""
     from contextlib import nullcontext
 
     def stage(name: str):
         return stages(name) if stages is not None else nullcontext()
 
-    windows = iter(stream.windows(stream.decode_stream(path), target_s=decoding.window_target_s,
-                                  max_s=decoding.window_max_s,
-                                  search_s=min(settings.WINDOW_SEARCH_S, decoding.window_target_s / 2)))
+    chunks = stream.decode_stream(path)
+    by_speech = bool(vad and decoding.batch_size)
+    if by_speech:
+        source: Any = speech.Stream(chunks, chunks_per_window(decoding))
+    else:
+        source = stream.windows(chunks, target_s=decoding.window_target_s, max_s=decoding.window_max_s,
+                                search_s=min(settings.WINDOW_SEARCH_S, decoding.window_target_s / 2))
+    windows = iter(source)
     segments: list[subtitles.Segment] = []
     language, probability, n, end_s = opts.language, None, 0, 0.0
     t0 = time.monotonic()
@@ -91,9 +121,13 @@ def transcribe_file(path, whisper, choice: model.ModelChoice, decoding: settings
             if window is None:
                 break
             check()
-            offset = window.offset_s
             with stage("transcribe"):
-                generator, info = run_model(whisper, decoding, window.audio, opts, vad, language)
+                if by_speech:
+                    offset = 0.0
+                    generator, info = run_speech(whisper, decoding, window, opts, language)
+                else:
+                    offset = window.offset_s
+                    generator, info = run_model(whisper, decoding, window.audio, opts, vad, language)
                 for seg in generator:
                     check()
                     words = tuple(subtitles.Word(offset + float(w.start), offset + float(w.end), w.word,
@@ -103,7 +137,7 @@ def transcribe_file(path, whisper, choice: model.ModelChoice, decoding: settings
                     on_segment(offset + float(seg.end))
             if probability is None:
                 language, probability = language or info.language, float(info.language_probability)
-            n, end_s = n + 1, offset + len(window.audio) / SAMPLE_RATE
+            n, end_s = n + 1, window.end_s
             on_window(end_s)
             if not window.last:
                 log.info("window %d done: %.1f s of audio transcribed", n, end_s)
@@ -112,7 +146,8 @@ def transcribe_file(path, whisper, choice: model.ModelChoice, decoding: settings
     except (RuntimeError, ValueError, MemoryError) as exc:  # ctranslate2 raises RuntimeError and friends
         raise JobFailure(FailureClass.MODEL_ERROR, f"the model failed while transcribing: {exc}",
                          where="transcribe") from exc
-    return Run(segments, language, round(probability or 0.0, 4), end_s, n, time.monotonic() - t0, choice)
+    duration = source.decoded_s if by_speech else end_s
+    return Run(segments, language, round(probability or 0.0, 4), duration, n, time.monotonic() - t0, choice)
 
 
 def segment_json(i: int, s: subtitles.Segment) -> dict[str, Any]:

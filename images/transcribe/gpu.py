@@ -76,7 +76,8 @@ def footprint_mib(model: str, compute_type: str, batch: int) -> float:
     return base * _params_m(model) / LARGE_PARAMS + per_item * batch
 
 
-def _override(env: Mapping[str, str]) -> int | None:
+def batch_override(env: Mapping[str, str]) -> int | None:
+    """BUCKETRUN_BATCH_SIZE as a whole number >= 1, or None when unset; on a CPU too (images/transcribe/settings.py)."""
     raw = (env.get(BATCH_ENV) or "").strip()
     if not raw:
         return None
@@ -96,7 +97,7 @@ def batch_size_for(free_bytes: int | None, model: str, compute_type: str, *,
 
     `free_bytes` is measured before the model is loaded (free_vram_bytes()): the footprint counts the weights.
     The figures assume beam 5, the batched pipeline's default. Pure apart from reading `env` (os.environ)."""
-    override = _override(os.environ if env is None else env)
+    override = batch_override(os.environ if env is None else env)
     if override is not None:
         return override
     if free_bytes is None:

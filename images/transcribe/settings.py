@@ -8,6 +8,7 @@ Defaults were measured, not guessed: bench/cpu_settings.py (CPU) and bench/gpu_t
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +22,13 @@ from .model import ModelChoice
 CPU_BEAM = 5
 CPU_BATCH: int | None = 2
 GPU_BEAM = 5
-# Windows: decoded and transcribed one at a time, cut in a silence, so memory does not grow with duration. On a
-# CPU a sequential window's peak is about 70 MB plus 0.8 MB per second of audio (base, int8), batch 2 about 230 MB
-# at 90 s, so 60-90 s keeps a worker within 300 MB of idle (bench/long_audio.py). On a GPU the batched pipeline needs many 30 s chunks per window
-# to fill its batches (16 x 30 s = 480 s), and host memory is not the constraint there.
+# Windows: decoded and transcribed one at a time, so memory does not grow with duration. Batched (with VAD, the
+# default), a window is whole chunks of the pipeline's own 30 s VAD chunking, a multiple of the batch size, about
+# window_target_s of speech (speech.py): the transcript is then the whole file's and the batches are too. The peak
+# is the batch's activations plus one window of audio: 206-236 MB over idle at batch 2 (bench/long_audio.py).
+# Sequential (no VAD), windows are cut in silences, 60-90 s: a window's peak is about 70 MB plus 0.8 MB per second
+# of audio (base, int8). On a GPU a window is one batch of chunks or more (16 x 30 s = 480 s); host memory is not
+# the constraint there.
 WINDOW_SEARCH_S = 20.0
 CPU_WINDOW = (60.0, 90.0)
 GPU_WINDOW = (480.0, 600.0)
@@ -39,14 +43,18 @@ class Decoding:
 
 
 def resolve(beam_size: int | None, choice: ModelChoice, vad: bool = True) -> Decoding:
-    """The job's beam if it set one; else the device's default. On CUDA batches are sized from free VRAM. The
-    batched pipeline cuts its batches at VAD speech spans, so without VAD a job runs sequentially."""
+    """The job's beam if it set one; else the device's default. On CUDA batches are sized from free VRAM; on a CPU
+    the batch is CPU_BATCH; BUCKETRUN_BATCH_SIZE overrides either. The batched pipeline cuts its batches at VAD
+    speech spans, so without VAD a job runs sequentially."""
     if choice.device == "cuda":
         from .gpu import batch_size_for, free_vram_bytes
 
         batch = batch_size_for(free_vram_bytes(), choice.name, choice.compute_type) if vad else None
         return Decoding(beam_size or GPU_BEAM, batch, *GPU_WINDOW)
-    return Decoding(beam_size or CPU_BEAM, CPU_BATCH if vad else None, *CPU_WINDOW)
+    from .gpu import batch_override
+
+    batch = (batch_override(os.environ) or CPU_BATCH) if vad else None
+    return Decoding(beam_size or CPU_BEAM, batch, *CPU_WINDOW)
 
 
 def output_options(opts: Any, choice: ModelChoice, decoding: Decoding, vad: bool) -> dict[str, Any]:
