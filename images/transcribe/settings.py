@@ -16,16 +16,17 @@ from .model import ModelChoice
 
 # CPU default (bench/cpu_settings.py; README "Benchmark"): faster-whisper's batched pipeline at beam 5, the
 # fastest setting whose WER stayed within 0.01 of sequential beam 5 both on 12 short clips and on the same speech
-# as one 5-minute file. Beam 1 is faster but lost 0.045 WER on the long file. On two cores the batch size does
-# not change the speed (2-16 within noise) but does change the memory: a 90 s window peaked 396 MB over the
-# loaded model at batch 8, 230 MB at batch 2 and 146 MB sequentially; so batch 2.
+# as one 5-minute file. Beam 1 is faster but lost 0.045 WER on the long file. Each batch item adds about 110 MB
+# to the peak; batch 8 was 10% faster than 2 on the clips, batch 1 16% slower than 2: so batch 2
+# (BUCKETRUN_BATCH_SIZE sets another).
 CPU_BEAM = 5
 CPU_BATCH: int | None = 2
 GPU_BEAM = 5
 # Windows: decoded and transcribed one at a time, so memory does not grow with duration. Batched (with VAD, the
 # default), a window is whole chunks of the pipeline's own 30 s VAD chunking, a multiple of the batch size, about
 # window_target_s of speech (speech.py): the transcript is then the whole file's and the batches are too. The peak
-# is the batch's activations plus one window of audio: 206-236 MB over idle at batch 2 (bench/long_audio.py).
+# is the batch's activations plus one window of audio, whatever the duration: 324-338 MB over the idle worker at
+# batch 2, about 110 MB less at batch 1, which is 16% slower (bench/long_audio.py; README "Benchmark").
 # Sequential (no VAD), windows are cut in silences, 60-90 s: a window's peak is about 70 MB plus 0.8 MB per second
 # of audio (base, int8). On a GPU a window is one batch of chunks or more (16 x 30 s = 480 s); host memory is not
 # the constraint there.
