@@ -224,12 +224,11 @@ def release_memory() -> None:
     """Hand the heap an attempt freed back to the OS (glibc keeps it otherwise), so a warm worker idles at what it
     holds, not at its largest job's high-water mark. After the terminal transition: nobody waits on it."""
     import ctypes
-    import ctypes.util
     import gc
 
     gc.collect()
-    libc = ctypes.util.find_library("c")
     try:
-        ctypes.CDLL(libc).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS): nothing to trim
-        pass
+        trim = ctypes.CDLL(None).malloc_trim  # the process's own symbols: no library search, no subprocess
+    except AttributeError:  # not glibc (musl, macOS): nothing to trim
+        return
+    trim(0)

@@ -15,7 +15,8 @@ from typing import Iterable, Iterator
 import numpy as np
 from faster_whisper.vad import VadOptions, get_vad_model
 
-SAMPLE_RATE = 16000
+from .media import SAMPLE_RATE
+
 FRAME = 512  # Silero's frame at 16 kHz
 CONTEXT = 64  # samples of the previous frame the model sees before each frame
 CHUNK_S = 30  # BatchedInferencePipeline's chunk_length (the feature extractor's)
