@@ -214,6 +214,15 @@ def fleet_part_key(output_prefix: str, shard: str, generation: int) -> str:
     return f"{output_prefix}parts/{shard}-g{generation:04d}.parquet"
 
 
+PART_RE = re.compile(r"^(?P<shard>\d{9}-\d{9})-g(?P<gen>\d+)\.parquet$")
+
+
+def parse_fleet_part_key(output_prefix: str, key: str) -> tuple[str, int] | None:
+    """(shard, generation) of a part key; None for anything else under parts/."""
+    m = PART_RE.match(key[len(output_prefix) + len("parts/"):]) if key.startswith(output_prefix + "parts/") else None
+    return (m["shard"], int(m["gen"])) if m else None
+
+
 def fleet_item_artifact_key(output_prefix: str, item: str, sha256: str, fmt: str) -> str:
     """A processor's file for one item (a transcribe item's SRT, ...): <output>items/<sha256 of the item>/<sha256
     of the bytes>.<fmt>, both cut to 16 hex digits. Named by content, so a zombie re-processing the item writes

@@ -5,15 +5,18 @@ Every run must end with a committed dataset holding every planned item exactly o
 from __future__ import annotations
 
 import collections
+import math
 import os
 import signal
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from bucketrun.events import codec, keys
+from bucketrun.events.lifecycle import JobState, read_view
 from bucketrun.local_sim import fleet_harness as harness
 
 from conftest import make_s3_bucket, wait_for
@@ -56,28 +59,75 @@ def finish(bucket_url: str, job_id: str, procs, timeout_s: float = 240) -> dict:
     return result
 
 
+def succeeded_at(bucket, job_id: str) -> float:
+    view = read_view(bucket, job_id)
+    assert view.state is JobState.SUCCEEDED, view.state
+    return datetime.fromisoformat(view.latest.at.replace("Z", "+00:00")).timestamp()
+
+
+def leases(bucket, job_id: str) -> dict[str, dict]:
+    prefix = keys.fleet_leases_prefix(job_id)
+    return {keys.fleet_shard_of(i.key, prefix): codec.loads(bucket.get(i.key).data) for i in bucket.list(prefix)}
+
+
+def markers(bucket, job_id: str) -> dict[str, dict]:
+    prefix = keys.fleet_done_prefix(job_id)
+    return {keys.fleet_shard_of(i.key, prefix): codec.loads(bucket.get(i.key).data) for i in bucket.list(prefix)}
+
+
+def started_by(probe: Path, pid: int) -> set[int]:
+    """Item indices the process with this pid started (fleet_probe's <pid>.start)."""
+    path = probe / f"{pid}.start"
+    return {int(line.rsplit("-", 1)[1]) for line in path.read_text().split()} if path.exists() else set()
+
+
+def assert_one_death_per_dead_worker(charged: dict[str, dict], dead_ids: list[str]) -> None:
+    """A worker holds a lease only on the shard it is working on (never one it merely picked ahead), so each dead
+    worker left at most one shard with a death, and it was taken from that worker."""
+    assert charged, "no shard of a dead worker was charged a death"
+    owners = collections.Counter(b.get("taken_from") for b in charged.values())
+    assert set(owners) <= set(dead_ids), owners
+    assert max(owners.values()) == 1, owners
+
+
+def assert_parts_are_the_datasets(bucket, dataset: dict) -> None:
+    """No orphan parts: what parts/ holds is exactly what the dataset names."""
+    prefix = dataset["shards"][0]["key"].rsplit("parts/", 1)[0] + "parts/"
+    assert sorted(i.key for i in bucket.list(prefix)) == sorted(s["key"] for s in dataset["shards"])
+
+
 def test_kill_9_workers_mid_fleet_every_item_once(bucket_url, bucket, tmp_path):
     """Two worker processes killed with -9 mid-run: one restarted under the same ids (it hands back its own
-    stale leases), one never (its leases expire and are taken over by generation)."""
+    stale leases), one never (its leases expire and are taken over by generation). Only the shards they were
+    inside are charged a death; the parts they left are deleted before `succeeded`."""
     n = 8_000
     put_items(bucket, n)
-    job = harness.start_job(bucket_url, fleet(processor={"name": "noop", "options": {"sleep_s": 0.0005}}))
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    env = {"FLEET_PROBE_DIR": str(probe)}
+    job = harness.start_job(bucket_url, fleet(processor={"entry_point": "fleet_probe:make",
+                                                         "options": {"sleep_s": 0.0005}}))
     ids = {p: [f"w{p}{i}" for i in range(3)] for p in "abc"}
-    procs = {p: spawn(bucket_url, job, ids[p], log=tmp_path / f"{p}.log") for p in "abc"}
+    procs = {p: spawn(bucket_url, job, ids[p], env, log=tmp_path / f"{p}.log") for p in "abc"}
     shards = n // 50
     wait_for(lambda: done_count(bucket, job) >= shards * 0.15, timeout=120)
     procs["a"].send_signal(signal.SIGKILL)
     procs["a"].wait()
-    procs["a2"] = spawn(bucket_url, job, ids["a"], log=tmp_path / "a2.log")  # same ids: dead-claim recovery
+    procs["a2"] = spawn(bucket_url, job, ids["a"], env, log=tmp_path / "a2.log")  # same ids: dead-claim recovery
     wait_for(lambda: done_count(bucket, job) >= shards * 0.5, timeout=120)
     procs["b"].send_signal(signal.SIGKILL)
     procs["b"].wait()
     result = finish(bucket_url, job, [procs["a2"], procs["c"]])
     stats = harness.verify(bucket_url, result["dataset"])  # row by row: each item in exactly one part
     assert stats == {"items": n, "rows": n, "parts": len(result["dataset"]["shards"]), "dead_letters": 0}
-    generations = [codec.loads(bucket.get(i.key).data)["generation"]
-                   for i in bucket.list(keys.fleet_leases_prefix(job))]
-    assert max(generations) >= 2, "no lease of a killed worker was taken over or handed back"
+    # Each killed process was inside at most one shard per worker: those shards, and only those, carry a death
+    # (taken over by generation, or handed back by the restarted ids), and none was split or dead-lettered.
+    charged = {s: b for s, b in leases(bucket, job).items() if b.get("deaths")}
+    assert_one_death_per_dead_worker(charged, ids["a"] + ids["b"])
+    for shard, body in charged.items():
+        assert body["deaths"] == 1 and body["generation"] >= 2 and not body.get("kills"), (shard, body)
+    assert all(not m["dead"] for m in markers(bucket, job).values())
+    assert_parts_are_the_datasets(bucket, result["dataset"])
 
 
 def test_sigterm_finishes_the_item_and_nothing_done_is_redone(bucket_url, bucket, tmp_path):
@@ -106,7 +156,7 @@ def test_sigterm_finishes_the_item_and_nothing_done_is_redone(bucket_url, bucket
     assert all(b_["state"] == "offline" and b_["holding"] == [] for b_ in beats.values())
     result = finish(bucket_url, job, [b])
     harness.verify(bucket_url, result["dataset"])
-    processed = collections.Counter(line for f in probe.iterdir() for line in f.read_text().split())
+    processed = collections.Counter(line for f in probe.glob("*.log") for line in f.read_text().split())
     assert set(processed) == set(items)
     assert max(processed.values()) == 1, [i for i, c in processed.items() if c > 1][:5]
     markers = [codec.loads(bucket.get(i.key).data) for i in bucket.list(keys.fleet_done_prefix(job))]
@@ -115,38 +165,89 @@ def test_sigterm_finishes_the_item_and_nothing_done_is_redone(bucket_url, bucket
     assert {m["worker"] for m in partial} <= {"ta0", "ta1"}
 
 
-def test_poison_item_is_dead_lettered_and_the_fleet_completes(bucket_url, bucket, tmp_path):
-    """The item kills its worker process every time (a hard exit). The worker is restarted like a pod; the
-    shard is bisected until the item is alone, and then dead-lettered."""
-    n = 400
+def run_poison_fleet(bucket_url: str, bucket, tmp_path: Path, n: int, poison_at: int, procs_n: int = 4,
+                     per_proc: int = 5, shard_size: int = 50, attempts: int = 3) -> dict:
+    """The item hard-exits its worker process every time. A crashed process is restarted under the same ids, as a
+    pod's restart policy would. Returns what the test checks: the dataset, the leases, the markers, the
+    restarts, the crashed processes' pids, and each process's exit time."""
     items = put_items(bucket, n)
-    poison = items[123]
-    # Shards of 8: bisected 8 -> 4 -> 2 -> 1, two deaths at each size, then the item alone is dead-lettered.
-    job = harness.start_job(bucket_url, fleet(processor={"name": "noop", "options": {"crash_items": [poison]}},
-                                              max_item_attempts=2, shard_size=8))
-    procs = {w: spawn(bucket_url, job, [w], log=tmp_path / f"{w}.log") for w in ("p0", "p1")}
-    restarts = 0
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        running = False
-        for w, p in procs.items():
-            rc = p.poll()
-            if rc is None:
-                running = True
-            elif rc == 70:  # the crash: restart under the same id, as a pod's restart policy would
-                restarts += 1
-                procs[w] = spawn(bucket_url, job, [w], log=tmp_path / f"{w}.log")
-                running = True
-        if not running:
-            break
-        time.sleep(0.2)
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    env = {"FLEET_PROBE_DIR": str(probe)}
+    job = harness.start_job(bucket_url, fleet(processor={"entry_point": "fleet_probe:make", "options": {
+        "sleep_s": 0.002, "crash_items": [items[poison_at]]}}, max_item_attempts=attempts, shard_size=shard_size))
+    ids = {p: [f"p{p}w{i}" for i in range(per_proc)] for p in range(procs_n)}
+    procs = {p: spawn(bucket_url, job, ids[p], env, tmp_path / f"{p}.log") for p in ids}
+    crashed, exits, crashed_proc = [], {}, None
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(exits) < len(procs):
+        for p, proc in procs.items():
+            if p in exits or proc.poll() is None:
+                continue
+            if proc.returncode == 70:  # the crash: restart under the same ids
+                crashed.append(proc.pid)
+                crashed_proc = p
+                procs[p] = spawn(bucket_url, job, ids[p], env, tmp_path / f"{p}.log")
+            else:
+                exits[p] = time.time()
+        time.sleep(0.02)
     result = finish(bucket_url, job, list(procs.values()), timeout_s=30)
-    ds = result["dataset"]
-    assert [d["index"] for d in ds["dead_letters"]] == [123]
-    assert ds["dead_letters"][0]["item"] == poison
+    assert {p.returncode for p in procs.values()} == {0}
+    return {"result": result, "items": items, "crashed": crashed, "exits": exits, "probe": probe, "ids": ids,
+            "crashed_proc": crashed_proc,
+            "leases": leases(bucket, job), "markers": markers(bucket, job), "job": job,
+            "beats": [codec.loads(bucket.get(i.key).data) for i in bucket.list(keys.fleet_heartbeats_prefix(job))],
+            "succeeded_at": succeeded_at(bucket, job)}
+
+
+def test_poison_item_is_dead_lettered_and_no_innocent_is_charged(bucket_url, bucket, tmp_path):
+    """At the settings under which an innocent neighbour was once dead-lettered: 20 workers over 4 processes,
+    shards of 50, 3 attempts. Only the first death is unattributed (every worker of that process dies); the
+    shards it was inside run in quarantine, where the poison item alone kills its process."""
+    n, poison, attempts, per_proc = 500, 123, 3, 5
+    run = run_poison_fleet(bucket_url, bucket, tmp_path, n, poison, per_proc=per_proc, attempts=attempts)
+    ds = run["result"]["dataset"]
+    assert [d["index"] for d in ds["dead_letters"]] == [poison]
+    assert ds["dead_letters"][0]["item"] == run["items"][poison]
     assert ds["items_covered"] == n and ds["rows"] == n - 1
     harness.verify(bucket_url, ds)
-    assert 2 <= restarts <= 20
+    # Exactly one process death outside quarantine: the first, before anything was suspected.
+    assert len(run["crashed"]) == 1, run["crashed"]
+    # The quarantine chain: the base shard splits the poison item off (its prefix committed, the rest a normal
+    # shard), and the item alone kills its quarantine process exactly `attempts` times.
+    alone = keys.shard_id(poison, poison + 1)
+    base = keys.shard_id(100, 150)
+    assert run["markers"][base]["children"] == [[poison, poison + 1], [poison + 1, 150]]
+    assert run["markers"][base]["covered"] == [100, poison]
+    assert run["leases"][alone]["kills"] == attempts and run["leases"][alone]["deaths"] == 1
+    assert run["leases"][keys.shard_id(poison + 1, 150)]["deaths"] == 0
+    kills = sum(b.get("quarantine_kills", 0) for b in run["beats"])
+    assert kills == 1 + attempts  # the split, then the item alone
+    # Convergence: process deaths until the dead letter, within log2(shard_size) + max_item_attempts.
+    assert len(run["crashed"]) + kills <= math.log2(50) + attempts
+    # No innocent item carries a death it did not cause: kills only on the poison item's own shard; no other
+    # shard split or dead-lettered; every other suspected shard was one the crashed process was inside, and it
+    # was committed whole in quarantine.
+    chain = {base, alone}
+    for shard, body in run["leases"].items():
+        lo, hi = keys.parse_shard_id(shard)
+        if shard in chain:
+            continue
+        assert not body.get("kills"), (shard, body)
+        if body.get("deaths"):
+            assert body["deaths"] == 1, (shard, body)
+            assert run["markers"][shard]["covered"] == [lo, hi] and not run["markers"][shard]["children"]
+    crashed_ids = run["ids"][run["crashed_proc"]]
+    assert_one_death_per_dead_worker({s: b for s, b in run["leases"].items() if b.get("deaths") and s != alone},
+                                     crashed_ids)
+    # The process was inside the poison item when it died (the item it started last).
+    assert poison in started_by(run["probe"], run["crashed"][0])
+    split = [s for s, m in run["markers"].items() if m["children"] and s != base]
+    assert not split, split
+    # Every worker process leaves within 5 s of `succeeded`.
+    lags = [at - run["succeeded_at"] for at in run["exits"].values()]
+    assert max(lags) < 5.0, lags
+    assert_parts_are_the_datasets(bucket, ds)
 
 
 @pytest.mark.parametrize("rate", [0.05])

@@ -1,8 +1,15 @@
 """Shard leases for fleet workers: the lease of events/lease.py (generation fencing, expiry by the store's
-clock), awaited, plus a `deaths` count so a shard that keeps killing its workers is bisected, not retried forever.
+clock), awaited, plus two counts that isolate an item that kills its worker without charging its neighbours:
 
-A fresh shard is claimed with one create-if-absent and no read first: a lost create means someone took it, and
-the worker moves on. Only a straggler (an expired or released lease) is read and taken over by compare-and-swap.
+- `deaths`: times a holder died while the shard was under way. A worker claims a shard only when it starts it,
+  so a held lease always means work in progress; but the other workers of a dying process die with it, so a
+  death is only a suspicion, and a suspected shard runs in quarantine (a process of its own).
+- `kills`: deaths in quarantine of a shard of one item: attributable, and `max_item_attempts` of them
+  dead-letter the item.
+
+A fresh shard is claimed with one create-if-absent and no read first: a lost create means someone took it (or,
+after a retried request, that our own create landed, which the write token tells). Only a straggler (an expired
+or released lease) is read and taken over by compare-and-swap.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import aconditional, codec, keys
-from ..errors import ConditionalConflict, NotFound, PreconditionFailed
+from ..errors import ConditionalConflict, NotFound, PreconditionFailed, StorageError
 from ..lease import HELD, RELEASED, RENEW_FRACTION, LeaseLost, Snapshot, _age, _check_body
 
 
@@ -31,17 +38,24 @@ class ShardLease:
 
     generation = property(lambda self: self.body["generation"])
     deaths = property(lambda self: self.body.get("deaths", 0))
+    kills = property(lambda self: self.body.get("kills", 0))
     ttl_s = property(lambda self: self.body["ttl_s"])
+
+    @property
+    def quarantined(self) -> bool:
+        """A holder died inside this shard once: it runs alone in a process of its own from now on."""
+        return self.deaths > 0 or self.kills > 0
 
     def due(self) -> bool:
         """Renewed once a third of lease_s passed (the same rule as events/lease.py), only while it still runs."""
         return time.monotonic() - self.written_at >= self.ttl_s * RENEW_FRACTION
 
 
-def _body(holder: str, ttl_s: float, generation: int, deaths: int, state: str = HELD) -> dict[str, Any]:
+def _body(holder: str, ttl_s: float, generation: int, deaths: int, kills: int = 0,
+          state: str = HELD) -> dict[str, Any]:
     stamp = codec.iso(codec.now())
     return {"holder": holder, "ttl_s": ttl_s, "state": state, "generation": generation, "deaths": deaths,
-            "acquired_at": stamp, "renewed_at": stamp}
+            "kills": kills, "acquired_at": stamp, "renewed_at": stamp}
 
 
 async def read(bucket, key: str) -> Snapshot | None:
@@ -54,28 +68,39 @@ async def read(bucket, key: str) -> Snapshot | None:
 
 
 async def claim_fresh(bucket, key: str, holder: str, ttl_s: float) -> ShardLease | None:
-    """One request: a create-if-absent, and a 412 means taken, with no read-back. (Were our own create's
-    response lost, the lease would simply expire and be taken over: a delay, never a duplicate.)"""
+    """One request: a create-if-absent. A 412 means taken, unless the lease holds our own write token: the
+    client retried a create whose first try landed. Without that read-back the lease would sit unprocessed,
+    held by nobody who knows it, until it expired (the fleet's tail waited on such leases)."""
     body = {**_body(holder, ttl_s, 1, 0), aconditional.TOKEN: aconditional.new_token()}
     started = time.monotonic()
     try:
         etag = await bucket.create(key, codec.dumps(body), aconditional.JSON)
-    except PreconditionFailed:
-        return None
-    except ConditionalConflict:  # a racing create the store could not order: someone else is claiming it
-        return None
+    except (PreconditionFailed, ConditionalConflict):  # a 409: a racing create the store could not order
+        current, etag = await aconditional.read_json(bucket, key)
+        if current is None or current.get(aconditional.TOKEN) != body[aconditional.TOKEN]:
+            return None
+        body = current
+    except StorageError:  # failed past the client's retries: the create may still have landed
+        current, etag = await aconditional.read_json(bucket, key)
+        if current is None:
+            raise
+        if current.get(aconditional.TOKEN) != body[aconditional.TOKEN]:
+            return None
+        body = current
     return ShardLease(key, body, etag, started)
 
 
 async def take_over(bucket, holder: str, ttl_s: float, snap: Snapshot) -> ShardLease | None:
     """Take an expired or released lease by CAS on the ETag read; the generation goes up by one, and an expired
-    holder counts as a death (it stopped without releasing). None if someone else got there first."""
+    holder counts as a death (a lease is held only while its shard is under way, and it stopped without
+    releasing). None if someone else got there first."""
     if snap.live or snap.state not in (HELD, RELEASED):
         return None
     deaths = snap.body.get("deaths", 0) + (1 if snap.state == HELD else 0)
     started = time.monotonic()
-    out = await aconditional.replace_json(bucket, snap.key, _body(holder, ttl_s, snap.generation + 1, deaths),
-                                          snap.etag)
+    body = {**_body(holder, ttl_s, snap.generation + 1, deaths, snap.body.get("kills", 0)),
+            "taken_from": snap.body.get("holder")}  # who held it before: whose death a death was
+    out = await aconditional.replace_json(bucket, snap.key, body, snap.etag)
     return ShardLease(snap.key, out.body, out.etag, started) if out.won else None
 
 
@@ -100,14 +125,21 @@ async def release(bucket, lease: ShardLease, died: bool = False) -> None:
     await _rewrite(bucket, lease, state=RELEASED, deaths=lease.deaths + (1 if died else 0))
 
 
-async def offer(bucket, job_id: str, shard: str, deaths: int = 0) -> bool:
-    """Create a new shard (a remainder or a bisected half) as a released lease, so any worker can claim it."""
+async def record_kill(bucket, lease: ShardLease) -> None:
+    """The shard's quarantine process died inside its one item: a death that is the item's own, kept in the
+    lease (still held) so that a holder dying in turn does not lose the count."""
+    await _rewrite(bucket, lease, kills=lease.kills + 1)
+
+
+async def offer(bucket, job_id: str, shard: str, deaths: int = 0, kills: int = 0) -> bool:
+    """Create a new shard (a remainder or a split-off part) as a released lease, so any worker can claim it."""
     return await aconditional.create_once(bucket, keys.fleet_lease_key(job_id, shard),
-                                          codec.dumps(_body("", 1.0, 0, deaths, RELEASED)))
+                                          codec.dumps(_body("", 1.0, 0, deaths, kills, RELEASED)))
 
 
 async def release_stale(bucket, key: str, holder: str, generation: int) -> bool:
-    """A restarted worker hands back what its previous life held: only if the bucket still shows it as ours."""
+    """A restarted worker hands back what its previous life held, a death each (a lease is held only while its
+    shard is under way): only if the bucket still shows it as ours."""
     snap = await read(bucket, key)
     if snap is None or snap.state != HELD or snap.body.get("holder") != holder or snap.generation != generation:
         return False

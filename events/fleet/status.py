@@ -1,5 +1,10 @@
 """What `bucketrun fleet status` shows, read from the bucket alone: each worker from its heartbeat (alive,
-stale or offline, by the store's Last-Modified), and the totals from the done markers' listing."""
+stale or offline, by the store's Last-Modified), and the totals from the done markers' listing.
+
+The rate: while the fleet runs, the sum of its alive workers' recent rates. Once it has ended (succeeded, failed,
+cancelled) its workers are offline and that sum is 0, so it is the fleet's average instead: items done over the
+wall time, from the job's first `running` transition (written by the first worker up, once it holds the plan and
+its processor and is about to claim: the moment work started) to its terminal transition."""
 
 from __future__ import annotations
 
@@ -28,6 +33,19 @@ def worker_state(beat: dict[str, Any], age_s: float, heartbeat_s: float) -> str:
     return "alive" if age_s < 2 * heartbeat_s else "stale"
 
 
+def wall_clock(history) -> tuple[str | None, str | None]:
+    """(started_at, ended_at) of the work, from the job's transitions: the first `running` (a retry's later
+    `running` comes after work already done, which the done markers still count) and the terminal transition
+    (None while the job has not ended, or when it never ran)."""
+    started = next((t.at for t in history if t.state.value == "running"), None)
+    ended = history[-1].at if history and history[-1].state.terminal else None
+    return started, ended
+
+
+def _seconds(a: str, b: str) -> float:
+    return (codec.parse_iso(b) - codec.parse_iso(a)).total_seconds()
+
+
 def _get(bucket, key: str) -> dict[str, Any] | None:
     try:
         return codec.loads(bucket.get(key).data)
@@ -52,7 +70,10 @@ def fleet_status(bucket, job_id: str, now: datetime | None = None) -> dict[str, 
         if beat is None:
             continue
         age = (now - info.last_modified).total_seconds() if info.last_modified else float("inf")
-        workers.append({"worker": beat.get("worker"), "state": worker_state(beat, age, body.heartbeat_s),
+        # A worker writes its heartbeat under its own id (keys.fleet_heartbeat_key): the key names the worker,
+        # whatever the body says (never a process's writer, fleet:w0001,w0002,...).
+        worker = info.key[len(hb_prefix):-len(".json")] if info.key.endswith(".json") else beat.get("worker")
+        workers.append({"worker": worker, "state": worker_state(beat, age, body.heartbeat_s),
                         "heartbeat_age_s": round(age, 1), "current_shard": beat.get("current_shard"),
                         "items_per_s": beat.get("items_per_s"), "items_done": beat.get("items_done", 0),
                         "items_failed": beat.get("items_failed", 0), "shards_written": beat.get("shards_written", 0),
@@ -63,16 +84,27 @@ def fleet_status(bucket, job_id: str, now: datetime | None = None) -> dict[str, 
         dataset = view.latest.detail.get("dataset")
     items_done = dataset["items_covered"] if dataset else (min(total, covered_items(done)) if total else 0)
     alive = [w for w in workers if w["state"] == "alive"]
-    rate = sum(w["items_per_s"] or 0.0 for w in alive)
-    left = (total - items_done) if total is not None else None
+    state = view.state.value if view.state else None
+    ended = view.state is not None and view.state.terminal
+    started_at, ended_at = wall_clock(view.history)
+    wall = max(0.0, _seconds(started_at, ended_at)) if started_at and ended_at else None
+    if ended:  # the average over the wall time (None if it never ran); no ETA
+        rate = items_done / wall if wall else None
+        eta = None
+    else:  # live: the alive workers' recent rates
+        rate = sum(w["items_per_s"] or 0.0 for w in alive)
+        left = (total - items_done) if total is not None else None
+        eta = round(left / rate, 1) if rate and left else None
     cost = _get(bucket, keys.fleet_prefix(job_id) + "cost.json")
     return {
-        "job_id": job_id, "state": view.state.value if view.state else None, "planned": plan is not None,
+        "job_id": job_id, "state": state, "planned": plan is not None,
         "items_total": total, "items_done": items_done,
         "items_failed": dataset["items_failed"] if dataset else sum(w["items_failed"] for w in workers),
         "dead_lettered": dataset["dead_letters"] if dataset else sum(w["dead_lettered"] for w in workers),
         "shards_done": len(done), "shards_planned": plan["n_shards"] if plan else None,
-        "items_per_s": round(rate, 2), "eta_s": round(left / rate, 1) if rate and left else None,
+        "items_per_s": round(rate, 2) if rate is not None else None, "eta_s": eta,
+        "rate": "average" if ended else "live",
+        "started_at": started_at, "ended_at": ended_at, "wall_s": round(wall, 3) if wall is not None else None,
         "workers": sorted(workers, key=lambda w: w["worker"] or ""),
         "workers_alive": len(alive), "dataset": dataset, "cost": cost,
     }

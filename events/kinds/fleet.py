@@ -178,7 +178,8 @@ class FleetRun(Strict):
     shard_size: int = Field(50, ge=1, le=100_000)
     lease_s: float = Field(120.0, ge=2, le=86400, description="a claim not renewed this long may be taken over")
     heartbeat_s: float = Field(30.0, ge=0.5, le=3600, description="each worker's heartbeat, ± jitter")
-    max_item_attempts: int = Field(3, ge=1, le=20, description="worker deaths on one shard before it is bisected")
+    max_item_attempts: int = Field(3, ge=1, le=20, description="times an item, alone in its shard and in "
+                                   "quarantine, may kill its worker process before it is dead-lettered")
     workers: Workers = Field(default_factory=Workers)
     output: Output = Field(default_factory=Output)
 

@@ -14,6 +14,25 @@ def _age(s: float | None) -> str:
     return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m"
 
 
+def _wall(s: float) -> str:
+    """A wall time: 42.3s, 11m 30s, 2h 05m."""
+    if s < 60:
+        return f"{s:.1f}s"
+    if s < 3600:
+        return f"{int(s // 60)}m {int(s % 60):02d}s"
+    return f"{int(s // 3600)}h {int(s % 3600 // 60):02d}m"
+
+
+def _rate(st) -> str:
+    """The live rate while the fleet runs; once it has ended, its average over the wall time."""
+    rate = st["items_per_s"] if st["items_per_s"] is not None else "-"
+    if st.get("rate") != "average":
+        return f"  {rate} items/s"
+    if st.get("wall_s") is None:
+        return "  never ran"
+    return f"  {rate} items/s avg  wall {_wall(st['wall_s'])}"
+
+
 def cmd_fleet(args) -> int:
     from bucketrun.events.fleet.status import fleet_status
     from bucketrun.events.manifest import load_job_manifest
@@ -27,7 +46,7 @@ def cmd_fleet(args) -> int:
         return 0
     total = st["items_total"]
     head = (f"{st['job_id']}  {st['state']}  {st['items_done']}/{total if total is not None else '?'} items"
-            f"  failed {st['items_failed']}  dead-lettered {st['dead_lettered']}  {st['items_per_s']} items/s")
+            f"  failed {st['items_failed']}  dead-lettered {st['dead_lettered']}" + _rate(st))
     if st["eta_s"]:
         head += f"  ETA {_age(st['eta_s'])}"
     print(head)
@@ -35,7 +54,7 @@ def cmd_fleet(args) -> int:
           f" of {st['shards_planned'] if st['shards_planned'] is not None else '?'} planned")
     for w in st["workers"]:
         rate = f"{w['items_per_s']:.1f}/s" if w["items_per_s"] is not None else "-"
-        print(f"  {w['worker']:<14} {w['state']:<8} beat {_age(w['heartbeat_age_s']):>5} ago  "
+        print(f"  {w['worker'] or '-':<14} {w['state']:<8} beat {_age(w['heartbeat_age_s']):>5} ago  "
               f"shard {w['current_shard'] or '-':<19} {rate:>9}  done {w['items_done']}")
     if st["cost"]:
         print(f"cost: ${st['cost']['total_usd']:.2f} over {len(st['cost']['instances'])} instances")

@@ -216,7 +216,8 @@ def _get_dataset(bucket, dataset: dict, out: Path) -> None:
 
 def _get_item_files(bucket, part_files: list[Path], out: Path) -> None:
     """A processor's per-item files (the transcribe processor's transcripts): each row's `<name>_key` column
-    with a `<name>_sha256` beside it, fetched and checked, as items/<item index>.<name>."""
+    with a `<name>_sha256` beside it, fetched and checked, as items/<item index>.<name> (the item's first row)
+    or items/<item index>-<item_row>.<name> (its further rows, when a processor returns several per item)."""
     import pyarrow.parquet as pq
 
     wanted = []
@@ -224,19 +225,21 @@ def _get_item_files(bucket, part_files: list[Path], out: Path) -> None:
         table = pq.read_table(path, use_threads=False, pre_buffer=False)  # no Arrow pool at exit (arrow#34314)
         names = [c[: -len("_key")] for c in table.column_names
                  if c.endswith("_key") and f"{c[: -len('_key')]}_sha256" in table.column_names]
-        for row in table.select(["item_index", *(f"{n}_{x}" for n in names for x in ("key", "sha256"))]).to_pylist():
-            wanted += [(row["item_index"], n, row[f"{n}_key"], row[f"{n}_sha256"]) for n in names if row[f"{n}_key"]]
+        for row in table.select(["item_index", "item_row",
+                                 *(f"{n}_{x}" for n in names for x in ("key", "sha256"))]).to_pylist():
+            wanted += [(row["item_index"], row["item_row"], n, row[f"{n}_key"], row[f"{n}_sha256"])
+                       for n in names if row[f"{n}_key"]]
     if not wanted:
         return
     out.mkdir(exist_ok=True)
-    for index, name, key, sha256 in wanted:
+    for index, ordinal, name, key, sha256 in wanted:
         try:
             data = bucket.get(key).data
         except NotFound as exc:
             raise CliError(f"{key} (item {index}) is missing from the bucket") from exc
         if hashlib.sha256(data).hexdigest() != sha256:
             raise CliError(f"{key} (item {index}) does not match the sha256 its row records; not trusting it")
-        (out / f"{index:09d}.{name}").write_bytes(data)
+        (out / (f"{index:09d}.{name}" if not ordinal else f"{index:09d}-{ordinal}.{name}")).write_bytes(data)
     print(f"{out}/ ({len(wanted)} per-item files: verified)")
 
 

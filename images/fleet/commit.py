@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from bucketrun.events import aconditional, codec, keys
 from bucketrun.events.errors import CorruptObject
 from bucketrun.events.fleet import claims
-from bucketrun.events.fleet.dataset import Coverage, dataset_body, resolve
+from bucketrun.events.fleet.dataset import Coverage, averify_dataset, dataset_body, resolve
 from bucketrun.events.fleet.plan import Plan
 
 PARQUET = "application/vnd.apache.parquet"
@@ -42,9 +42,10 @@ class CommitResult:
 
 async def commit_shard(bucket, job_id: str, output_prefix: str, lease: claims.ShardLease, worker: str,
                        covered: tuple[int, int] | None, rows: list[dict[str, Any]], schema: pa.Schema,
-                       items_failed: int = 0, children: list[tuple[int, int]] = (),
-                       dead: list[dict[str, Any]] = (), child_deaths: int | None = None) -> CommitResult:
-    """`child_deaths`: the deaths each child shard starts with (default: the parent's)."""
+                       items_failed: int = 0, children: list[tuple[int, ...]] = (),
+                       dead: list[dict[str, Any]] = ()) -> CommitResult:
+    """Each child is (lo, hi), starting with the parent's deaths (a remainder stays as suspect as its parent),
+    or (lo, hi, deaths, kills)."""
     shard, generation = lease.shard, lease.generation
     part = None
     if covered is not None:
@@ -52,11 +53,13 @@ async def commit_shard(bucket, job_id: str, output_prefix: str, lease: claims.Sh
         part_key = keys.fleet_part_key(output_prefix, shard, generation)
         await aconditional.create_once(bucket, part_key, data, PARQUET)  # one writer per generation
         part = {"key": part_key, "rows": len(rows), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    for a, b in children:  # offered before the marker that names them, so a listing never misses one
-        await claims.offer(bucket, job_id, keys.shard_id(a, b), deaths=lease.deaths if child_deaths is None else child_deaths)
+    for a, b, *counts in children:  # offered before the marker that names them, so a listing never misses one
+        deaths, kills = counts or (lease.deaths, 0)
+        await claims.offer(bucket, job_id, keys.shard_id(a, b), deaths=deaths, kills=kills)
     marker = {"shard": shard, "generation": generation, "worker": worker,
               "covered": list(covered) if covered else None, "part": part, "items_failed": items_failed,
-              "children": [list(c) for c in children], "dead": list(dead), "at": codec.iso(codec.now())}
+              "children": [[c[0], c[1]] for c in children], "dead": list(dead), "deaths": lease.deaths,
+              "kills": lease.kills, "at": codec.iso(codec.now())}
     out = await aconditional.create_json(bucket, keys.fleet_done_key(job_id, shard), marker)
     if not out.won and part is not None and ((out.body or {}).get("part") or {}).get("key") != part["key"]:
         await bucket.delete(part["key"])  # a zombie's orphan: the shard's row set is the winner's
@@ -118,5 +121,28 @@ async def build_dataset(bucket, job_id: str, plan: Plan, output_prefix: str, wri
             raise CorruptObject(f"part {m['part']['key']} lists as {sizes.get(m['part']['key'])} bytes, "
                                    f"its marker says {m['part']['bytes']}")
     body = dataset_body(job_id, plan, cov, writer)
+    await averify_dataset(bucket, body)  # row by row, before anything is committed
+    named = {m["part"]["key"] for m in cov.committed}
+    body["orphan_parts_deleted"] = await delete_orphans(bucket, job_id, output_prefix, set(sizes) - named)
     out = await aconditional.create_json(bucket, keys.fleet_dataset_key(output_prefix), body)
     return cov, out.body
+
+
+async def delete_orphans(bucket, job_id: str, output_prefix: str, unnamed: set[str]) -> int:
+    """Delete the parts the dataset will not name (written by workers killed before their marker, or by zombies),
+    except one whose lease generation still holds its shard: a live holder's part is never touched."""
+    sem = asyncio.Semaphore(READ_CONCURRENCY)
+
+    async def one(key: str) -> int:
+        parsed = keys.parse_fleet_part_key(output_prefix, key)
+        if parsed is None:
+            return 0
+        shard, generation = parsed
+        async with sem:
+            snap = await claims.read(bucket, keys.fleet_lease_key(job_id, shard))
+            if snap is not None and snap.live and snap.generation == generation:
+                return 0
+            await bucket.delete(key)
+        return 1
+
+    return sum(await asyncio.gather(*(one(k) for k in sorted(unnamed))))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import tempfile
 import time
 from contextlib import AsyncExitStack
@@ -28,6 +29,7 @@ from bucketrun.events.storage.aio import open_async_bucket
 from .processors import Processor, ProcessorContext, ProcessorError, make_processor, schema_of
 
 log = logging.getLogger("bucketrun.fleet")
+DATASET_POLL_S = 1.0  # once a worker of this process is idle, it looks for the committed dataset this often
 
 
 class FleetStopped(Exception):
@@ -53,6 +55,8 @@ class FleetJob:
         self.marker_cache: dict[str, dict[str, Any]] = {}  # done markers are write-once: read each once
         self.unledgered: dict[str, dict[str, Any]] = {}  # markers this process won since its last ledger
         self.ledgers = 0
+        self.finished = asyncio.Event()  # the dataset is committed: every worker of this process leaves
+        self._dataset_watch: asyncio.Task | None = None
         self._stack = AsyncExitStack()
         self._tmp = tempfile.TemporaryDirectory(prefix="bucketrun-fleet-")
 
@@ -68,7 +72,13 @@ class FleetJob:
         self.bucket = await self._stack.enter_async_context(open_async_bucket(self.bucket_url))
         return self
 
+    @property
+    def workdir(self) -> Path:
+        return Path(self._tmp.name)
+
     async def __aexit__(self, *exc) -> None:
+        if self._dataset_watch is not None:
+            self._dataset_watch.cancel()
         if self.processor is not None:
             self.processor.close()
         await self._stack.aclose()
@@ -134,6 +144,32 @@ class FleetJob:
             found = await list_fn()
             self._listings[name] = (time.monotonic(), sum(-(-len(part) // 1000) for part in found), found)
             return found
+
+    def watch_for_dataset(self) -> None:
+        """Started by the first worker of this process with nothing left to claim: one HEAD a second for the
+        whole process, so that idle workers leave within a second or two of the dataset's commit."""
+        if self._dataset_watch is None:
+            self._dataset_watch = asyncio.create_task(self._watch_dataset())
+
+    async def _watch_dataset(self) -> None:
+        key = keys.fleet_dataset_key(self.output_prefix)
+        while not self.finished.is_set():
+            try:
+                await self.bucket.head(key)
+                self.finished.set()
+                return
+            except NotFound:
+                pass
+            except BucketrunError as exc:
+                log.warning("looking for %s: %s", key, exc)
+            await asyncio.sleep(DATASET_POLL_S * random.uniform(0.8, 1.2))
+
+    def quarantine_spec(self, worker: str, lo: int, hi: int) -> dict[str, Any]:
+        """What a quarantine child needs to make the processor and run items [lo, hi): URLs and names only."""
+        return {"bucket_url": self.bucket_url, "source_url": self.body.items.bucket or self.bucket_url,
+                "job_id": self.job_id, "worker": worker, "device": self.device, "attempt": self.attempt,
+                "factory": self.body.processor.factory, "options": self.body.processor.options,
+                "output_prefix": self.output_prefix, "lo": lo, "items": self.items[lo:hi]}
 
     def won(self, shard: str, marker: dict[str, Any]) -> None:
         self.marker_cache[shard] = marker

@@ -1,7 +1,9 @@
-"""One fleet worker: an asyncio loop of claim (ahead, with the inputs prefetched), process, commit.
+"""One fleet worker: an asyncio loop of pick (ahead, with the inputs prefetched), claim, process, commit.
 
-It exits when no work is left, when the job ends, or after SIGTERM (finish the item, commit what is done).
-images/fleet/run.py runs one or more of them in a process.
+A shard is claimed only when its work starts, so a held lease always means a shard under way: a holder that
+dies charges a death to that shard alone, never to one it had merely picked. A shard charged a death runs in
+quarantine (quarantine.py). It exits when no work is left, when the job ends, or after SIGTERM (finish the
+item, commit what is done). images/fleet/run.py runs one or more of them in a process.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from bucketrun.events.errors import BucketrunError, NotFound
 from bucketrun.events.fleet import claims
 from bucketrun.events.lease import LeaseLost
 
+from . import quarantine
 from .commit import build_dataset, commit_shard, list_shards
 from .job import FleetJob
 
@@ -41,12 +44,22 @@ class FetchFailed:
 
 
 @dataclass
+class Candidate:
+    """A shard picked and its inputs fetched while the current one runs; not claimed until its turn comes."""
+
+    index: int
+    shard: str
+    lo: int
+    hi: int
+    payloads: list[Any]
+
+
+@dataclass
 class ShardWork:
     lease: claims.ShardLease
     lo: int
     hi: int
     payloads: list[Any] = field(default_factory=list)
-    poison: bool = False  # its workers died max_item_attempts times: bisect or dead-letter, don't process
 
 
 def start_point(worker_id: str, count: int, n_shards: int, digest: int) -> int:
@@ -92,7 +105,8 @@ class Worker:
         self.state = "starting"
         self.current: str | None = None
         self.stats = {"items_done": 0, "items_failed": 0, "shards_written": 0, "parquet_bytes": 0,
-                      "claims_lost": 0, "commits_refused": 0, "takeovers": 0, "dead_lettered": 0, "last_error": None}
+                      "claims_lost": 0, "commits_refused": 0, "takeovers": 0, "dead_lettered": 0,
+                      "quarantined": 0, "quarantine_kills": 0, "last_error": None}
         self.recent: collections.deque[tuple[int, float]] = collections.deque(maxlen=10)
         self.idle_s = 0.5
         self.errors = 0
@@ -108,8 +122,8 @@ class Worker:
         await self.bucket.put(keys.fleet_worker_key(self.job.job_id, self.id), codec.dumps(config), "application/json")
 
     async def recover(self) -> None:
-        """A worker restarted under the same id hands back the leases its previous life held (counting a death
-        for each, so a shard that kills its worker is still isolated), then learns what is taken and done."""
+        """A worker restarted under the same id hands back the leases its previous life held (a death each: a
+        held lease is a shard that was under way), then learns what is taken and done."""
         try:
             last = codec.loads((await self.bucket.get(keys.fleet_heartbeat_key(self.job.job_id, self.id))).data)
         except NotFound:
@@ -117,6 +131,8 @@ class Worker:
         if last and last.get("state") != "offline":
             for held in last.get("holding", []):
                 key = keys.fleet_lease_key(self.job.job_id, held["shard"])
+                if await self.bucket_has(keys.fleet_done_key(self.job.job_id, held["shard"])):
+                    continue  # committed after that heartbeat: nothing was under way
                 if await claims.release_stale(self.bucket, key, self.id, held["generation"]):
                     log.info("%s: released %s held by its previous life", self.id, held["shard"])
         if last or self.job.plan_existed:  # joining a fleet under way: learn what is taken before claiming
@@ -175,50 +191,56 @@ class Worker:
             return start + length // 2
         return start + self.rng.randrange(length // 4, length - length // 4)
 
-    async def claim_next(self) -> ShardWork | None:
-        while not self.stop.any:
-            i = self._pick()
-            if i is None:
-                return None
-            shard = self.shards[i]
-            self.unavailable.add(shard)
-            lease = await claims.claim_fresh(self.bucket, keys.fleet_lease_key(self.job.job_id, shard), self.id,
-                                             self.body.lease_s)
-            self.leased.add(shard)  # won or lost, the lease exists from here on
-            if lease is None:  # taken: jump to the middle of the longest run we think free; after a second
-                self.stats["claims_lost"] += 1  # loss in a row our view is stale: one listing (a request per
-                self.collisions += 1  # thousand shards) shows what is taken
-                self.cursor = None
-                if self.collisions >= 2:
-                    await self.learn_leases()
-                    self.collisions = 0
-                continue
-            self.collisions = 0
-            self.cursor = i + 1
-            return await self._prepare(lease)
-        return None
+    async def prefetch(self) -> Candidate | None:
+        """The next shard to work on, its inputs fetched; None when nothing is free in this worker's view."""
+        if self.stop.any:
+            return None
+        i = self._pick()
+        if i is None:
+            return None
+        shard = self.shards[i]
+        self.unavailable.add(shard)
+        lo, hi = keys.parse_shard_id(shard)
+        return Candidate(i, shard, lo, hi, await self._fetch(lo, hi))
 
-    async def _prepare(self, lease: claims.ShardLease) -> ShardWork:
+    async def claim(self, cand: Candidate) -> ShardWork | None:
+        """Claim the picked shard as its work starts; None if it was taken."""
+        lease = await claims.claim_fresh(self.bucket, keys.fleet_lease_key(self.job.job_id, cand.shard), self.id,
+                                         self.body.lease_s)
+        self.leased.add(cand.shard)  # won or lost, the lease exists from here on
+        if lease is None:  # taken: jump to the middle of the longest run we think free; after a second loss in
+            self.stats["claims_lost"] += 1  # a row our view is stale: one listing (a request per thousand
+            self.collisions += 1  # shards) shows what is taken
+            self.cursor = None
+            if self.collisions >= 2:
+                await self.learn_leases()
+                self.collisions = 0
+            return None
+        self.collisions = 0
+        self.cursor = cand.index + 1
         self.holding[lease.shard] = lease
-        lo, hi = keys.parse_shard_id(lease.shard)
-        work = ShardWork(lease, lo, hi)
-        if lease.deaths >= self.body.max_item_attempts:
-            work.poison = True
-            return work
+        return ShardWork(lease, cand.lo, cand.hi, cand.payloads)
 
-        async def fetch(item: str) -> Any:
+    async def _fetch(self, lo: int, hi: int) -> list[Any]:
+        async def one(item: str) -> Any:
             try:
                 return await self.job.processor.fetch(item)
             except Exception as exc:  # noqa: BLE001 - a bad item is a row with its error, not a dead shard
                 return FetchFailed(f"fetch failed: {type(exc).__name__}: {exc}"[:500])
 
-        work.payloads = list(await asyncio.gather(*(fetch(self.job.items[i]) for i in range(lo, hi))))
-        return work
+        return list(await asyncio.gather(*(one(self.job.items[i]) for i in range(lo, hi))))
+
+    async def _prepare(self, lease: claims.ShardLease) -> ShardWork:
+        """A shard taken over: a suspected one's inputs are fetched by its quarantine process, not here."""
+        self.holding[lease.shard] = lease
+        lo, hi = keys.parse_shard_id(lease.shard)
+        return ShardWork(lease, lo, hi, [] if lease.quarantined else await self._fetch(lo, hi))
 
     async def straggler(self) -> ShardWork | str | None:
         """Nothing left to claim fresh: look for expired or released leases and new shards, finish the
         dataset if all is done, or wait until the earliest lease could expire."""
-        if await self.bucket_has(keys.fleet_dataset_key(self.job.output_prefix)):
+        self.job.watch_for_dataset()  # from here on this process looks for the committed dataset every second
+        if self.job.finished.is_set():
             return "finished"
         if self.all_done:  # seen complete once: wait for the dataset without listing again
             return await self.finalize()
@@ -282,17 +304,29 @@ class Worker:
             return False
 
     async def sleep(self, seconds: float) -> None:
+        """Idle until `seconds` pass, SIGTERM, the job leaves this attempt, or the dataset is committed: a worker
+        leaves a finished fleet within about a second, not at the end of its nap."""
+        events = (self.stop.draining, self.stop.stopped, self.job.finished)
+        waits = [asyncio.create_task(e.wait()) for e in events]
         try:
-            await asyncio.wait_for(self.stop.draining.wait(), seconds)
-        except asyncio.TimeoutError:
-            pass
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in waits:
+                t.cancel()
 
     # -- process and commit --------------------------------------------------------------------------
+    @staticmethod
+    def _rows(i: int, item: str, out: list[dict[str, Any]] | None, error: str | None) -> list[dict[str, Any]]:
+        """An item's rows, each with its ordinal within the item; a failed item is one row with its error."""
+        if error is not None:
+            return [{"item_index": i, "item_row": 0, "item": item, "error": error}]
+        return [{**r, "item_index": i, "item_row": n, "item": item, "error": None} for n, r in enumerate(out or [{}])]
+
     async def process(self, work: ShardWork) -> None:
         lease, lo, hi = work.lease, work.lo, work.hi
         self.current = lease.shard
-        if work.poison:
-            await self._isolate(work)
+        if lease.quarantined:
+            await self._quarantine(work)
             return
         proc, items, started = self.job.processor, self.job.items, time.monotonic()
         rows: list[dict[str, Any]] = []
@@ -307,12 +341,11 @@ class Worker:
                     raise RuntimeError(payload.error)
                 out = (await loop.run_in_executor(None, proc.process, item, payload) if proc.blocking
                        else proc.process(item, payload))
-                rows += [{**r, "item_index": i, "item": item, "error": None} for r in (out or [{}])]
+                rows += self._rows(i, item, out, None)
             except Exception as exc:  # noqa: BLE001 - the item's error is its row
                 failed += 1
-                error = f"{type(exc).__name__}: {exc}"[:1000]
-                self.stats["last_error"] = error
-                rows.append({"item_index": i, "item": item, "error": error})
+                self.stats["last_error"] = error = f"{type(exc).__name__}: {exc}"[:1000]
+                rows += self._rows(i, item, None, error)
             k = i + 1
         if lease.shard in self.lost or self.stop.stopped.is_set():
             self.holding.pop(lease.shard, None)
@@ -320,49 +353,87 @@ class Worker:
         if k == lo:  # drained before the first item: hand it back whole
             await self._release(lease)
             return
-        result = await commit_shard(self.bucket, self.job.job_id, self.job.output_prefix, lease, self.id, (lo, k),
-                                    rows, self.job.schema, items_failed=failed,
-                                    children=[(k, hi)] if k < hi else [])
+        await self._commit(work, k, rows, failed, started)
+
+    async def _commit(self, work: ShardWork, k: int, rows: list[dict[str, Any]], failed: int, started: float,
+                      children: list[tuple[int, ...]] | None = None, dead: list[dict[str, Any]] = ()) -> None:
+        """Commit items [lo, k) with their rows; by default the rest of the shard is offered as a new shard."""
+        lease, lo, hi = work.lease, work.lo, work.hi
+        result = await commit_shard(self.bucket, self.job.job_id, self.job.output_prefix, lease, self.id,
+                                    (lo, k) if k > lo else None, rows, self.job.schema, items_failed=failed,
+                                    children=[(k, hi)] if children is None and k < hi else children or [],
+                                    dead=dead)
         self.holding.pop(lease.shard, None)
         self.done.add(lease.shard)
-        if result.won:
-            self.job.won(lease.shard, result.marker)
+        if not result.won:
+            self.stats["commits_refused"] += 1
+            log.warning("%s: shard %s was committed by generation %s first; our part was removed", self.id,
+                        lease.shard, result.marker.get("generation"))
+            return
+        self.job.won(lease.shard, result.marker)
+        self.stats["dead_lettered"] += len(dead)
+        if k > lo:
             self.stats["items_done"] += k - lo - failed
             self.stats["items_failed"] += failed
             self.stats["shards_written"] += 1
             self.stats["parquet_bytes"] += result.marker["part"]["bytes"]
             self.recent.append((k - lo, time.monotonic() - started))
-        else:
-            self.stats["commits_refused"] += 1
-            log.warning("%s: shard %s was committed by generation %s first; our part was removed", self.id,
-                        lease.shard, result.marker.get("generation"))
 
-    async def _isolate(self, work: ShardWork) -> None:
-        """A shard whose workers died max_item_attempts times: split it in two (each half one death from
-        splitting again), or dead-letter its single item. One bad item never loops or blocks the fleet."""
+    async def _quarantine(self, work: ShardWork) -> None:
+        """A suspected shard (a holder died inside it) runs alone in a child process. If the child dies, the
+        item under way killed it: a longer shard commits the items before it and splits it off as a suspected
+        shard of one (the rest runs as usual); a shard of one counts the kill and, after max_item_attempts, is
+        dead-lettered. The items of every other shard are never charged."""
         lease, lo, hi = work.lease, work.lo, work.hi
-        if hi - lo > 1:
-            mid = (lo + hi) // 2
-            children, dead = [(lo, mid), (mid, hi)], []
-            log.warning("%s: shard %s killed %d workers; bisecting", self.id, lease.shard, lease.deaths)
-        else:
-            children = []
-            dead = [{"index": lo, "item": self.job.items[lo],
-                     "reason": f"its worker died {lease.deaths} times processing it"}]
-            log.warning("%s: item %d (%s) dead-lettered", self.id, lo, self.job.items[lo])
-        result = await commit_shard(self.bucket, self.job.job_id, self.job.output_prefix, lease, self.id, None, [],
-                                    self.job.schema, children=children, dead=dead,
-                                    child_deaths=max(0, self.body.max_item_attempts - 1))  # all but one death
-        if result.won:
-            self.job.won(lease.shard, result.marker)
-            self.stats["dead_lettered"] += len(dead)
-        self.holding.pop(lease.shard, None)
-        self.done.add(lease.shard)
+        limit = self.body.max_item_attempts
+        while lease.kills < limit or hi - lo > 1:
+            self.stats["quarantined"] += 1
+            started = time.monotonic()
+            out = await quarantine.run(self.job.quarantine_spec(self.id, lo, hi), self.job.workdir,
+                                       lambda: self.stop.any or lease.shard in self.lost)
+            if lease.shard in self.lost or self.stop.stopped.is_set():
+                self.holding.pop(lease.shard, None)
+                return
+            rows, failed, k = [], 0, lo
+            while k in out.outputs:
+                result, error = out.outputs[k]
+                rows += self._rows(k, self.job.items[k], result, error)
+                failed, k = failed + (error is not None), k + 1
+            culprit = out.under_way if out.died else None
+            if culprit is None:  # finished, drained, or died outside any item (nobody's fault): as a drain
+                if k == lo:
+                    if out.died:  # the caller hands the shard back, and pauses
+                        raise quarantine.QuarantineFailed(f"the quarantine process of {lease.shard} exited "
+                                                          f"{out.returncode} before its first item")
+                    await self._release(lease)
+                    return
+                await self._commit(work, k, rows, failed, started)
+                return
+            self.stats["quarantine_kills"] += 1
+            if hi - lo > 1:
+                log.warning("%s: item %d (%s) killed the quarantine process of shard %s; split off", self.id,
+                            culprit, self.job.items[culprit], lease.shard)
+                children = [(culprit, culprit + 1, max(1, lease.deaths), 0)]
+                children += [(culprit + 1, hi, 0, 0)] if culprit + 1 < hi else []
+                await self._commit(work, k, rows, failed, started, children=children)
+                return
+            await claims.record_kill(self.bucket, lease)
+            log.warning("%s: item %d (%s) killed its quarantine process (%d of %d)", self.id, lo,
+                        self.job.items[lo], lease.kills, limit)
+        dead = [{"index": lo, "item": self.job.items[lo],
+                 "reason": f"it killed its worker process {lease.kills} times, alone in its shard and in quarantine"}]
+        log.warning("%s: item %d (%s) dead-lettered", self.id, lo, self.job.items[lo])
+        await self._commit(work, lo, [], 0, time.monotonic(), children=[], dead=dead)
 
-    def _drop(self, lease: claims.ShardLease, exc: Exception) -> None:
+    async def _drop(self, lease: claims.ShardLease, exc: Exception) -> None:
+        """The store failed past its retries mid-shard: hand the shard back (redone under a new generation)
+        rather than let it wait out its lease; if even that fails, it lapses and is taken over."""
         log.warning("%s: shard %s abandoned: %s", self.id, lease.shard, exc)
         self.stats["last_error"] = f"{type(exc).__name__}: {exc}"[:1000]
-        self.holding.pop(lease.shard, None)
+        try:
+            await self._release(lease)
+        except BucketrunError:
+            self.holding.pop(lease.shard, None)
 
     async def _pause(self, exc: Exception) -> None:
         """A request failed past botocore's retries (the store is struggling): note it and go round again,
@@ -441,6 +512,7 @@ class Worker:
             await self.job.fail_code("dataset check failed: " + "; ".join(problems))
         else:
             await self.job.succeed({"dataset": summary, "artifacts": [artifact]})
+        self.job.finished.set()  # this process's other workers leave now
         return "finished"
 
     async def heartbeat(self, final: bool = False) -> None:
@@ -472,45 +544,43 @@ class Worker:
         await self.heartbeat()
         tasks = [asyncio.create_task(self.heartbeat_loop()), asyncio.create_task(self.renew_loop())]
         outcome = "stopped"
+        ahead: asyncio.Task | None = None
         try:
-            ahead: asyncio.Task | None = asyncio.create_task(self.claim_next())
+            ahead = asyncio.create_task(self.prefetch())
             while True:
                 try:
-                    work = await ahead
+                    cand = await ahead
                 except BucketrunError as exc:
-                    work = await self._pause(exc)
+                    cand = await self._pause(exc)
                 ahead = None
                 if self.stop.any:
-                    if isinstance(work, ShardWork):
-                        await self._release(work.lease)
                     outcome = "drained" if self.stop.draining.is_set() else "stopped"
                     break
+                work: ShardWork | str | None = None
+                try:
+                    work = await (self.claim(cand) if cand is not None else self.straggler())
+                except BucketrunError as exc:
+                    await self._pause(exc)
+                if work == "finished":
+                    outcome = "finished"
+                    break
+                ahead = asyncio.create_task(self.prefetch())  # the next shard's inputs while this one runs
                 if work is None:
-                    try:
-                        work = await self.straggler()
-                    except BucketrunError as exc:
-                        work = await self._pause(exc)
-                    if work == "finished":
-                        outcome = "finished"
-                        break
-                    if work is None:
-                        ahead = asyncio.create_task(self.claim_next())
-                        continue
-                ahead = asyncio.create_task(self.claim_next())  # prefetch the next shard while this one runs
+                    continue
                 try:
                     await self.process(work)
-                except BucketrunError as exc:  # the store failed past its retries: the lease lapses, and
-                    self._drop(work.lease, exc)  # the shard is redone under a new generation
+                except BucketrunError as exc:  # the store failed past its retries: the shard is handed back
+                    await self._drop(work.lease, exc)
+                    if isinstance(exc, quarantine.QuarantineFailed):
+                        await self._pause(exc)
                 self.current = None
         finally:
             if ahead is not None:
                 ahead.cancel()
                 try:
-                    work = await ahead
-                except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                    work = None
-                if isinstance(work, ShardWork):
-                    await self._release(work.lease)
+                    await ahead
+                except (asyncio.CancelledError, Exception):  # noqa: BLE001 - a picked shard is not claimed
+                    pass
             for lease in list(self.holding.values()):
                 await self._release(lease)
             for t in tasks:

@@ -15,8 +15,10 @@ import pyarrow as pa
 
 from bucketrun.events.kinds import load_entry_point
 
-# Every row carries these, whatever the processor: which item it belongs to, and the item's error if it failed.
-BASE_COLUMNS: dict[str, pa.DataType] = {"item_index": pa.int64(), "item": pa.string(), "error": pa.string()}
+# Every row carries these, whatever the processor: which item it belongs to, its ordinal among that item's rows
+# (0..n-1: a processor may return several rows per item), and the item's error if it failed.
+BASE_COLUMNS: dict[str, pa.DataType] = {"item_index": pa.int64(), "item_row": pa.int64(), "item": pa.string(),
+                                        "error": pa.string()}
 
 
 class ProcessorError(Exception):
