@@ -5,6 +5,7 @@ workers that have all gone offline, and each row's worker column is a worker id,
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from bucketrun.events import codec, keys
@@ -130,6 +132,10 @@ def test_an_ended_fleet_shows_its_average_rate_and_wall_time(tmp_path):
     assert {m["worker"] for m in markers} <= set(WORKERS)
     dataset = codec.loads(bucket.get(result["detail"]["dataset"]["key"]).data)
     assert {s["worker"] for s in dataset["shards"]} <= set(WORKERS)
+    # and so do the rows: each part's `worker` column is the worker that committed it, not the process's writer
+    for s in dataset["shards"]:
+        table = pq.read_table(io.BytesIO(bucket.get(s["key"]).data), columns=["worker"], use_threads=False)
+        assert set(table.column("worker").to_pylist()) == {s["worker"]}, s["key"]
 
 
 def test_a_cancelled_fleet_shows_its_average_rate_up_to_the_cancel(tmp_path):

@@ -27,6 +27,7 @@ from bucketrun.events.lease import LeaseLost
 from . import quarantine
 from .commit import build_dataset, commit_shard, list_shards
 from .job import FleetJob
+from .processors import CURRENT_WORKER
 
 log = logging.getLogger("bucketrun.fleet")
 GRACE_S = 25.0
@@ -331,7 +332,6 @@ class Worker:
         proc, items, started = self.job.processor, self.job.items, time.monotonic()
         rows: list[dict[str, Any]] = []
         failed, k = 0, lo
-        loop = asyncio.get_running_loop()
         for i in range(lo, hi):
             if self.stop.any or lease.shard in self.lost:
                 break
@@ -339,7 +339,7 @@ class Worker:
             try:
                 if isinstance(payload, FetchFailed):
                     raise RuntimeError(payload.error)
-                out = (await loop.run_in_executor(None, proc.process, item, payload) if proc.blocking
+                out = (await asyncio.to_thread(proc.process, item, payload) if proc.blocking
                        else proc.process(item, payload))
                 rows += self._rows(i, item, out, None)
             except Exception as exc:  # noqa: BLE001 - the item's error is its row
@@ -538,6 +538,7 @@ class Worker:
 
     # -- the loop ------------------------------------------------------------------------------------
     async def run(self) -> str:
+        CURRENT_WORKER.set(self.id)  # this task's context (and its to_thread calls): rows name this worker
         await self.register()
         await self.recover()
         self.state = "running"

@@ -6,6 +6,7 @@ A processor is made by a factory `make(options, ctx) -> Processor`, named in the
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,11 @@ from bucketrun.events.kinds import load_entry_point
 # (0..n-1: a processor may return several rows per item), and the item's error if it failed.
 BASE_COLUMNS: dict[str, pa.DataType] = {"item_index": pa.int64(), "item_row": pa.int64(), "item": pa.string(),
                                         "error": pa.string()}
+
+
+# The worker (w0001) whose item is being processed: one processor serves every worker of a process, so its
+# ctx.worker_id names the process; each worker's task (and the thread it runs a blocking item in) sets this.
+CURRENT_WORKER: contextvars.ContextVar[str | None] = contextvars.ContextVar("bucketrun_fleet_worker", default=None)
 
 
 class ProcessorError(Exception):

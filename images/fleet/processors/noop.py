@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from bucketrun.events.kinds.fleet import NoopOptions
 
-from . import ProcessorContext
+from . import CURRENT_WORKER, ProcessorContext
 
 
 class Noop:
@@ -32,7 +32,7 @@ class Noop:
             time.sleep(self.options.sleep_s)
         if item in self.fail:
             raise ValueError(f"injected failure on {item}")
-        return [{"length": len(item), "worker": self.ctx.worker_id}]
+        return [{"length": len(item), "worker": CURRENT_WORKER.get() or self.ctx.worker_id}]
 
     def close(self) -> None:
         pass
