@@ -24,7 +24,7 @@ from bucketrun.events.errors import BucketrunError, NotFound
 from bucketrun.events.fleet import claims
 from bucketrun.events.lease import LeaseLost
 
-from . import quarantine
+from . import host, quarantine
 from .commit import build_dataset, commit_shard, list_shards
 from .job import FleetJob
 from .processors import CURRENT_WORKER
@@ -118,8 +118,8 @@ class Worker:
     async def register(self) -> None:
         config = {"worker": self.id, "host": os.uname().nodename, "pid": os.getpid(),
                   "processor": self.body.processor.name or self.body.processor.entry_point,
-                  "batch_size": self.body.shard_size, "device": self.job.device, "gpu": _gpu(),
-                  "version": _version(), "started_at": codec.iso(codec.now())}
+                  "batch_size": self.body.shard_size, "device": self.job.device, "gpu": host.gpu(),
+                  "version": host.version(), "started_at": codec.iso(codec.now())}
         await self.bucket.put(keys.fleet_worker_key(self.job.job_id, self.id), codec.dumps(config), "application/json")
 
     async def recover(self) -> None:
@@ -593,25 +593,3 @@ class Worker:
             except BucketrunError:
                 pass
         return outcome
-
-
-def _gpu() -> dict[str, Any] | None:
-    try:
-        import pynvml  # nvidia-ml-py, when the image has it
-
-        pynvml.nvmlInit()
-        h = pynvml.nvmlDeviceGetHandleByIndex(0)
-        name = pynvml.nvmlDeviceGetName(h)
-        return {"name": name.decode() if isinstance(name, bytes) else name,
-                "vram_mb": pynvml.nvmlDeviceGetMemoryInfo(h).total // 2**20}
-    except Exception:  # noqa: BLE001 - no NVIDIA library or no GPU: reported as none
-        return None
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("bucketrun")
-    except PackageNotFoundError:
-        return "unknown"
