@@ -305,6 +305,7 @@ def bucketrun_run(moto: Moto, args: argparse.Namespace, size: int, rep: int, kil
     mon = Monitor(label, size, progress, logdir, args.kill_at if kill else None, args.kill_procs,
                   timeout_s=args.timeout_s or max(900.0, size / 20), stall_s=args.stall_s)
     mon.diagnose = lambda: moto.diagnose(name, job_id)
+    mon.tail_dump_s = 2 * args.lease_s  # still in the tail after 2 x lease_s: the workers log where they wait
     try:
         t0_wall, t_exit_wall = mon.run(cmds, env=dict(os.environ))
         fleet = moto.counter.take()
@@ -335,6 +336,8 @@ def bucketrun_run(moto: Moto, args: argparse.Namespace, size: int, rep: int, kil
     wall = t_succ_wall - t0_wall
     res = {"items": size, "job_id": job_id, "wall_s": round(wall, 3), "items_per_s": round(size / wall, 1),
            "workers_exit_s": round(t_exit_wall - t0_wall, 3), "kill": mon.kill,
+           "tail_s": round(t_succ_wall - mon.t99_wall, 2) if mon.t99_wall else None,  # 99% done -> succeeded
+           "exit_lag_s": [round(t - t_succ_wall, 2) for t in mon.exit_wall if t is not None],  # succeeded -> exit
            "requests": fleet, "requests_per_item": {op: round(n / size, 4) for op, n in fleet.items()},
            "setup_requests": setup, "bench_wait_requests": waited, "verify_requests": verify_req,
            "verify_s": round(verify_s, 2), "verify": checked,
@@ -344,7 +347,8 @@ def bucketrun_run(moto: Moto, args: argparse.Namespace, size: int, rep: int, kil
     per = ", ".join(f"{op} {n / size:.3f}" for op, n in sorted(ops_of(fleet).items()))
     log(f"{label}: {res['items_per_s']:,.0f} items/s ({wall:.1f} s"
         f"{', kill -9 at %.0f%%' % (100 * mon.kill['at_fraction']) if mon.kill else ''}); "
-        f"{fleet['total'] / size:.3f} S3 requests/item ({per}); verified row by row")
+        f"{fleet['total'] / size:.3f} S3 requests/item ({per}); verified row by row; 99% -> succeeded "
+        f"{res['tail_s']} s; workers exited {max(res['exit_lag_s'], default=float('nan')):.2f} s after succeeded")
     moto.drop_bucket(name)
     return res
 
@@ -395,6 +399,16 @@ def report(res: dict[str, Any], out: Path) -> str:
         by = ", ".join(f"{op} {rq[op]:.3f}" for op in OPS if rq.get(op)) or "-"
         kill = " [kill -9]" if any(r.get("kill") for x in (b, p) if x for r in x["runs"]) else ""
         lines.append(f"{int(size):>9,} | {cell(b):>24} | {cell(p):>23} | {ratio:>6} | {tot:>11} | {by}{kill}")
+    for size, e in res["sizes"].items():
+        tails = [r for r in (e.get("bucketrun") or {}).get("runs", []) if r.get("tail_s") is not None]
+        if tails:
+            goal = 2 * a["lease_s"]
+            worst = max(r["tail_s"] for r in tails)
+            lag = max((max(r["exit_lag_s"], default=0.0) for r in tails), default=0.0)
+            lines.append(f"bucketrun {int(size):,}: 99% done -> succeeded {', '.join(str(r['tail_s']) for r in tails)}"
+                         f" s (goal <= 2 x lease_s = {goal:g} s: {'met' if worst <= goal else 'NOT met'}); "
+                         f"last worker process exited {lag:.2f} s after succeeded (goal <= 5 s: "
+                         f"{'met' if lag <= 5 else 'NOT met'})")
     for size, e in res["sizes"].items():
         for side in ("bucketrun", "postgres"):
             for r in (e.get(side) or {}).get("runs", []):

@@ -3,6 +3,7 @@ the progress monitor."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import statistics
@@ -70,6 +71,10 @@ class Monitor:
         self.kill: dict[str, Any] | None = None
         self.diagnose = None  # called on a stall or timeout, while the workers still run
         self.diagnosis: dict[str, Any] | None = None
+        self.t99_wall: float | None = None  # wall clock when 99% of the work was first seen done
+        self.exit_wall: list[float | None] = []  # wall clock at each process's exit (the last life's)
+        self.tail_dump_s: float | None = None  # SIGUSR1 each process still up this long after 99% (bucketrun's
+        # workers log where their tasks wait; None: never, as SIGUSR1 would end a process without a handler)
 
     def _diagnose(self) -> None:
         if self.diagnose is not None:
@@ -86,18 +91,32 @@ class Monitor:
         procs = [subprocess.Popen(c, cwd=ROOT, env=env, stdout=open(lp, "ab"), stderr=subprocess.STDOUT)
                  for c, lp in zip(cmds, logs)]
         killed: set[int] = set()
-        next_print = t0 + 5
+        self.exit_wall = [None] * len(procs)
+        dumped = False
+        next_print = next_sample = t0 + 5
         last_what, last_change = None, t0
         try:
             while True:
                 time.sleep(0.25)
                 now = time.perf_counter()
                 running = [p for p in procs if p.poll() is None]
+                for i, p in enumerate(procs):
+                    if p.poll() is not None and self.exit_wall[i] is None:
+                        self.exit_wall[i] = time.time()
                 if self.kill_at is not None and self.kill is None or now >= next_print or not running \
-                        or now - last_change > self.stall_s:
+                        or now - last_change > self.stall_s or now >= next_sample:
                     frac, what = self.progress()
+                    next_sample = now + 1
                 else:
                     frac, what = None, ""
+                if frac is not None and frac >= 0.99 and self.t99_wall is None:
+                    self.t99_wall = time.time()
+                if (self.t99_wall is not None and not dumped and self.tail_dump_s is not None
+                        and time.time() - self.t99_wall > self.tail_dump_s):
+                    dumped = True  # where is each process waiting, this long into the tail? (their logs)
+                    for p in running:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(p.pid, signal.SIGUSR1)
                 if what and _count(what) != _count(last_what or ""):
                     last_what, last_change = what, now
                 elif now - last_change > self.stall_s:
@@ -121,6 +140,7 @@ class Monitor:
                     log(f"  {self.label}: kill -9 of {len(victims)} of {len(procs)} worker processes at {frac:.0%} "
                         f"({t_kill - t0:.1f} s); restarting them with the same worker ids")
                     for i in victims:
+                        self.exit_wall[i] = None
                         procs[i] = subprocess.Popen(cmds[i], cwd=ROOT, env=env, stdout=open(logs[i], "ab"),
                                                     stderr=subprocess.STDOUT)
                     self.kill = {"at_fraction": round(frac, 4), "at_s": round(t_kill - t0, 2),

@@ -14,8 +14,8 @@ import pytest
 
 from bucketrun.events import codec, keys
 from bucketrun.events.errors import CorruptObject
-from bucketrun.events.fleet.dataset import (averify_dataset, check_marker, check_part_rows, dataset_body, resolve,
-                                            verify_dataset)
+from bucketrun.events.fleet.dataset import (averify_dataset, check_marker, check_part_alone, check_part_rows,
+                                            dataset_body, resolve, verify_dataset)
 from bucketrun.events.fleet.plan import Plan
 from bucketrun.events.storage import open_bucket
 from bucketrun.events.storage.aio import open_async_bucket
@@ -358,3 +358,47 @@ def test_get_keeps_each_rows_file_when_an_item_has_several_rows(tmp_path):
     got = {p.name: p.read_text() for p in (out / "items").iterdir()}
     assert got == {"000000000.txt": "item 0 row 0", "000000000-1.txt": "item 0 row 1",
                    "000000001.txt": "item 1 row 0", "000000001-1.txt": "item 1 row 1"}
+
+
+# -- parts checked while the fleet runs (images/fleet/precheck.py) ---------------------------------------------
+
+def averify_known(f: Fleet, dataset: dict, known: dict) -> dict:
+    async def go():
+        async with open_async_bucket(f.bucket.url) as b:
+            return await averify_dataset(b, dataset, known=known)
+
+    return asyncio.run(go())
+
+
+def test_a_part_checked_ahead_is_not_read_again_and_a_stale_check_is_not_trusted(tmp_path):
+    """A record from check_part_alone stands in for reading a part only while it matches the part's entry
+    (sha256, bytes, rows, covered range): a part forged after its check is read and caught."""
+    f = standard(tmp_path / "bucket")
+    good = f.finalize()
+    lo_of = {A: 0, B: 4, C: 6, D: 9}
+    known = {k: check_part_alone(k, lo_of[k], f.bucket.get(k).data) for k in (A, B, C, D)}
+    assert all(r["ok"] for r in known.values()), known
+    assert known[A]["covered"] == [0, 4] and known[B]["covered"] == [4, 5]  # inferred: a commit covers a prefix
+    for k in (A, C):  # checked ahead: the finalizer does not need to read them
+        f.bucket.delete(k)
+    assert averify_known(f, good, known)["parts"] == 4
+    with pytest.raises(CorruptObject, match="missing"):
+        averify_known(f, good, {})  # without the records, the deleted parts are missed
+    g = standard(tmp_path / "bucket2")
+    g.finalize()
+    known = {k: check_part_alone(k, lo_of[k], g.bucket.get(k).data) for k in (A, B, C, D)}
+    rows = rows_of(range(0, 4))
+    forged = g.forge(A, rows + [rows[0]])  # after its check: the record's sha256 no longer matches
+    with pytest.raises(CorruptObject, match=re.escape(f"appears twice (ordinal 0) in part {A}")):
+        averify_known(g, forged, known)
+
+
+def test_a_part_that_fails_its_check_ahead_is_read_and_named(tmp_path):
+    f = standard(tmp_path / "bucket")
+    f.finalize()
+    rows = rows_of(range(0, 4))
+    dataset = f.forge(A, rows + [rows[-1]])
+    rec = check_part_alone(A, 0, f.bucket.get(A).data)
+    assert not rec["ok"] and "appears twice" in rec["problems"][0]
+    with pytest.raises(CorruptObject, match="appears twice"):
+        averify_known(f, dataset, {A: {**rec, "ok": True, "covered": [0, 4], "rows": 99}})  # a mismatched record

@@ -23,6 +23,8 @@ from bucketrun.events.fleet import claims
 from bucketrun.events.fleet.dataset import Coverage, averify_dataset, dataset_body, resolve
 from bucketrun.events.fleet.plan import Plan
 
+from .precheck import read_checked
+
 PARQUET = "application/vnd.apache.parquet"
 READ_CONCURRENCY = 32
 
@@ -121,7 +123,8 @@ async def build_dataset(bucket, job_id: str, plan: Plan, output_prefix: str, wri
             raise CorruptObject(f"part {m['part']['key']} lists as {sizes.get(m['part']['key'])} bytes, "
                                    f"its marker says {m['part']['bytes']}")
     body = dataset_body(job_id, plan, cov, writer)
-    await averify_dataset(bucket, body)  # row by row, before anything is committed
+    # Row by row, before anything is committed; parts checked while the fleet ran (precheck.py) are not read again.
+    await averify_dataset(bucket, body, known=await read_checked(bucket, job_id))
     named = {m["part"]["key"] for m in cov.committed}
     body["orphan_parts_deleted"] = await delete_orphans(bucket, job_id, output_prefix, set(sizes) - named)
     out = await aconditional.create_json(bucket, keys.fleet_dataset_key(output_prefix), body)
