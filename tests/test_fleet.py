@@ -266,11 +266,19 @@ def test_a_fleet_through_the_simulation_and_the_cli(bucket_url, bucket, launcher
         thread.join(timeout=30)
 
 
+def _process_running(pid: int) -> bool:
+    """Whether `pid` still runs: gone, or a zombie (exited, not yet reaped), counts as ended."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
 def test_cancelling_a_running_fleet_stops_its_workers_and_tears_it_down(bucket_url, bucket, launcher):
     """Cancel mid-run: the workers see it at their next look at the job and stop without committing more; the
     sweep stops every instance and records the cost; no dataset is ever written."""
-    import time
-
+    from bucketrun.events.fleet.status import covered_items
     from bucketrun.events.lifecycle import read_view
     from bucketrun.handlers.control import cancel
     from bucketrun.local_sim.sim import Simulation
@@ -291,9 +299,24 @@ def test_cancelling_a_running_fleet_stops_its_workers_and_tears_it_down(bucket_u
         wait_for(lambda: not bucket.exists(keys.fleet_index_key(job)), timeout=60)
         instances = [codec.loads(bucket.get(i.key).data) for i in bucket.list(keys.fleet_instances_prefix(job))]
         assert len(instances) == 2 and all(i["terminated_at"] and "cancelled" in i["reason"] for i in instances)
-        done_then = sum(1 for _ in bucket.list(keys.fleet_done_prefix(job)))
-        time.sleep(2.5)
-        assert sum(1 for _ in bucket.list(keys.fleet_done_prefix(job))) == done_then  # nothing more committed
+        # every worker process has ended (not just been marked terminated): nothing is left that could commit
+        pids = [i["detail"]["pid"] for i in instances]
+        wait_for(lambda: not any(_process_running(pid) for pid in pids), timeout=60)
+
+        def committed() -> set[str]:
+            return {i.key for i in bucket.list(keys.fleet_done_prefix(job))}
+
+        def instance_ids() -> set[str]:
+            return {i.key for i in bucket.list(keys.fleet_instances_prefix(job))}
+
+        done_at_exit, launched = committed(), instance_ids()
+        assert len(launched) == 2
+        shards = [keys.fleet_shard_of(k, keys.fleet_done_prefix(job)) for k in done_at_exit]
+        assert 2 <= covered_items(shards) < 2000, shards  # stopped by the cancel, not by running out of work
+        # the sweep keeps running over the cancelled job: it must neither start new workers nor let more commit
+        passes = sim.sweeps
+        wait_for(lambda: sim.sweeps >= passes + 3, timeout=60)
+        assert instance_ids() == launched and committed() == done_at_exit  # nothing more committed
         assert read_view(bucket, job).state is JobState.CANCELLED
         assert not any(i.key.endswith("dataset.json") for i in bucket.list(keys.fleet_prefix(job)))
     finally:

@@ -14,8 +14,8 @@ import pytest
 
 from bucketrun.events import codec
 from bucketrun.events.errors import ConditionalConflict, PreconditionFailed, StaleAttempt
-from bucketrun.events.lease import (LeaseCommitted, LeaseError, LeaseHeld, LeaseLost, acquire, check_fence,
-                                    read_lease)
+from bucketrun.events.lease import (LeaseCommitted, LeaseError, LeaseHeld, LeaseLost, Snapshot, acquire,
+                                    check_fence, read_lease)
 from bucketrun.events.storage import open_bucket, split_s3_url
 
 from conftest import make_s3_bucket
@@ -278,3 +278,88 @@ def test_conflict_409_is_retried_then_decided(store, mode):
 
 def test_lease_lost_is_a_stale_attempt():
     assert issubclass(LeaseLost, StaleAttempt) and issubclass(LeaseCommitted, LeaseHeld)
+
+
+# -- 8. expiry with a fractional ttl, and the rounding of expiry -------------------------------------------
+
+FRACTIONAL = 1.5  # ceil(1.5) = 2: the store's whole-second clock judges it by 2 s
+
+
+def _snapshot(ttl_s, age_s, state="held"):
+    body = {"holder": "h", "generation": 1, "ttl_s": ttl_s, "state": state}
+    return Snapshot(KEY, body, '"etag"', age_s, "store")
+
+
+@pytest.mark.parametrize("ttl, live_ages, expired_ages", [
+    (1.5, [0.0, 1.0, 1.5, 1.51, 1.99, 2.0], [2.01, 2.5, 3.0, 60.0]),
+    (0.2, [0.0, 0.5, 1.0], [1.001, 2.0]),
+    (1, [0.0, 0.99, 1.0], [1.01, 2.0]),
+    (2, [1.0, 2.0], [2.01, 3.0]),
+    (2.5, [2.5, 3.0], [3.01]),
+])
+def test_expiry_is_judged_against_the_ttl_rounded_up_to_whole_seconds(ttl, live_ages, expired_ages):
+    """Snapshot.expired with constructed ages: a lease is live up to and including ceil(ttl) seconds by the
+    store's clock and expired strictly after, because S3's timestamps are whole seconds."""
+    assert [a for a in live_ages if _snapshot(ttl, a).expired] == []
+    assert [a for a in expired_ages if not _snapshot(ttl, a).expired] == []
+    assert all(_snapshot(ttl, a).live for a in live_ages)
+    assert not any(_snapshot(ttl, a).live for a in expired_ages)
+    for state in ("released", "committed"):  # only a held lease expires
+        assert not any(_snapshot(ttl, a, state).expired for a in live_ages + expired_ages)
+    assert not _snapshot(ttl, None).expired and _snapshot(ttl, None).live  # no clock: never stolen on a guess
+
+
+def _watch_expiry(store, key, ttl):
+    """Acquire, then read until the lease is judged expired; every read is checked against ceil(ttl).
+    Returns the (age, expired) reads and the elapsed time by this test's clock at the first expired read."""
+    limit = math.ceil(ttl)
+    sent = time.monotonic()  # before the lease's write was sent: a bound on the store's age from above
+    acquire(store, key, "holder", ttl)
+    seen = []
+    deadline = sent + 20
+    while True:
+        snap = read_lease(store, key)
+        elapsed = time.monotonic() - sent  # after the read came back
+        assert snap.clock == "store" and snap.age_s is not None
+        seen.append((round(snap.age_s, 3), snap.expired))
+        if snap.age_s <= limit:
+            assert snap.live and not snap.expired, seen  # not judged expired up to ceil(ttl)
+        else:
+            assert snap.expired and not snap.live, seen  # and judged expired as soon as the store says more
+            return seen, elapsed
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.05)
+
+
+def test_a_fractional_ttl_is_not_judged_expired_before_its_rounded_up_ttl(store):
+    """Through the bucket (ttl 1.5 s): every read while the store says at most ceil(1.5) = 2 s passed shows the
+    lease live; once it says more, expired; and by this test's own clock more than 2 s had passed by then. A
+    read must land between the bare ttl and its rounding for this to pin anything: on a machine too loaded
+    for that (the window is 0.5-1 s wide), it tries again on a fresh key."""
+    limit = math.ceil(FRACTIONAL)
+    for n in range(3):
+        key = f"jobs/j{n}/lease.json"
+        seen, elapsed = _watch_expiry(store, key, FRACTIONAL)
+        assert elapsed > limit, (elapsed, seen)  # never expired before ceil(ttl) had really passed
+        assert stored(store, key)["holder"] == "holder"  # nobody took it: expiry is a judgement, not a write
+        if any(FRACTIONAL < age <= limit for age, _ in seen):  # a live read past the bare ttl was made
+            return
+    pytest.fail(f"no read landed between {FRACTIONAL} s and {limit} s in 3 tries: {seen}")
+
+
+def test_a_fractional_ttl_lease_fails_its_fence_once_expired_even_if_nobody_took_it_over(store):
+    """check_fence refuses a holder whose lease lapsed (ttl 1.5 s) though it is still the latest generation and
+    nobody has taken it over: its side writes must stop now, before a challenger turns up."""
+    lease = acquire(store, KEY, "holder", FRACTIONAL)
+    snap = check_fence(store, KEY, lease.generation)  # live: the fence holds
+    assert snap.live and snap.generation == 1
+    wait_until(lambda: read_lease(store, KEY).expired)
+    with pytest.raises(LeaseLost, match="expired"):
+        check_fence(store, KEY, lease.generation)
+    body = stored(store)
+    assert (body["holder"], body["generation"], body["state"]) == ("holder", 1, "held")  # not taken over
+    with pytest.raises(LeaseLost):
+        check_fence(store, KEY, lease.generation + 1)  # nor is a generation that never existed
+    # a renewal (it was not taken over, so the CAS still matches) makes the fence hold again
+    lease.renew()
+    assert check_fence(store, KEY, lease.generation).live

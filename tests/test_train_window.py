@@ -244,23 +244,48 @@ def _supervise(root: Path, *flags, target=5, first_log_s=20.0, stall_s=20.0):
     return out, gate(run_dir, ck, target)
 
 
-@pytest.mark.parametrize("flags,cls,said", [
-    (["--hang-before-log"], "model_error", "no training log line within first_log_s"),
-    (["--hang-after-step", "2"], "stall", "went silent"),
-    (["--crash-at", "3"], "runtime_crash", "exit code 3"),
-    (["--fail-write"], "disk_full", "No space left"),
-    (["--write-nothing"], "code_error", "exited 0"),
+def _processes_running(needle: str) -> list[str]:
+    """Command lines of live processes (zombies excluded) that mention `needle`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if needle in cmdline and state not in ("Z", "X"):
+            found.append(cmdline)
+    return found
+
+
+@pytest.mark.parametrize("flags,cls,said,reason,rc", [
+    (["--hang-before-log"], "model_error", "no training log line within first_log_s", "first_log_timeout", None),
+    (["--hang-after-step", "2"], "stall", "went silent", "stall", None),
+    (["--crash-at", "3"], "runtime_crash", "exit code 3", "exited", 3),
+    (["--fail-write"], "disk_full", "No space left", "exited", 1),
+    (["--write-nothing"], "code_error", "exited 0", "exited", 0),
 ])
-def test_triage_classifies_each_way_a_run_fails(hosts, flags, cls, said):
+def test_triage_classifies_each_way_a_run_fails(hosts, flags, cls, said, reason, rc):
+    """Each failure is classified, and the run ended for its own reason: a hang was stopped by the watch that
+    fits it (first_log_s or stall_s, never the 120 s max_wall_s), and no trainer is left running."""
     roots, _ = hosts
-    started = time.monotonic()
     out, g = _supervise(roots["host-a"], *flags, first_log_s=3.0, stall_s=3.0)
     assert not g["passed"]
     got, message = triage(out, 5, 3.0, 3.0)
     assert got.value == cls and said in message, (got, message, out)
-    assert time.monotonic() - started < 30  # a hang is stopped by its timeout, not left running
+    assert out.reason == reason and out.rc == rc, out  # stopped by its condition, not by the wall clock
+    assert _processes_running(str(roots["host-a"] / "runs" / "t")) == []  # the hang was stopped, not left
+    if reason == "first_log_timeout":
+        assert out.first_log_s is None and out.lines == 0 and out.step is None, out
+    if reason == "stall":  # it logged, then its silence outlasted stall_s, and that is what stopped it
+        assert out.first_log_s is not None and out.silent_s > 3.0 and out.step == 2, out
+        assert any("step 2/5" in line for line in out.tail) and not any("step 3/5" in line for line in out.tail)
     if cls == "runtime_crash":
         assert out.step == 2 and "injected crash" in message  # the last log lines are in the message
+    if cls == "code_error":
+        assert out.step is None and any("step 5/5" in line for line in out.tail), out  # trained, wrote nothing
 
 
 def test_a_path_error_is_named_as_such(hosts, tmp_path):
