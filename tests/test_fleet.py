@@ -137,6 +137,41 @@ def test_a_zombie_finds_its_commit_refused_and_removes_its_part(bucket_url):
     assert parts == [keys.fleet_part_key("out/", shard, 2)]  # the zombie's generation-1 part is gone
 
 
+def test_the_finalizer_deletes_orphan_parts_but_never_a_live_holders(bucket_url):
+    """A killed holder's part (its generation taken over and committed by another) is deleted before the dataset
+    is created, and counted there; the part of a lease whose generation still holds its shard is kept."""
+    from bucketrun.images.fleet.commit import build_dataset
+    from bucketrun.images.fleet.processors import BASE_COLUMNS
+
+    schema = pa.schema(list(BASE_COLUMNS.items()))
+    rows = lambda lo, hi: [{"item_index": i, "item_row": 0, "item": f"i{i}", "error": None} for i in range(lo, hi)]  # noqa: E731
+    plan = Plan(4, 2, "k", "d" * 64, None, {})
+    a, b, live = keys.shard_id(0, 2), keys.shard_id(2, 4), keys.shard_id(4, 6)
+
+    async def go():
+        async with open_async_bucket(bucket_url) as bk:
+            killed = await claims.claim_fresh(bk, keys.fleet_lease_key("J", a), "killed", 2.0)
+            orphan = keys.fleet_part_key("out/", a, killed.generation)
+            await bk.create(orphan, b"a part its writer never named in a marker", "application/octet-stream")
+            await asyncio.sleep(3.2)  # the killed holder's lease expires
+            heir = await claims.take_over(bk, "heir", 2.0, await claims.read(bk, keys.fleet_lease_key("J", a)))
+            assert (await commit_shard(bk, "J", "out/", heir, "heir", (0, 2), rows(0, 2), schema)).won
+            other = await claims.claim_fresh(bk, keys.fleet_lease_key("J", b), "w", 30.0)
+            assert (await commit_shard(bk, "J", "out/", other, "w", (2, 4), rows(2, 4), schema)).won
+            holder = await claims.claim_fresh(bk, keys.fleet_lease_key("J", live), "busy", 30.0)  # still at work
+            kept = keys.fleet_part_key("out/", live, holder.generation)
+            await bk.create(kept, b"a live holder's part", "application/octet-stream")
+            _, dataset = await build_dataset(bk, "J", plan, "out/", "finalizer", {})
+            parts = sorted([o.key async for o in bk.list("out/parts/")])
+            return dataset, parts, orphan, kept
+
+    dataset, parts, orphan, kept = run(go())
+    named = sorted(s["key"] for s in dataset["shards"])
+    assert dataset["orphan_parts_deleted"] == 1
+    assert orphan not in parts and kept in parts
+    assert parts == sorted(named + [kept])
+
+
 def test_renew_after_takeover_is_refused(bucket_url):
     async def go():
         async with open_async_bucket(bucket_url) as b:

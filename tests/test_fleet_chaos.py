@@ -163,6 +163,8 @@ def test_sigterm_finishes_the_item_and_nothing_done_is_redone(bucket_url, bucket
     partial = [m for m in markers if m["children"] and m["covered"]]
     assert partial, "the drained workers committed no partial shard"
     assert {m["worker"] for m in partial} <= {"ta0", "ta1"}
+    # A drain is not a death: whatever the drained workers held or had picked ahead was handed back uncharged.
+    assert not [s for s, b in leases(bucket, job).items() if b.get("deaths")]
 
 
 def run_poison_fleet(bucket_url: str, bucket, tmp_path: Path, n: int, poison_at: int, procs_n: int = 4,
@@ -204,8 +206,9 @@ def test_poison_item_is_dead_lettered_and_no_innocent_is_charged(bucket_url, buc
     """At the settings under which an innocent neighbour was once dead-lettered: 20 workers over 4 processes,
     shards of 50, 3 attempts. Only the first death is unattributed (every worker of that process dies); the
     shards it was inside run in quarantine, where the poison item alone kills its process."""
-    n, poison, attempts, per_proc = 500, 123, 3, 5
-    run = run_poison_fleet(bucket_url, bucket, tmp_path, n, poison, per_proc=per_proc, attempts=attempts)
+    n, poison, attempts, per_proc, size = 2_000, 1_237, 3, 5, 50
+    run = run_poison_fleet(bucket_url, bucket, tmp_path, n, poison, per_proc=per_proc, attempts=attempts,
+                           shard_size=size)
     ds = run["result"]["dataset"]
     assert [d["index"] for d in ds["dead_letters"]] == [poison]
     assert ds["dead_letters"][0]["item"] == run["items"][poison]
@@ -216,15 +219,16 @@ def test_poison_item_is_dead_lettered_and_no_innocent_is_charged(bucket_url, buc
     # The quarantine chain: the base shard splits the poison item off (its prefix committed, the rest a normal
     # shard), and the item alone kills its quarantine process exactly `attempts` times.
     alone = keys.shard_id(poison, poison + 1)
-    base = keys.shard_id(100, 150)
-    assert run["markers"][base]["children"] == [[poison, poison + 1], [poison + 1, 150]]
-    assert run["markers"][base]["covered"] == [100, poison]
+    lo, hi = poison // size * size, poison // size * size + size
+    base = keys.shard_id(lo, hi)
+    assert run["markers"][base]["children"] == [[poison, poison + 1], [poison + 1, hi]]
+    assert run["markers"][base]["covered"] == [lo, poison]
     assert run["leases"][alone]["kills"] == attempts and run["leases"][alone]["deaths"] == 1
-    assert run["leases"][keys.shard_id(poison + 1, 150)]["deaths"] == 0
+    assert run["leases"][keys.shard_id(poison + 1, hi)]["deaths"] == 0
     kills = sum(b.get("quarantine_kills", 0) for b in run["beats"])
     assert kills == 1 + attempts  # the split, then the item alone
     # Convergence: process deaths until the dead letter, within log2(shard_size) + max_item_attempts.
-    assert len(run["crashed"]) + kills <= math.log2(50) + attempts
+    assert len(run["crashed"]) + kills <= math.log2(size) + attempts
     # No innocent item carries a death it did not cause: kills only on the poison item's own shard; no other
     # shard split or dead-lettered; every other suspected shard was one the crashed process was inside, and it
     # was committed whole in quarantine.
