@@ -57,11 +57,17 @@ def words(text: str) -> list[str]:
     return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
 
 
-def wer(reference: str, hypothesis: str) -> float:
+def word_errors(reference: str, hypothesis: str) -> int:
+    """Word edits (substitutions, deletions, insertions) from reference to hypothesis: WER's numerator, so a
+    bound can be stated in words."""
     ref, hyp = words(reference), words(hypothesis)
     d = list(range(len(hyp) + 1))
     for i, r in enumerate(ref, 1):
         prev, d[0] = d[0], i
         for j, h in enumerate(hyp, 1):
             prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (r != h))
-    return d[len(hyp)] / max(len(ref), 1)
+    return d[len(hyp)]
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    return word_errors(reference, hypothesis) / max(len(words(reference)), 1)

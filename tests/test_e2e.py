@@ -20,6 +20,11 @@ from subtitle_rules import parse_srt, parse_vtt, wer
 
 BUCKETRUN = str(Path(sys.executable).with_name("bucketrun"))
 pytestmark = pytest.mark.slow
+# The speech's WER, 52 words: measured 0.058 (3 words: "dropped into a bucket" -> "drop into a market", "of" -> "on")
+# on an AMD EPYC under seven CTranslate2 kernel paths (oneDNN and MKL GEMM, AVX512/AVX2/AVX, 2 and 8 threads). 0.25
+# (13 words) leaves a margin of 10 words; losing any one of its three sentences (12 words or more) or a transcript
+# that is empty, garbage or in another language scores over 0.28.
+SPEECH_WER = 0.25
 
 
 @pytest.fixture(scope="module", params=["local", "s3"])
@@ -67,7 +72,7 @@ def test_speech_from_a_bucket_key(sim, tmp_path):
     srt = bucket.get(keys.artifact_key(job_id, 1, "transcript.srt")).data.decode()
     cues = parse_srt(srt)
     heard = " ".join(" ".join(c[2]) for c in cues)
-    assert wer(SPEECH_TEXT, heard) <= 0.35, heard
+    assert wer(SPEECH_TEXT, heard) <= SPEECH_WER, heard
     parse_vtt(bucket.get(keys.artifact_key(job_id, 1, "transcript.vtt")).data.decode())
     result = codec.loads(bucket.get(keys.artifact_key(job_id, 1, "transcript.json")).data)
     assert result["language"] == "en" and result["model"] == "base" and result["rtf"] > 0
@@ -102,7 +107,8 @@ def test_speech_from_a_url_fetched_by_yt_dlp(sim, tmp_path, http_media):
     assert done.returncode == 0, done.stderr
     bucket = open_bucket(sim["url"])
     srt = bucket.get(keys.artifact_key(job_id, 1, "transcript.srt")).data.decode()
-    assert wer(SPEECH_TEXT, " ".join(" ".join(c[2]) for c in parse_srt(srt))) <= 0.35
+    heard = " ".join(" ".join(c[2]) for c in parse_srt(srt))
+    assert wer(SPEECH_TEXT, heard) <= SPEECH_WER, heard
     result = codec.loads(bucket.get(keys.artifact_key(job_id, 1, "transcript.json")).data)
     assert result["language"] == "en"  # detected: no language was given
 

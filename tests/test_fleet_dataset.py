@@ -14,7 +14,7 @@ import pytest
 
 from bucketrun.events import codec, keys
 from bucketrun.events.errors import CorruptObject
-from bucketrun.events.fleet.dataset import (averify_dataset, check_marker, check_part_alone, check_part_rows,
+from bucketrun.events.fleet.dataset import (averify_dataset, check_marker, check_record, check_part_rows,
                                             dataset_body, resolve, verify_dataset)
 from bucketrun.events.fleet.plan import Plan
 from bucketrun.events.storage import open_bucket
@@ -371,22 +371,23 @@ def averify_known(f: Fleet, dataset: dict, known: dict) -> dict:
 
 
 def test_a_part_checked_ahead_is_not_read_again_and_a_stale_check_is_not_trusted(tmp_path):
-    """A record from check_part_alone stands in for reading a part only while it matches the part's entry
+    """A record from check_record stands in for reading a part only while it matches the part's entry
     (sha256, bytes, rows, covered range): a part forged after its check is read and caught."""
     f = standard(tmp_path / "bucket")
     good = f.finalize()
-    lo_of = {A: 0, B: 4, C: 6, D: 9}
-    known = {k: check_part_alone(k, lo_of[k], f.bucket.get(k).data) for k in (A, B, C, D)}
-    assert all(r["ok"] for r in known.values()), known
-    assert known[A]["covered"] == [0, 4] and known[B]["covered"] == [4, 5]  # inferred: a commit covers a prefix
+
+    def records(fleet: Fleet, dataset: dict) -> dict:
+        return {s["key"]: check_record(s, fleet.bucket.get(s["key"]).data) for s in dataset["shards"]}
+
+    known = records(f, good)
+    assert all(r["ok"] for r in known.values()) and len(known) == 4, known
     for k in (A, C):  # checked ahead: the finalizer does not need to read them
         f.bucket.delete(k)
     assert averify_known(f, good, known)["parts"] == 4
     with pytest.raises(CorruptObject, match="missing"):
         averify_known(f, good, {})  # without the records, the deleted parts are missed
     g = standard(tmp_path / "bucket2")
-    g.finalize()
-    known = {k: check_part_alone(k, lo_of[k], g.bucket.get(k).data) for k in (A, B, C, D)}
+    known = records(g, g.finalize())
     rows = rows_of(range(0, 4))
     forged = g.forge(A, rows + [rows[0]])  # after its check: the record's sha256 no longer matches
     with pytest.raises(CorruptObject, match=re.escape(f"appears twice (ordinal 0) in part {A}")):
@@ -398,7 +399,7 @@ def test_a_part_that_fails_its_check_ahead_is_read_and_named(tmp_path):
     f.finalize()
     rows = rows_of(range(0, 4))
     dataset = f.forge(A, rows + [rows[-1]])
-    rec = check_part_alone(A, 0, f.bucket.get(A).data)
+    rec = check_record(next(s for s in dataset["shards"] if s["key"] == A), f.bucket.get(A).data)
     assert not rec["ok"] and "appears twice" in rec["problems"][0]
     with pytest.raises(CorruptObject, match="appears twice"):
         averify_known(f, dataset, {A: {**rec, "ok": True, "covered": [0, 4], "rows": 99}})  # a mismatched record

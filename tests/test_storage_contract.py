@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import random
 import threading
+import types
 
 import pytest
 
 from bucketrun.events.errors import InvalidKey, NotFound, PreconditionFailed
+from bucketrun.events.fleet.plan import list_items
+from bucketrun.events.storage import local as local_backend
 from bucketrun.events.storage import open_bucket, split_s3_url
+from bucketrun.events.storage.aio import AsyncLocalBucket
+from bucketrun.events.storage.local import LocalBucket
 from bucketrun.events.storage.s3_async import AsyncS3Bucket
 
 from conftest import make_s3_bucket
@@ -114,6 +121,144 @@ def test_list_is_lexicographic_by_prefix_and_start_after(store):
     assert [i.key for i in store.list("jobs/a/", start_after="jobs/a/10")] == ["jobs/a/2"]
     assert [i.key for i in store.list("jobs/a")] == ["jobs/a/1", "jobs/a/10", "jobs/a/2"]
     assert all(i.etag and i.size > 0 for i in store.list("jobs/"))
+
+
+# Valid on every backend (no key is also a folder of keys), and each pair straddles "/" (0x2F) in byte order:
+# "a!", "a+", "a-", "a.b" sort before the folder "a/", "a0" and "ab" after it; then non-ASCII, where UTF-8 byte
+# order puts U+E000 before U+FB00 before U+1F600 (UTF-16 order would put the emoji first).
+TRICKY = ["t/a.b", "t/a/b", "t/a/b.c", "t/a/c/d", "t/a0", "t/a-", "t/a!/x", "t/a+b", "t/ab/x", "t/a b", "t/A",
+          "t/~", "t/é/x", "t/e", "t/\ue000", "t/\U0001f600", "t/\ufb00/y", "t/a.b.c/x", "t/a~/z", "t/Z"]
+
+
+def _byte_order(keys):
+    return sorted(keys, key=lambda k: k.encode())
+
+
+def test_list_orders_tricky_names_as_sorted_full_keys(store):
+    for n in TRICKY:
+        store.put(n, b"x")
+    want = _byte_order(TRICKY)
+    assert [i.key for i in store.list("t/")] == want
+    assert [i.key for i in store.list("t/a")] == [k for k in want if k.startswith("t/a")]
+    assert [i.key for i in store.list("t/a/")] == ["t/a/b", "t/a/b.c", "t/a/c/d"]
+    for cut in range(len(want)):  # start_after at every key: the folder backend skips whole sub-folders
+        assert [i.key for i in store.list("t/", start_after=want[cut])] == want[cut + 1:], want[cut]
+    assert [i.key for i in store.list("t/", start_after="t/a/")] == [k for k in want if k > "t/a/"]
+
+
+def test_local_walk_matches_sorted_keys_of_random_trees(tmp_path):
+    """Many random trees of names that straddle "/" in byte order, against sorted() of the full key set."""
+    rng = random.Random(7)
+    for trial in range(20):
+        bucket = LocalBucket(tmp_path / f"r{trial}")
+        keys: set[str] = set()
+        for _ in range(60):
+            key = "/".join("".join(rng.choice("a.-0~é") for _ in range(rng.randint(1, 3)))
+                           for _ in range(rng.randint(1, 4)))
+            clash = any(k.startswith(key + "/") or key.startswith(k + "/") for k in keys)
+            dots = any(part in (".", "..") for part in key.split("/"))
+            if key not in keys and not clash and not dots:
+                bucket.put(key, b"")
+                keys.add(key)
+        assert [i.key for i in bucket.list()] == sorted(keys)
+        for prefix in ("a", "a.", "a/", "0", "é"):
+            assert [i.key for i in bucket.list(prefix)] == sorted(k for k in keys if k.startswith(prefix))
+        after = rng.choice(sorted(keys))
+        assert [i.key for i in bucket.list(start_after=after)] == sorted(k for k in keys if k > after)
+
+
+def test_local_list_is_lazy_and_stats_nothing(tmp_path, monkeypatch):
+    """The first key comes after opening only the folders on its path, and no file is statted for it."""
+    bucket = LocalBucket(tmp_path / "b")
+    for d in range(5):
+        bucket.put(f"l/{d}/x", b"xyz")
+    opened, statted = [], []
+    scandir, stat = os.scandir, os.stat
+    monkeypatch.setattr(local_backend.os, "scandir", lambda p: opened.append(p) or scandir(p))
+    monkeypatch.setattr(local_backend.os, "stat", lambda p, *a, **kw: statted.append(p) or stat(p, *a, **kw))
+    it = bucket.list("l/")
+    assert isinstance(it, types.GeneratorType) and not opened  # nothing is read until asked
+    first = next(it)
+    assert first.key == "l/0/x" and len(opened) == 2 and not statted  # "l/" and "l/0/" only
+    assert first.size == 3 and first.last_modified is not None and len(statted) == 1
+    assert [i.key for i in it] == [f"l/{d}/x" for d in range(1, 5)] and len(opened) == 6
+
+
+def test_local_list_refuses_paths_outside_the_keys(tmp_path):
+    bucket = LocalBucket(tmp_path / "b")
+    bucket.put("k", b"1")
+    (tmp_path / "outside").write_bytes(b"x")
+    assert [i.key for i in bucket.list("../")] == [] and [i.key for i in bucket.list("./")] == []
+    assert [i.key for i in bucket.list("/k")] == [] and [i.key for i in bucket.list("k/")] == []
+    assert [i.key for i in bucket.list(".bucketrun/")] == [] and [i.key for i in bucket.list()] == ["k"]
+
+
+def _small_pages(store, monkeypatch, n: int = 2):
+    """S3 answers `n` keys per ListObjectsV2 request (MaxKeys), so a few keys make several pages; returns a list
+    that records each request's parameters."""
+    inner = store.inner if isinstance(store, SyncOverAsync) else store
+    k, calls = inner.k, []
+    list_params = k.list_params
+
+    def paged(*a):
+        calls.append(params := {**list_params(*a), "MaxKeys": n})
+        return params
+    monkeypatch.setattr(k, "list_params", paged)
+    return calls
+
+
+def _async_view(store):
+    """(async bucket, runner): aio.py's wrapper over a sync backend, or the aioboto3 backend on its own loop."""
+    if isinstance(store, SyncOverAsync):
+        return store.inner, store._run
+    return AsyncLocalBucket(store), asyncio.run
+
+
+def test_listing_streams_page_by_page(store, monkeypatch):
+    """Consumed lazily: the first page is in hand after one ListObjectsV2 request, or after walking only the
+    folders its keys are in, before the rest of the listing is asked for."""
+    names = [f"p/{i}/k" for i in range(5)]
+    for n in names:
+        store.put(n, b"x")
+    local = isinstance(store, LocalBucket)
+    if local:
+        progress, scandir = [], os.scandir  # folders opened
+        monkeypatch.setattr(local_backend.os, "scandir", lambda p: progress.append(p) or scandir(p))
+    else:
+        progress = _small_pages(store, monkeypatch)  # ListObjectsV2 requests
+    bucket, run = _async_view(store)
+    if isinstance(bucket, AsyncLocalBucket):
+        bucket.page = 2
+
+    async def first_page_then_rest():
+        pages = bucket.pages("p/")
+        first = await pages.__anext__()
+        seen = len(progress)
+        return first, seen, [page async for page in pages]
+
+    first, seen, rest = run(first_page_then_rest())
+    assert [i.key for i in first] == names[:2] and [[i.key for i in page] for page in rest] == [names[2:4], names[4:]]
+    assert (seen, len(progress)) == ((3, 6) if local else (1, 3))  # "p/", "p/0/", "p/1/" of six; 1 of 3 pages
+    if not isinstance(store, SyncOverAsync):  # the sync backends' own list() is as lazy
+        before = len(progress)
+        it = store.list("p/", start_after="p/0/k")
+        assert next(it).key == "p/1/k" and len(progress) - before == (3 if local else 1)
+        assert [i.key for i in it] == names[2:]
+
+
+def test_list_items_filters_suffix_as_pages_arrive(store, monkeypatch):
+    keys = ["s/a.tar", "s/b.json", "s/c.tar", "s/d/e.tar", "s/tar", "s/x.tar.gz", "s0.tar", "other/z.tar"]
+    for k in keys:
+        store.put(k, b"x")
+    if not isinstance(store, LocalBucket):
+        _small_pages(store, monkeypatch)
+    bucket, run = _async_view(store)
+    if isinstance(bucket, AsyncLocalBucket):
+        bucket.page = 2
+    assert run(list_items(bucket, "s/", ".tar")) == ["s/a.tar", "s/c.tar", "s/d/e.tar"]
+    assert run(list_items(bucket, "s/", None)) == _byte_order(k for k in keys if k.startswith("s/"))
+    assert run(list_items(bucket, "s", ".tar")) == ["s/a.tar", "s/c.tar", "s/d/e.tar", "s0.tar"]
+    assert run(list_items(bucket, "none/", ".tar")) == []
 
 
 def test_delete_is_idempotent(store):

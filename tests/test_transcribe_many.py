@@ -27,8 +27,17 @@ from bucketrun.local_sim import fleet_harness as harness
 from conftest import ROOT, SPEECH_TEXT
 from subtitle_rules import wer
 
-SHORT_TEXTS = {"second.wav": "Please bring the green umbrella from the kitchen table before the rain starts.",
-               "third.wav": "The museum closes early on holidays, so we walked along the river instead."}
+# Words espeak-ng says plainly: "green umbrella" and "walked along" were heard differently by CPU (CTranslate2 picks
+# its kernels per CPU). These two were heard word for word on an AMD EPYC under seven kernel paths (oneDNN and MKL
+# GEMM, AVX512/AVX2/AVX, 2 and 8 threads: CT2_USE_MKL, CT2_FORCE_CPU_ISA).
+SHORT_TEXTS = {
+    "second.wav": "Please bring the red umbrella and the blue coat from the kitchen table before the rain starts.",
+    "third.wav": "The library closes early on Sunday, so we will go there on Monday morning instead.",
+}
+# Each source's WER against its text: measured 0.058 for the conftest speech (3 of 52 words) and 0.00 for the two
+# above (17 and 15 words) on every kernel path. 0.25 leaves margins of 10, 4 and 3 words; a row given another
+# source's transcript, an empty one or another language's scores over 0.8.
+MAX_WER = 0.25
 
 
 # -- the manifest and the items encoding ------------------------------------------------------------------------
@@ -164,7 +173,7 @@ def test_many_sources_run_as_a_fleet(bucket_url, media_dir, short_clips, http_me
             assert hashlib.sha256(data).hexdigest() == row[f"{fmt}_sha256"] and len(data) == row[f"{fmt}_bytes"]
         assert row["vtt_key"] is None  # not requested
         transcript = bucket.get(row["txt_key"]).data.decode()
-        assert wer(text, transcript) <= 0.25, transcript
+        assert wer(text, transcript) <= MAX_WER, transcript
         assert json.loads(bucket.get(row["json_key"]).data)["language"] == "en"
     # the same bytes as a key and as a URL: one was transcribed, the other served from the cache, byte for byte
     same = [rows[0], rows[4]]

@@ -359,22 +359,11 @@ def verify_dataset(bucket, dataset: dict[str, Any], on_part=None, sink=None) -> 
     return check.finish()
 
 
-def check_part_alone(key: str, lo: int, data: bytes) -> dict[str, Any]:
-    """A part checked before its marker is read (while the fleet runs): its covered range is inferred as [lo,
-    last item + 1), as every commit covers a prefix of its shard. The record is bound to the bytes' sha256; the
-    finalizer takes it for a part only when digest, bytes, rows and covered range all match its marker."""
-    import pyarrow.parquet as pq
-
-    try:
-        index = pq.read_table(io.BytesIO(data), columns=["item_index"], use_threads=False,
-                              pre_buffer=False).column("item_index").to_pylist()
-    except Exception as exc:  # noqa: BLE001 - an unreadable part is a failed check; the finalizer reads it again
-        return {"ok": False, "problems": [f"part {key} is not readable: {exc}"[:300]]}
-    hi = max((i for i in index if i is not None), default=lo) + 1
-    entry = {"key": key, "covered": [lo, hi], "rows": len(index), "bytes": len(data),
-             "sha256": hashlib.sha256(data).hexdigest()}
+def check_record(entry: dict[str, Any], data: bytes | None) -> dict[str, Any]:
+    """A part checked ahead of the finalizer (images/fleet/precheck.py), as a record bound to the entry it was
+    checked against; the finalizer takes it only when digest, bytes, rows and covered range match its own."""
     part = read_part(entry, data)
-    return {**{k: entry[k] for k in ("covered", "rows", "bytes", "sha256")}, "ok": not part.problems,
+    return {**{k: entry.get(k) for k in ("covered", "rows", "bytes", "sha256")}, "ok": not part.problems,
             "problems": part.problems[:3]}
 
 
@@ -391,7 +380,7 @@ async def averify_dataset(bucket, dataset: dict[str, Any], on_part=None,
                           known: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """verify_dataset for an async bucket (events/storage/aio.py): parts read READ_CONCURRENCY at a time and
     decoded in a thread so the event loop goes on serving heartbeats; checked in the manifest's order, so the
-    result and the messages are verify_dataset's. `known`: part key -> a check_part_alone record; a part whose
+    result and the messages are verify_dataset's. `known`: part key -> a check_record; a part whose
     record matches its entry is not read again."""
     check = DatasetCheck(dataset)
     sem = asyncio.Semaphore(READ_CONCURRENCY)

@@ -101,8 +101,15 @@ def plan_source(items: Any) -> dict[str, Any]:
 
 
 async def list_items(source, prefix: str, suffix: str | None) -> list[str]:
-    """Every key under the prefix (ending in suffix), in the store's (lexicographic) order."""
-    return [o.key async for o in source.list(prefix) if suffix is None or o.key.endswith(suffix)]
+    """Every key under the prefix (ending in suffix), in the store's (lexicographic) order. Filtered page by page
+    as the listing streams in, so only the kept keys are ever held, not the store's whole listing."""
+    items: list[str] = []
+    async for page in source.pages(prefix):
+        if suffix is None:
+            items.extend(o.key for o in page)
+        else:
+            items.extend(o.key for o in page if o.key.endswith(suffix))
+    return items
 
 
 async def read_items_file(bucket, key: str) -> list[str]:

@@ -12,22 +12,41 @@ from ..errors import InvalidKey
 
 
 class ObjectInfo:
-    """One object as a listing or HEAD saw it. `etag` may be given as a callable, so the folder backend hashes
-    a file only when someone asks for its ETag, never for every file it lists. `store_time` is the store's own
-    clock at the answer (S3's `Date` header), which leases judge expiry by."""
+    """One object as a listing or HEAD saw it. `etag` may be a callable of the key, so the folder backend hashes
+    a file only when someone asks for its ETag; likewise `stat`, a callable of the key returning (size,
+    last_modified), is called once on first use of either, so a listing need not stat every file. Callables of
+    the key, not per-object closures: a listing then makes one object per key, which keeps the collector cheap.
+    `store_time` is the store's own clock at the answer (S3's `Date` header), which leases judge expiry by."""
 
-    __slots__ = ("key", "_etag", "size", "last_modified", "store_time")
+    __slots__ = ("key", "_etag", "_size", "_last_modified", "_stat", "store_time")
 
-    def __init__(self, key: str, etag: str | Callable[[], str], size: int, last_modified: datetime | None = None,
-                 store_time: datetime | None = None):
-        self.key, self._etag, self.size = key, etag, size
-        self.last_modified, self.store_time = last_modified, store_time
+    def __init__(self, key: str, etag: str | Callable[[str], str], size: int = 0,
+                 last_modified: datetime | None = None, store_time: datetime | None = None, *,
+                 stat: Callable[[str], tuple[int, datetime | None]] | None = None):
+        self.key, self._etag, self._size, self._last_modified = key, etag, size, last_modified
+        self._stat, self.store_time = stat, store_time
 
     @property
     def etag(self) -> str:
         if callable(self._etag):
-            self._etag = self._etag()
+            self._etag = self._etag(self.key)
         return self._etag
+
+    def _resolve(self) -> None:
+        stat, self._stat = self._stat, None
+        self._size, self._last_modified = stat(self.key)
+
+    @property
+    def size(self) -> int:
+        if self._stat is not None:
+            self._resolve()
+        return self._size
+
+    @property
+    def last_modified(self) -> datetime | None:
+        if self._stat is not None:
+            self._resolve()
+        return self._last_modified
 
     def __repr__(self) -> str:
         return f"ObjectInfo({self.key!r}, size={self.size})"
@@ -80,7 +99,9 @@ class Bucket(abc.ABC):
 
     @abc.abstractmethod
     def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
-        """Lexicographic (UTF-8 byte) order, keys strictly after `start_after`."""
+        """Lexicographic (UTF-8 byte) order, keys strictly after `start_after`. Lazy: each key is yielded as
+        the store gives it (page by page), never after the whole listing is held, so a listing of millions of
+        keys costs memory for what the caller keeps."""
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:

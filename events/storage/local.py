@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import functools
 import hashlib
 import os
 import time
@@ -29,19 +28,12 @@ def _etag(data: bytes) -> str:
     return '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
 
 
-def _file_etag(path: Path) -> str:
+def _file_etag(path: str | Path) -> str:
     h = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return '"' + h.hexdigest() + '"'
-
-
-def _lazy_etag(path: Path) -> str:
-    try:
-        return _file_etag(path)
-    except FileNotFoundError:
-        return ""  # deleted since it was listed: matches no If-Match
 
 
 def _mtime(st: os.stat_result) -> datetime:
@@ -59,6 +51,7 @@ class LocalBucket(Bucket):
         bucket nobody watches."""
         self.root = Path(root).absolute()
         self.url = str(self.root)
+        self._root_str = os.path.join(self.url, "")  # the listing joins keys onto it as strings: no Path per key
         self.name = "local"
         if not create and not self.root.is_dir():
             raise BucketMissing(f"no bucket at {self.root}: the folder does not exist "
@@ -111,7 +104,9 @@ class LocalBucket(Bucket):
                 except FileNotFoundError:
                     continue
                 except FileExistsError as exc:
-                    raise PreconditionFailed(f"{self._rel(path)} already exists") from exc
+                    err = PreconditionFailed(f"{self._rel(path)} already exists")
+                    err.retried = False  # a folder never retries: the object is someone else's
+                    raise err from exc
                 except (NotADirectoryError, IsADirectoryError) as exc:
                     raise InvalidKey(f"key {self._rel(path)!r} clashes with an existing key") from exc
                 except OSError as exc:
@@ -195,25 +190,58 @@ class LocalBucket(Bucket):
             raise NotFound(key) from exc
 
     def list(self, prefix="", start_after=None) -> Iterator[ObjectInfo]:
-        base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
-        keys: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(base):
-            rel_dir = Path(dirpath).relative_to(self.root).as_posix()
-            if rel_dir == ".":
-                dirnames[:] = [d for d in dirnames if d != INTERNAL]
-                rel_dir = ""
+        """A depth-first walk that sorts each folder as it enters it, so keys stream out in full-key order
+        without walking, sorting or statting the tree first (size, mtime and ETag are read when asked)."""
+        folder, _, match = prefix.rpartition("/")
+        parts = prefix.split("/")[:-1]  # the folders the prefix names; [""] for a leading "/"
+        if parts and (parts[0] == INTERNAL or any(part in ("", ".", "..") for part in parts)):
+            return  # no key has such a segment (check_key), and the path could leave the bucket
+        rel = folder + "/" if folder else ""
+        etag_of, stat_of = self._listed_etag, self._listed_stat  # bound once: no new objects per key
+        stack = [iter(self._entries(rel, match, start_after))]
+        while stack:
+            for key in stack[-1]:
+                if key[-1] == "/":  # a folder: walk it before the parent's next entry
+                    after = start_after if start_after is not None and start_after.startswith(key) else None
+                    stack.append(iter(self._entries(key, "", after)))
+                    break
+                yield ObjectInfo(key, etag_of, stat=stat_of)
             else:
-                rel_dir += "/"
-            keys.extend(rel_dir + f for f in filenames if (rel_dir + f).startswith(prefix))
-        keys.sort()
-        for key in keys:
-            if start_after is not None and key <= start_after:
-                continue
-            try:
-                st = (self.root / key).stat()
-            except FileNotFoundError:
-                continue  # deleted while listing, as a racing S3 list may also miss it
-            yield ObjectInfo(key, functools.partial(_lazy_etag, self.root / key), st.st_size, _mtime(st))
+                stack.pop()
+
+    def _entries(self, rel: str, match: str, after: str | None) -> list[str]:
+        """One folder's keys and sub-folders (as "rel/name/") in full-key order: a folder's keys all start with
+        its name + "/", so that is where it sorts ("a.b" < "a/..." < "a0"). Skips what sorts <= `after`."""
+        try:
+            with os.scandir(self._root_str + rel) as it:
+                found = []
+                for entry in it:
+                    name = entry.name
+                    if not name.startswith(match) or (not rel and name == INTERNAL):
+                        continue
+                    if not entry.is_dir():
+                        found.append(rel + name)
+                    elif not entry.is_symlink():  # as os.walk: a linked folder is not walked into
+                        found.append(rel + name + "/")
+        except (FileNotFoundError, NotADirectoryError):
+            return []  # pruned while listing, as a racing S3 list may also miss it
+        found.sort()
+        if after is not None:
+            found = [k for k in found if k > after or (k[-1] == "/" and after.startswith(k))]
+        return found
+
+    def _listed_etag(self, key: str) -> str:
+        try:
+            return _file_etag(self._root_str + key)
+        except FileNotFoundError:
+            return ""  # deleted since it was listed: matches no If-Match
+
+    def _listed_stat(self, key: str) -> tuple[int, datetime | None]:
+        try:
+            st = os.stat(self._root_str + key)
+        except (FileNotFoundError, NotADirectoryError):
+            return 0, None  # deleted since it was listed
+        return st.st_size, _mtime(st)
 
     def delete(self, key):
         path = self._path(key)

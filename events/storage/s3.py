@@ -71,6 +71,7 @@ class S3Bucket(Bucket):
         return self.k.info(key, self._call("head_object", key, **self.k.key_params(key)))
 
     def list(self, prefix="", start_after=None) -> Iterator[ObjectInfo]:
+        """ListObjectsV2 page by page, each page yielded before the next is asked for."""
         token = None
         while True:
             response = self._call("list_objects_v2", prefix, **self.k.list_params(prefix, start_after, token))

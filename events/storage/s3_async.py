@@ -71,12 +71,19 @@ class AsyncS3Bucket:
         return self.k.info(key, await self._call("head_object", key, **self.k.key_params(key)))
 
     async def list(self, prefix: str = "", start_after: str | None = None) -> AsyncIterator[ObjectInfo]:
+        async for page in self.pages(prefix, start_after):
+            for item in page:
+                yield item
+
+    async def pages(self, prefix: str = "", start_after: str | None = None) -> AsyncIterator[list[ObjectInfo]]:
+        """One list per ListObjectsV2 response, yielded as it arrives: nothing past the current page is held,
+        and a caller that wants every key pays one await per page, not per key."""
         token = None
         while True:
             response = await self._call("list_objects_v2", prefix, **self.k.list_params(prefix, start_after, token))
             items, token = self.k.list_page(response)
-            for item in items:
-                yield item
+            if items:
+                yield items
             if not token:
                 return
 

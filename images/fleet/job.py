@@ -27,6 +27,8 @@ from bucketrun.events.storage import open_bucket
 from bucketrun.events.storage.aio import open_async_bucket
 
 from .processors import Processor, ProcessorContext, ProcessorError, make_processor, schema_of
+from .precheck import PartChecker
+from .quarantine import Quarantine
 
 log = logging.getLogger("bucketrun.fleet")
 DATASET_POLL_S = 1.0  # once a worker of this process is idle, it looks for the committed dataset this often
@@ -52,11 +54,15 @@ class FleetJob:
         self.plan_existed = False  # True when another process planned: the fleet may be under way
         self._listings: dict[str, tuple[float, int, Any]] = {}
         self._listing_locks: dict[str, asyncio.Lock] = {}
+        self.unavailable: set[str] = set()  # shards this process's workers picked, claimed, lost or saw taken
+        self.leased: set[str] = set()  # shards known to have a lease
         self.marker_cache: dict[str, dict[str, Any]] = {}  # done markers are write-once: read each once
         self.unledgered: dict[str, dict[str, Any]] = {}  # markers this process won since its last ledger
         self.ledgers = 0
         self.finished = asyncio.Event()  # the dataset is committed: every worker of this process leaves
         self._dataset_watch: asyncio.Task | None = None
+        self._quarantine: Quarantine | None = None
+        self.checker: PartChecker | None = None
         self._stack = AsyncExitStack()
         self._tmp = tempfile.TemporaryDirectory(prefix="bucketrun-fleet-")
 
@@ -70,6 +76,7 @@ class FleetJob:
 
     async def __aenter__(self) -> "FleetJob":
         self.bucket = await self._stack.enter_async_context(open_async_bucket(self.bucket_url))
+        self.checker = PartChecker(self.bucket, self.job_id, self.writer)
         return self
 
     @property
@@ -79,6 +86,8 @@ class FleetJob:
     async def __aexit__(self, *exc) -> None:
         if self._dataset_watch is not None:
             self._dataset_watch.cancel()
+        if self._quarantine is not None:
+            await self._quarantine.close()
         if self.processor is not None:
             self.processor.close()
         await self._stack.aclose()
@@ -164,14 +173,19 @@ class FleetJob:
                 log.warning("looking for %s: %s", key, exc)
             await asyncio.sleep(DATASET_POLL_S * random.uniform(0.8, 1.2))
 
-    def quarantine_spec(self, worker: str, lo: int, hi: int) -> dict[str, Any]:
-        """What a quarantine child needs to make the processor and run items [lo, hi): URLs and names only."""
-        return {"bucket_url": self.bucket_url, "source_url": self.body.items.bucket or self.bucket_url,
-                "job_id": self.job_id, "worker": worker, "device": self.device, "attempt": self.attempt,
+    @property
+    def quarantine(self) -> Quarantine:
+        """This process's quarantine child; it gets what it needs to make the processor: URLs and names only."""
+        if self._quarantine is None:
+            self._quarantine = Quarantine(self.workdir, {
+                "bucket_url": self.bucket_url, "source_url": self.body.items.bucket or self.bucket_url,
+                "job_id": self.job_id, "worker": self.writer, "device": self.device, "attempt": self.attempt,
                 "factory": self.body.processor.factory, "options": self.body.processor.options,
-                "output_prefix": self.output_prefix, "lo": lo, "items": self.items[lo:hi]}
+                "output_prefix": self.output_prefix})
+        return self._quarantine
 
     def won(self, shard: str, marker: dict[str, Any]) -> None:
+        self.checker.add(marker)  # read back and row-checked in the background, for the finalizer
         self.marker_cache[shard] = marker
         self.unledgered[shard] = marker
 

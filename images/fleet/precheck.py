@@ -1,10 +1,11 @@
 """Row checks of committed parts while the fleet runs, so that the finalizer does not read every part at the end.
 
 The finalizer checks each row of every part before it commits the dataset. Done at the end, that is a read per
-shard (10,000 at 507,387 items) between the last commit and `succeeded`. The holder of the progress role, which
-lists the done markers every beat anyway, reads each newly done shard's part once, checks its rows with the
-finalizer's own checker (events/fleet/dataset.py) and writes the results as write-once batches under
-`checked/`. Each result is bound to the part's sha256; the finalizer reads whatever no result covers.
+shard (10,000 at 507,387 items) between the last commit and `succeeded`. Instead each worker process reads back
+the parts its workers commit, as the bucket holds them, checks their rows with the finalizer's own checker
+(events/fleet/dataset.py check_record) and writes the results as write-once batches under `checked/`. Each result is
+bound to the part's sha256, bytes, rows and range; the finalizer reads whatever no matching result covers (the
+last few commits, or a killed process's unflushed ones).
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from typing import Any
 
 from bucketrun.events import aconditional, keys
 from bucketrun.events.errors import BucketrunError, NotFound
-from bucketrun.events.fleet.dataset import check_part_alone
+from bucketrun.events.fleet.dataset import check_record
 
 log = logging.getLogger("bucketrun.fleet")
-READS_AT_ONCE = 8  # parts read at once: the workers' own requests come first
-MAX_PER_STEP = 400  # parts checked per beat, so a late holder catches up over a few beats
+READS_AT_ONCE = 4  # parts read back at once: the workers' own requests come first
+FLUSH_S = 5.0  # a batch of results is written this often...
+FLUSH_PARTS = 500  # ...or once this many are waiting
 
 
 async def read_checked(bucket, job_id: str) -> dict[str, dict[str, Any]]:
@@ -39,42 +42,66 @@ async def read_checked(bucket, job_id: str) -> dict[str, dict[str, Any]]:
 
 
 class PartChecker:
-    def __init__(self, job, holder: str):
-        self.job = job
-        self.tag = f"{holder}-{secrets.token_hex(3)}"  # a restarted holder's batches never collide with its last life's
-        self.seen: set[str] | None = None  # shards whose part was checked (or has no generation-1 part)
+    """One per worker process: `add(marker)` after each won commit; `run()` reads back and checks."""
+
+    def __init__(self, bucket, job_id: str, writer: str):
+        self.bucket, self.job_id = bucket, job_id
+        self.tag = f"{writer.split(':')[-1][:24]}-{secrets.token_hex(3)}"  # a restarted process never collides
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.records: dict[str, dict[str, Any]] = {}
         self.batches = 0
+        self.checked = 0
 
-    async def step(self, done_shards) -> int:
-        """Check the parts of shards done since the last step; returns how many were checked."""
-        if self.seen is None:  # a new holder: what earlier holders checked is in the bucket
-            self.seen = {keys.parse_fleet_part_key(self.job.output_prefix, k)[0]
-                         for k in await read_checked(self.job.bucket, self.job.job_id)
-                         if keys.parse_fleet_part_key(self.job.output_prefix, k)}
-        new = [s for s in done_shards if s not in self.seen][:MAX_PER_STEP]
-        if not new:
-            return 0
+    def add(self, marker: dict[str, Any]) -> None:
+        if marker.get("part"):
+            self.queue.put_nowait(marker)
+
+    async def _check(self, marker: dict[str, Any]) -> None:
+        part = marker["part"]
+        entry = {"key": part["key"], "covered": marker["covered"], "rows": part["rows"], "bytes": part["bytes"],
+                 "sha256": part["sha256"]}
+        try:
+            data = (await self.bucket.get(part["key"])).data
+        except NotFound:
+            data = None
+        self.records[part["key"]] = await asyncio.to_thread(check_record, entry, data)
+        self.checked += 1
+
+    async def flush(self) -> None:
+        if not self.records:
+            return
+        batch, self.records = self.records, {}
+        key = keys.fleet_checked_key(self.job_id, self.tag, self.batches)
+        self.batches += 1
+        try:
+            await aconditional.create_json(self.bucket, key, {"parts": batch})
+        except BucketrunError as exc:  # the finalizer reads those parts itself; nothing is lost
+            log.warning("part checks not written: %s", exc)
+
+    async def run(self) -> None:
         sem = asyncio.Semaphore(READS_AT_ONCE)
-        records: dict[str, dict[str, Any]] = {}
+        pending: set[asyncio.Task] = set()
+        last = time.monotonic()
 
-        async def one(shard: str) -> None:
-            # Most parts are their lease's first generation; another one is left to the finalizer.
-            key = keys.fleet_part_key(self.job.output_prefix, shard, 1)
+        async def one(marker: dict[str, Any]) -> None:
             async with sem:
                 try:
-                    data = (await self.job.bucket.get(key)).data
-                except NotFound:
-                    self.seen.add(shard)
-                    return
-            records[key] = await asyncio.to_thread(check_part_alone, key, keys.parse_shard_id(shard)[0], data)
-            self.seen.add(shard)
+                    await self._check(marker)
+                except BucketrunError as exc:  # not checked now: the finalizer reads it
+                    log.warning("part %s not checked: %s", marker["part"]["key"], exc)
 
-        await asyncio.gather(*(one(s) for s in new), return_exceptions=True)  # a failed read: next beat
-        if records:
-            key = keys.fleet_checked_key(self.job.job_id, self.tag, self.batches)
-            self.batches += 1
-            try:
-                await aconditional.create_json(self.job.bucket, key, {"parts": records})
-            except BucketrunError as exc:  # the finalizer reads those parts itself; nothing is lost
-                log.warning("part checks not written: %s", exc)
-        return len(records)
+        try:
+            while True:
+                try:
+                    marker = await asyncio.wait_for(self.queue.get(), timeout=1.0)
+                    task = asyncio.create_task(one(marker))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                except asyncio.TimeoutError:
+                    pass
+                if len(self.records) >= FLUSH_PARTS or (self.records and time.monotonic() - last >= FLUSH_S):
+                    await self.flush()
+                    last = time.monotonic()
+        finally:
+            for task in pending:
+                task.cancel()

@@ -16,7 +16,6 @@ from bucketrun.events.fleet.status import covered_items
 from bucketrun.events.lease import LeaseLost
 
 from .commit import list_shards
-from .precheck import PartChecker
 
 LIST_S_PER_PAGE = 1.0
 
@@ -30,7 +29,7 @@ async def fleet_progress(bucket, job_id: str, total: int, heartbeat_s: float) ->
         if info.last_modified and (now - info.last_modified).total_seconds() < 2 * heartbeat_s:
             alive += 1
     return {"items_done": min(total, covered_items(done)), "items_total": total, "shards_done": len(done),
-            "workers_alive": alive}, done
+            "workers_alive": alive}
 
 
 class ProgressDuty:
@@ -41,7 +40,6 @@ class ProgressDuty:
         self.last: tuple[float, int] | None = None
         self.every = job.manifest.resources.heartbeat_s
         self.last_shards = 0
-        self.checker = PartChecker(job, holder)
 
     async def _hold(self, tick: int) -> bool:
         key = keys.fleet_singleton_lease_key(self.job.job_id, "progress")
@@ -52,7 +50,6 @@ class ProgressDuty:
                 return True
             except LeaseLost:
                 self.role = None
-                self.checker.seen = None  # another holder checks from here; if the role comes back, reload
                 return False
         if tick == 0:
             self.role = await claims.claim_fresh(self.job.bucket, key, self.holder, ttl)
@@ -65,8 +62,7 @@ class ProgressDuty:
         return self.role is not None
 
     async def write(self) -> dict[str, Any]:
-        p, done = await fleet_progress(self.job.bucket, self.job.job_id, self.job.plan.total,
-                                       self.job.body.heartbeat_s)
+        p = await fleet_progress(self.job.bucket, self.job.job_id, self.job.plan.total, self.job.body.heartbeat_s)
         now = time.monotonic()
         rate = None
         if self.last is not None and now > self.last[0]:
@@ -81,7 +77,6 @@ class ProgressDuty:
                 "processed_s": None, "total_s": None, **p,
                 "items_per_s": round(rate, 2) if rate is not None else None}
         await self.job.bucket.put(keys.progress_key(self.job.job_id), codec.dumps(body), "application/json")
-        await self.checker.step(done)  # the same listing tells which parts to check ahead of the finalizer
         return body
 
     async def loop(self, stop) -> None:

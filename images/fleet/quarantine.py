@@ -6,7 +6,8 @@ were inside cannot be told apart from the culprit. Each is suspected (a death on
 parent keeps the lease (it renews it and commits) and reads the child's record file: `begin i` before an item,
 its rows after. A child that dies leaves `begin k` without rows: item k killed it, alone in its process.
 
-    python -m bucketrun.images.fleet.quarantine SPEC.json   (started by the worker, never by hand)
+    python -m bucketrun.images.fleet.quarantine   (started by the worker, never by hand: the job on the first
+                                                  line of stdin, then one shard a line)
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from bucketrun.events import codec
 from bucketrun.events.errors import BucketrunError
@@ -77,34 +80,72 @@ def read_records(path: Path) -> tuple[dict[int, tuple[Any, Any]], int | None, bo
     return outputs, begun, ended
 
 
-async def run(spec: dict[str, Any], workdir: Path, should_stop) -> Outcome:
-    """Run the shard's items in a child; `should_stop()` is polled, and a true answer kills the child."""
-    folder = Path(tempfile.mkdtemp(prefix="quarantine-", dir=workdir))
-    spec_path, out_path = folder / "spec.json", folder / "records.pickle"
-    spec_path.write_bytes(codec.dumps({**spec, "out": str(out_path), "parent_pid": os.getpid()}))
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bucketrun.images.fleet.quarantine",
-                                                str(spec_path), stdin=asyncio.subprocess.DEVNULL)
-    stopped = False
-    try:
-        while True:
+def _line(obj: Any) -> bytes:
+    """One JSON object on one line (codec.dumps indents)."""
+    return orjson.dumps(obj) + b"\n"
+
+
+class Quarantine:
+    """One child process per worker process, running one suspected shard at a time (a lock), so a death in it
+    is that shard's. It is started on first use and lives on, so a run of innocent suspects (a killed process
+    leaves one per worker) pays for one start, not one each; a child that died is started afresh."""
+
+    def __init__(self, workdir: Path, job_spec: dict[str, Any]):
+        self.workdir, self.job_spec = workdir, job_spec
+        self.proc: asyncio.subprocess.Process | None = None
+        self.lock = asyncio.Lock()
+
+    async def _start(self) -> asyncio.subprocess.Process:
+        if self.proc is None or self.proc.returncode is not None:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bucketrun.images.fleet.quarantine", stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE)
+            self.proc.stdin.write(_line({**self.job_spec, "parent_pid": os.getpid()}))
+        return self.proc
+
+    async def run(self, lo: int, items: list[str], should_stop, worker: str) -> Outcome:
+        """Run items [lo, lo + len(items)) in the child for `worker`; `should_stop()` is polled, and a true
+        answer kills it."""
+        async with self.lock:
+            if should_stop():  # drained or lost while waiting for its turn
+                return Outcome(stopped=True)
+            folder = Path(tempfile.mkdtemp(prefix="quarantine-", dir=self.workdir))
+            out_path = folder / "records.pickle"
+            stopped, done = False, False
+            proc = await self._start()
             try:
-                await asyncio.wait_for(asyncio.shield(proc.wait()), 0.2)
-                break
-            except asyncio.TimeoutError:
-                if should_stop():
-                    stopped = True
-                    proc.kill()
-    finally:
-        if proc.returncode is None:  # cancelled: never leave the child behind
-            proc.kill()
+                proc.stdin.write(_line({"lo": lo, "items": items, "out": str(out_path), "worker": worker}))
+                await proc.stdin.drain()
+                line = asyncio.ensure_future(proc.stdout.readline())
+                while True:
+                    finished, _ = await asyncio.wait({line}, timeout=0.2)
+                    if finished:
+                        done = line.result() == b"done\n"  # b"": the child died
+                        break
+                    if should_stop():
+                        stopped = True
+                        break
+            except (BrokenPipeError, ConnectionResetError):  # it died before it read the shard
+                pass
+            finally:
+                if not done:  # died, stopped or cancelled: never leave a child mid-shard behind
+                    await self.close()
+                    if "line" in locals():
+                        line.cancel()
+            outputs, begun, ended = read_records(out_path)
+            out_path.unlink(missing_ok=True)
+            folder.rmdir()
+            died = not stopped and not (done and ended)
+            return Outcome(outputs, begun if (died or stopped) else None, died, stopped,
+                           None if done else proc.returncode)
+
+    async def close(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
             with contextlib.suppress(Exception):
                 await proc.wait()
-    outputs, begun, ended = read_records(out_path)
-    for p in (spec_path, out_path):
-        p.unlink(missing_ok=True)
-    folder.rmdir()
-    died = not stopped and (proc.returncode != 0 or not ended)
-    return Outcome(outputs, begun if (died or stopped) else None, died, stopped, proc.returncode)
 
 
 # -- the child --------------------------------------------------------------------------------------------
@@ -119,16 +160,13 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 async def _child(spec: dict[str, Any]) -> None:
+    """Make the processor once, then run each shard read from stdin, recording each item, then `done`."""
     from bucketrun.events.storage import open_bucket
     from bucketrun.events.storage.aio import open_async_bucket
 
-    from .processors import ProcessorContext, make_processor
+    from .processors import CURRENT_WORKER, ProcessorContext, make_processor
 
-    out = open(spec["out"], "ab", buffering=0)  # noqa: SIM115 - every record reaches the file as written
-
-    def record(*rec: Any) -> None:
-        out.write(pickle.dumps(rec))
-
+    loop = asyncio.get_running_loop()
     async with open_async_bucket(spec["source_url"]) as source:
         with tempfile.TemporaryDirectory(prefix="bucketrun-quarantine-") as tmp:
             ctx = ProcessorContext(source, Path(tmp), spec["device"], spec["worker"],
@@ -136,26 +174,38 @@ async def _child(spec: dict[str, Any]) -> None:
                                    job_id=spec["job_id"], attempt=spec["attempt"])
             processor = make_processor(spec["factory"], spec["options"], ctx)
             try:
-                for i, item in enumerate(spec["items"], spec["lo"]):
-                    record("begin", i)
-                    try:
-                        payload = await processor.fetch(item)
-                    except Exception as exc:  # noqa: BLE001 - as in the worker: the item's error row
-                        record("out", i, None, f"fetch failed: {type(exc).__name__}: {exc}"[:500])
-                        continue
-                    try:
-                        record("out", i, list(processor.process(item, payload) or [{}]), None)
-                    except Exception as exc:  # noqa: BLE001 - the item's error is its row
-                        record("out", i, None, f"{type(exc).__name__}: {exc}"[:1000])
+                while line := await loop.run_in_executor(None, sys.stdin.buffer.readline):
+                    shard = codec.loads(line)
+                    CURRENT_WORKER.set(shard["worker"])
+                    with open(shard["out"], "ab", buffering=0) as out:  # each record reaches the file as written
+                        await _shard(processor, shard, lambda *rec: out.write(pickle.dumps(rec)))
+                    sys.stdout.buffer.write(b"done\n")
+                    sys.stdout.buffer.flush()
             finally:
                 processor.close()
+
+
+async def _shard(processor, shard: dict[str, Any], record) -> None:
+    for i, item in enumerate(shard["items"], shard["lo"]):
+        record("begin", i)
+        try:
+            payload = await processor.fetch(item)
+        except Exception as exc:  # noqa: BLE001 - as in the worker: the item's error row
+            record("out", i, None, f"fetch failed: {type(exc).__name__}: {exc}"[:500])
+            continue
+        try:
+            record("out", i, list(processor.process(item, payload) or [{}]), None)
+        except Exception as exc:  # noqa: BLE001 - the item's error is its row
+            record("out", i, None, f"{type(exc).__name__}: {exc}"[:1000])
     record("end")
-    out.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    spec = codec.loads(Path((argv or sys.argv[1:])[0]).read_bytes())
+def main() -> int:
+    spec = codec.loads(sys.stdin.buffer.readline())
     _die_with_parent(spec["parent_pid"])
+    # stdout carries the protocol alone: whatever the processor prints goes to stderr.
+    sys.stdout = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(_child(spec))
     return 0

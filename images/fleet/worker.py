@@ -92,8 +92,10 @@ class Worker:
         self.bucket = job.bucket
         self.shards: list[str] = job.plan.base_shards()
         self.base = frozenset(self.shards)
-        self.unavailable: set[str] = set()
-        self.leased: set[str] = set()  # shards known to have a lease (listed, won or lost): a lease is never deleted
+        # Shared by the workers of this process: a shard one of them picked, claimed or lost is never chased by the
+        # others (in the tail a hundred workers would otherwise all jump at the same few free shards).
+        self.unavailable: set[str] = job.unavailable
+        self.leased: set[str] = job.leased  # shards known to have a lease (listed, won or lost): never deleted
         self.done: set[str] = set()
         self.seen_etags: dict[str, str] = {}
         digest = int(hashlib.sha256(worker_id.encode()).hexdigest(), 16)
@@ -187,7 +189,8 @@ class Worker:
         if not runs:
             return None
         runs.sort(reverse=True)
-        length, start = self.rng.choice(runs[:JUMP_CHOICES])
+        cut = runs[min(len(runs), JUMP_CHOICES) - 1][0]  # ties at the cut all count: in the tail every run is one
+        length, start = self.rng.choice([r for r in runs if r[0] >= cut])
         if length <= 2:
             return start + length // 2
         return start + self.rng.randrange(length // 4, length - length // 4)
@@ -389,8 +392,8 @@ class Worker:
         while lease.kills < limit or hi - lo > 1:
             self.stats["quarantined"] += 1
             started = time.monotonic()
-            out = await quarantine.run(self.job.quarantine_spec(self.id, lo, hi), self.job.workdir,
-                                       lambda: self.stop.any or lease.shard in self.lost)
+            out = await self.job.quarantine.run(lo, self.job.items[lo:hi],
+                                                lambda: self.stop.any or lease.shard in self.lost, self.id)
             if lease.shard in self.lost or self.stop.stopped.is_set():
                 self.holding.pop(lease.shard, None)
                 return
