@@ -20,6 +20,7 @@ from bucketrun.events import codec, keys
 from bucketrun.events.fleet.status import fleet_status
 from bucketrun.events.lifecycle import JobState, read_view
 from bucketrun.events.storage import open_bucket
+from bucketrun.handlers.cli.fleet import wall_text
 from bucketrun.local_sim import fleet_harness as harness
 
 from conftest import wait_for
@@ -78,15 +79,6 @@ def worker_rows(text: str) -> list[list[str]]:
     return [line.split() for line in text.splitlines() if line.startswith("  ")]
 
 
-def wall_text(seconds: float) -> str:
-    """How the CLI shows a wall time: 2.4s, 11m 30s, 2h 05m."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)}m {int(seconds % 60):02d}s"
-    return f"{int(seconds // 3600)}h {int(seconds % 3600 // 60):02d}m"
-
-
 def check_ended_status(url: str, bucket, job: str, state: str, started: float, finished: float) -> dict:
     wall, end_state = wall_from_transitions(bucket, job)
     assert end_state.value == state
@@ -109,6 +101,7 @@ def check_ended_status(url: str, bucket, job: str, state: str, started: float, f
     head = text.splitlines()[0]
     assert f"{st['items_per_s']} items/s avg" in head, text
     assert f"wall {wall_text(st['wall_s'])}" in head, text
+    assert [wall_text(42.34), wall_text(690), wall_text(7500)] == ["42.3s", "11m 30s", "2h 05m"]
     assert not ZERO_RATE.search(text), text
     rows = worker_rows(text)
     assert sorted(r[0] for r in rows) == WORKERS, text  # the worker id, first in each row

@@ -14,7 +14,7 @@ def _age(s: float | None) -> str:
     return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m"
 
 
-def _wall(s: float) -> str:
+def wall_text(s: float) -> str:
     """A wall time: 42.3s, 11m 30s, 2h 05m."""
     if s < 60:
         return f"{s:.1f}s"
@@ -30,7 +30,7 @@ def _rate(st) -> str:
         return f"  {rate} items/s"
     if st.get("wall_s") is None:
         return "  never ran"
-    return f"  {rate} items/s avg  wall {_wall(st['wall_s'])}"
+    return f"  {rate} items/s avg  wall {wall_text(st['wall_s'])}"
 
 
 def cmd_fleet(args) -> int:
