@@ -259,16 +259,6 @@ def fleet_ledger_key(job_id: str, writer: str, seq: int) -> str:
     return f"{fleet_ledgers_prefix(job_id)}{writer}-{seq:04d}.json"
 
 
-def fleet_checked_prefix(job_id: str) -> str:
-    return f"{JOBS}{job_id}/fleet/checked/"
-
-
-def fleet_checked_key(job_id: str, writer: str, seq: int) -> str:
-    """Row checks of committed parts made while the fleet runs (write-once batches, by the progress role's holder),
-    each bound to the part's sha256, so the finalizer reads only the parts nobody checked yet."""
-    return f"{fleet_checked_prefix(job_id)}{writer}-{seq:05d}.json"
-
-
 def fleet_singleton_lease_key(job_id: str, role: str) -> str:
     """Lease for a one-writer duty (progress, finalize), so the duty survives its holder's death."""
     return f"{JOBS}{job_id}/fleet/roles/{role}.json"

@@ -109,13 +109,14 @@ def test_items_files_are_checked_line_by_line():
 
 # -- claims and commits ------------------------------------------------------------------------------------
 
-SCHEMA = pa.schema([("item_index", pa.int64()), ("item", pa.string()), ("error", pa.string())])
+SCHEMA = pa.schema([("item_index", pa.int64()), ("item_row", pa.int64()), ("item", pa.string()), ("error", pa.string())])
 
 
 def test_a_zombie_finds_its_commit_refused_and_removes_its_part(bucket_url):
     """A holder paused past its lease is taken over; both finish; the bucket keeps exactly one row set."""
     shard = keys.shard_id(0, 2)
-    rows = [{"item_index": 0, "item": "a", "error": None}, {"item_index": 1, "item": "b", "error": None}]
+    rows = [{"item_index": 0, "item_row": 0, "item": "a", "error": None},
+            {"item_index": 1, "item_row": 0, "item": "b", "error": None}]
 
     async def go():
         async with open_async_bucket(bucket_url) as b:

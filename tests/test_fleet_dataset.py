@@ -14,7 +14,7 @@ import pytest
 
 from bucketrun.events import codec, keys
 from bucketrun.events.errors import CorruptObject
-from bucketrun.events.fleet.dataset import (averify_dataset, check_marker, check_record, check_part_rows,
+from bucketrun.events.fleet.dataset import (averify_dataset, check_marker, check_part_rows,
                                             dataset_body, resolve, verify_dataset)
 from bucketrun.events.fleet.plan import Plan
 from bucketrun.events.storage import open_bucket
@@ -360,7 +360,7 @@ def test_get_keeps_each_rows_file_when_an_item_has_several_rows(tmp_path):
                    "000000001.txt": "item 1 row 0", "000000001-1.txt": "item 1 row 1"}
 
 
-# -- parts checked while the fleet runs (images/fleet/precheck.py) ---------------------------------------------
+# -- parts checked at commit (images/fleet/commit.py) ---------------------------------------------------------
 
 def averify_known(f: Fleet, dataset: dict, known: dict) -> dict:
     async def go():
@@ -370,36 +370,49 @@ def averify_known(f: Fleet, dataset: dict, known: dict) -> dict:
     return asyncio.run(go())
 
 
-def test_a_part_checked_ahead_is_not_read_again_and_a_stale_check_is_not_trusted(tmp_path):
-    """A record from check_record stands in for reading a part only while it matches the part's entry
-    (sha256, bytes, rows, covered range): a part forged after its check is read and caught."""
+def vouched(dataset: dict) -> dict:
+    """What the finalizer takes from markers whose part was checked at commit: each entry, as the marker had it."""
+    return {s["key"]: {**s, "ok": True} for s in dataset["shards"]}
+
+
+def test_a_part_checked_at_commit_is_not_read_again_and_a_stale_check_is_not_trusted(tmp_path):
+    """A check record stands in for reading a part only while it matches the part's entry (sha256, bytes, rows,
+    covered range): a part forged after its check, with dataset.json rewritten to match, is read and caught."""
     f = standard(tmp_path / "bucket")
     good = f.finalize()
-
-    def records(fleet: Fleet, dataset: dict) -> dict:
-        return {s["key"]: check_record(s, fleet.bucket.get(s["key"]).data) for s in dataset["shards"]}
-
-    known = records(f, good)
-    assert all(r["ok"] for r in known.values()) and len(known) == 4, known
-    for k in (A, C):  # checked ahead: the finalizer does not need to read them
+    known = vouched(good)
+    for k in (A, C):  # vouched for: the finalizer does not need to read them
         f.bucket.delete(k)
     assert averify_known(f, good, known)["parts"] == 4
     with pytest.raises(CorruptObject, match="missing"):
         averify_known(f, good, {})  # without the records, the deleted parts are missed
     g = standard(tmp_path / "bucket2")
-    known = records(g, g.finalize())
+    known = vouched(g.finalize())
     rows = rows_of(range(0, 4))
     forged = g.forge(A, rows + [rows[0]])  # after its check: the record's sha256 no longer matches
     with pytest.raises(CorruptObject, match=re.escape(f"appears twice (ordinal 0) in part {A}")):
         averify_known(g, forged, known)
+    with pytest.raises(CorruptObject, match="appears twice"):  # a record that says the check failed is not taken
+        averify_known(g, forged, {k: {**r, "ok": False} for k, r in vouched(forged).items()})
 
 
-def test_a_part_that_fails_its_check_ahead_is_read_and_named(tmp_path):
-    f = standard(tmp_path / "bucket")
-    f.finalize()
-    rows = rows_of(range(0, 4))
-    dataset = f.forge(A, rows + [rows[-1]])
-    rec = check_record(next(s for s in dataset["shards"] if s["key"] == A), f.bucket.get(A).data)
-    assert not rec["ok"] and "appears twice" in rec["problems"][0]
-    with pytest.raises(CorruptObject, match="appears twice"):
-        averify_known(f, dataset, {A: {**rec, "ok": True, "covered": [0, 4], "rows": 99}})  # a mismatched record
+def test_a_commit_refuses_rows_that_do_not_check(tmp_path):
+    """The worker's own commit runs the row check on the bytes it is about to write: a repeated (item, ordinal)
+    never becomes a part or a marker."""
+    from bucketrun.events.fleet import claims
+    from bucketrun.images.fleet.commit import RowsDoNotCheck, commit_shard
+
+    url = open_bucket(str(tmp_path / "bucket")).url
+    rows = rows_of(range(0, 3))
+
+    async def go():
+        async with open_async_bucket(url) as b:
+            lease = await claims.claim_fresh(b, keys.fleet_lease_key("J", keys.shard_id(0, 3)), "w", 30.0)
+            with pytest.raises(RowsDoNotCheck, match=r"item 1 \('it1'\) appears twice"):
+                await commit_shard(b, "J", OUT, lease, "w", (0, 3), rows + [rows[1]], SCHEMA)
+            assert [o.key async for o in b.list(OUT)] == []
+            assert [o.key async for o in b.list(keys.fleet_done_prefix("J"))] == []
+            good = await commit_shard(b, "J", OUT, lease, "w", (0, 3), rows, SCHEMA)
+            assert good.won and good.marker["part"]["checked"]
+
+    asyncio.run(go())

@@ -14,6 +14,7 @@ or released lease) is read and taken over by compare-and-swap.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -151,3 +152,12 @@ async def release_stale(bucket, key: str, holder: str, generation: int) -> bool:
     except LeaseLost:
         return False
     return True
+
+
+def start_point(worker_id: str, count: int, n_shards: int, digest: int) -> int:
+    """Where a worker starts in the shard order: the launcher's ids (w0000, w0001, ...) spread evenly over it, so
+    each worker has a run of its own; any other id, by its hash."""
+    m = re.fullmatch(r"w(\d+)", worker_id)
+    if m and 1 < count and int(m[1]) <= count:  # w0000.. or w0001.. up to the manifest's count
+        return (int(m[1]) % count) * n_shards // count
+    return digest % max(1, n_shards)

@@ -359,14 +359,6 @@ def verify_dataset(bucket, dataset: dict[str, Any], on_part=None, sink=None) -> 
     return check.finish()
 
 
-def check_record(entry: dict[str, Any], data: bytes | None) -> dict[str, Any]:
-    """A part checked ahead of the finalizer (images/fleet/precheck.py), as a record bound to the entry it was
-    checked against; the finalizer takes it only when digest, bytes, rows and covered range match its own."""
-    part = read_part(entry, data)
-    return {**{k: entry.get(k) for k in ("covered", "rows", "bytes", "sha256")}, "ok": not part.problems,
-            "problems": part.problems[:3]}
-
-
 def _checked(entry: dict[str, Any], known: dict[str, dict[str, Any]] | None) -> PartCheck | None:
     rec = (known or {}).get(entry.get("key"))
     if not rec or not rec.get("ok"):
@@ -380,7 +372,7 @@ async def averify_dataset(bucket, dataset: dict[str, Any], on_part=None,
                           known: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """verify_dataset for an async bucket (events/storage/aio.py): parts read READ_CONCURRENCY at a time and
     decoded in a thread so the event loop goes on serving heartbeats; checked in the manifest's order, so the
-    result and the messages are verify_dataset's. `known`: part key -> a check_record; a part whose
+    result and the messages are verify_dataset's. `known`: part key -> a record of a check made at commit (its covered range, rows, bytes, sha256, ok); a part whose
     record matches its entry is not read again."""
     check = DatasetCheck(dataset)
     sem = asyncio.Semaphore(READ_CONCURRENCY)

@@ -27,7 +27,6 @@ from bucketrun.events.storage import open_bucket
 from bucketrun.events.storage.aio import open_async_bucket
 
 from .processors import Processor, ProcessorContext, ProcessorError, make_processor, schema_of
-from .precheck import PartChecker
 from .quarantine import Quarantine
 
 log = logging.getLogger("bucketrun.fleet")
@@ -62,7 +61,6 @@ class FleetJob:
         self.finished = asyncio.Event()  # the dataset is committed: every worker of this process leaves
         self._dataset_watch: asyncio.Task | None = None
         self._quarantine: Quarantine | None = None
-        self.checker: PartChecker | None = None
         self._stack = AsyncExitStack()
         self._tmp = tempfile.TemporaryDirectory(prefix="bucketrun-fleet-")
 
@@ -76,7 +74,6 @@ class FleetJob:
 
     async def __aenter__(self) -> "FleetJob":
         self.bucket = await self._stack.enter_async_context(open_async_bucket(self.bucket_url))
-        self.checker = PartChecker(self.bucket, self.job_id, self.writer)
         return self
 
     @property
@@ -185,7 +182,6 @@ class FleetJob:
         return self._quarantine
 
     def won(self, shard: str, marker: dict[str, Any]) -> None:
-        self.checker.add(marker)  # read back and row-checked in the background, for the finalizer
         self.marker_cache[shard] = marker
         self.unledgered[shard] = marker
 
@@ -238,8 +234,8 @@ class FleetJob:
 
         return get_kind("fleet").verify(self.manifest, result)
 
-    async def fail_code(self, message: str) -> None:
-        await self.fail(FailureClass.CODE_ERROR, message, where="finalize")
+    async def fail_code(self, message: str, where: str = "finalize") -> None:
+        await self.fail(FailureClass.CODE_ERROR, message, where=where)
 
     async def fail(self, cls: FailureClass, message: str, where: str) -> None:
         error = error_detail(cls, message[:500], where=where)["error"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -46,15 +45,11 @@ async def run_workers(bucket_url: str, job_id: str, worker_ids: list[str], devic
         watcher = asyncio.create_task(_watch_job(job, stop))
         duty = ProgressDuty(job, worker_ids[0])
         duty_task = asyncio.create_task(duty.loop(stop))
-        checker_task = asyncio.create_task(job.checker.run())
         try:
             outcomes = await asyncio.gather(*(Worker(job, w, stop).run() for w in worker_ids))
         finally:
             watcher.cancel()
             duty_task.cancel()
-            checker_task.cancel()
-            with contextlib.suppress(BucketrunError):
-                await job.checker.flush()  # what this process checked, for a finalizer still to come
         return dict(zip(worker_ids, outcomes))
 
 

@@ -14,7 +14,6 @@ import hashlib
 import logging
 import os
 import random
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +24,7 @@ from bucketrun.events.fleet import claims
 from bucketrun.events.lease import LeaseLost
 
 from . import host, quarantine
-from .commit import build_dataset, commit_shard, list_shards
+from .commit import RowsDoNotCheck, build_dataset, commit_shard, list_shards
 from .job import FleetJob
 from .processors import CURRENT_WORKER
 
@@ -63,15 +62,6 @@ class ShardWork:
     payloads: list[Any] = field(default_factory=list)
 
 
-def start_point(worker_id: str, count: int, n_shards: int, digest: int) -> int:
-    """Where a worker starts in the shard order: the launcher's ids (w0000, w0001, ...) spread evenly over it, so
-    each worker has a run of its own; any other id, by its hash."""
-    m = re.fullmatch(r"w(\d+)", worker_id)
-    if m and 1 < count and int(m[1]) <= count:  # w0000.. or w0001.. up to the manifest's count
-        return (int(m[1]) % count) * n_shards // count
-    return digest % max(1, n_shards)
-
-
 class Stop:
     """Process-wide flags: SIGTERM (drain) and the job leaving this attempt (stop)."""
 
@@ -99,7 +89,7 @@ class Worker:
         self.done: set[str] = set()
         self.seen_etags: dict[str, str] = {}
         digest = int(hashlib.sha256(worker_id.encode()).hexdigest(), 16)
-        self.cursor: int | None = start_point(worker_id, job.body.workers.count, len(self.shards), digest)
+        self.cursor: int | None = claims.start_point(worker_id, job.body.workers.count, len(self.shards), digest)
         self.rng = random.Random(digest)
         self.holding: dict[str, claims.ShardLease] = {}
         self.roles: dict[str, claims.ShardLease] = {}  # one-writer duties held now (finalize), by key
@@ -362,10 +352,16 @@ class Worker:
                       children: list[tuple[int, ...]] | None = None, dead: list[dict[str, Any]] = ()) -> None:
         """Commit items [lo, k) with their rows; by default the rest of the shard is offered as a new shard."""
         lease, lo, hi = work.lease, work.lo, work.hi
-        result = await commit_shard(self.bucket, self.job.job_id, self.job.output_prefix, lease, self.id,
-                                    (lo, k) if k > lo else None, rows, self.job.schema, items_failed=failed,
-                                    children=[(k, hi)] if children is None and k < hi else children or [],
-                                    dead=dead)
+        try:
+            result = await commit_shard(self.bucket, self.job.job_id, self.job.output_prefix, lease, self.id,
+                                        (lo, k) if k > lo else None, rows, self.job.schema, items_failed=failed,
+                                        children=[(k, hi)] if children is None and k < hi else children or [],
+                                        dead=dead)
+        except RowsDoNotCheck as exc:  # a bug in making rows: retrying would make them again
+            self.holding.pop(lease.shard, None)
+            await self.job.fail_code(str(exc), where="commit")
+            self.stop.stopped.set()
+            return
         self.holding.pop(lease.shard, None)
         self.done.add(lease.shard)
         if not result.won:
