@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,7 @@ from bucketrun.events.fleet.dataset import Coverage, averify_dataset, dataset_bo
 from bucketrun.events.fleet.plan import Plan
 
 
+log = logging.getLogger("bucketrun.fleet")
 PARQUET = "application/vnd.apache.parquet"
 
 
@@ -119,14 +122,21 @@ async def read_ledgers(bucket, job_id: str, cache: dict[str, dict[str, Any]]) ->
 async def build_dataset(bucket, job_id: str, plan: Plan, output_prefix: str, writer: str,
                         cache: dict[str, dict[str, Any]]) -> tuple[Coverage, dict[str, Any] | None]:
     """The dataset manifest if every reachable shard is done and every part lists back with its bytes; the
-    manifest is created once, and a second finalizer gets the first one's."""
+    manifest is created once, and a second finalizer gets the first one's. Each step's time is logged: the
+    finalizer is the fleet's tail."""
+    t = [time.monotonic()]
     done = await list_shards(bucket, keys.fleet_done_prefix(job_id))
+    t.append(time.monotonic())
     await read_ledgers(bucket, job_id, cache)
+    t.append(time.monotonic())
+    unread = sum(1 for s in done if s not in cache)
     markers = await read_markers(bucket, job_id, done, cache)
+    t.append(time.monotonic())
     cov = resolve(plan, markers)
     if not cov.complete:
         return cov, None
     sizes = {info.key: info.size async for info in bucket.list(output_prefix + "parts/")}
+    t.append(time.monotonic())
     for m in cov.committed:
         if sizes.get(m["part"]["key"]) != m["part"]["bytes"]:
             raise CorruptObject(f"part {m['part']['key']} lists as {sizes.get(m['part']['key'])} bytes, "
@@ -137,9 +147,15 @@ async def build_dataset(bucket, job_id: str, plan: Plan, output_prefix: str, wri
     known = {m["part"]["key"]: {"covered": m["covered"], "ok": True, **m["part"]}
              for m in cov.committed if m["part"].get("checked")}
     await averify_dataset(bucket, body, known=known)
+    t.append(time.monotonic())
     named = {m["part"]["key"] for m in cov.committed}
     body["orphan_parts_deleted"] = await delete_orphans(bucket, job_id, output_prefix, set(sizes) - named)
+    t.append(time.monotonic())
     out = await aconditional.create_json(bucket, keys.fleet_dataset_key(output_prefix), body)
+    t.append(time.monotonic())
+    steps = ("list done", "ledgers", f"{unread} markers", "list parts", f"verify ({len(known)} vouched)",
+             f"{body['orphan_parts_deleted']} orphans", "create")
+    log.info("finalize: %s", ", ".join(f"{name} {b - a:.2f}s" for name, a, b in zip(steps, t, t[1:])))
     return cov, out.body
 
 
