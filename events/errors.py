@@ -26,8 +26,6 @@ class NotFound(StorageError):
 class PreconditionFailed(StorageError):
     """A conditional write lost: the key already existed, or its ETag changed."""
 
-    retried = True  # whether the client retried the request (then the object may be our own earlier try)
-
 
 class ConditionalConflict(StorageError):
     """S3's 409 ConditionalRequestConflict: a concurrent conditional write was in flight. Neither a win nor a

@@ -76,9 +76,7 @@ async def claim_fresh(bucket, key: str, holder: str, ttl_s: float) -> ShardLease
     started = time.monotonic()
     try:
         etag = await bucket.create(key, codec.dumps(body), aconditional.JSON)
-    except (PreconditionFailed, ConditionalConflict) as exc:  # a 409: a racing create the store could not order
-        if not getattr(exc, "retried", True):  # a first try's 412: someone else's lease, no read needed
-            return None
+    except (PreconditionFailed, ConditionalConflict):  # a 409: a racing create the store could not order
         current, etag = await aconditional.read_json(bucket, key)
         if current is None or current.get(aconditional.TOKEN) != body[aconditional.TOKEN]:
             return None

@@ -104,9 +104,7 @@ class LocalBucket(Bucket):
                 except FileNotFoundError:
                     continue
                 except FileExistsError as exc:
-                    err = PreconditionFailed(f"{self._rel(path)} already exists")
-                    err.retried = False  # a folder never retries: the object is someone else's
-                    raise err from exc
+                    raise PreconditionFailed(f"{self._rel(path)} already exists") from exc
                 except (NotADirectoryError, IsADirectoryError) as exc:
                     raise InvalidKey(f"key {self._rel(path)!r} clashes with an existing key") from exc
                 except OSError as exc:

@@ -109,10 +109,7 @@ def translate(exc: Exception, op: str, key: str, url: str = "") -> Exception:
     code = error_code(exc)
     where = f" in {url}" if url else ""
     if code in PRECONDITION_CODES:
-        err = PreconditionFailed(f"{op} {key}{where}: precondition failed ({code})")
-        # Only a retried request can meet its own earlier write: a first try's 412 is someone else's object.
-        err.retried = (getattr(exc, "response", None) or {}).get("ResponseMetadata", {}).get("RetryAttempts", 1) > 0
-        return err
+        return PreconditionFailed(f"{op} {key}{where}: precondition failed ({code})")
     if code in CONFLICT_CODES:
         return ConditionalConflict(f"{op} {key}{where}: a concurrent conditional write is in flight ({code})")
     if code in NOT_FOUND_CODES:
