@@ -254,6 +254,28 @@ def test_poison_item_is_dead_lettered_and_no_innocent_is_charged(bucket_url, buc
     assert_parts_are_the_datasets(bucket, ds)
 
 
+def test_every_worker_process_leaves_within_5_s_of_succeeded_at_real_settings(bucket_url, bucket, tmp_path):
+    """The manifest's own lease_s (120) and heartbeat_s (30): the job watcher looks every ~30 s and a waiting
+    finalizer naps up to 20 s, so only the dataset watch gets the idle workers out in time."""
+    n = 2_000
+    put_items(bucket, n)
+    manifest = {"kind": "fleet", "items": {"file": "items.jsonl"}, "shard_size": 50,
+                "processor": {"name": "noop", "options": {"sleep_s": 0.002}}}
+    job = harness.start_job(bucket_url, manifest)
+    procs = [spawn(bucket_url, job, [f"x{p}w{i}" for i in range(5)], log=tmp_path / f"{p}.log") for p in range(4)]
+    exits: dict[int, float] = {}
+    deadline = time.monotonic() + 180
+    while len(exits) < len(procs) and time.monotonic() < deadline:
+        for i, p in enumerate(procs):
+            if i not in exits and p.poll() is not None:
+                exits[i] = time.time()
+        time.sleep(0.02)
+    result = finish(bucket_url, job, procs, timeout_s=10)
+    harness.verify(bucket_url, result["dataset"])
+    lags = sorted(at - succeeded_at(bucket, job) for at in exits.values())
+    assert len(lags) == 4 and lags[-1] < 5.0, lags
+
+
 @pytest.mark.parametrize("rate", [0.05])
 def test_fleet_completes_through_s3_faults(s3_endpoint, tmp_path, rate):
 
