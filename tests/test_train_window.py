@@ -112,10 +112,13 @@ class Fleet:
         self.env = {**os.environ, "BUCKETRUN_PREFLIGHT_WAIT_S": "30", **(env or {})}
 
     def start_agent(self, label: str) -> subprocess.Popen:
+        # Its log goes to a file beside the host's root: a pipe nobody reads blocks the agent once it fills.
+        log = open(self.roots[label].parent / f"agent-{label}.log", "ab")  # noqa: SIM115 - handed to the child
         self.agents[label] = subprocess.Popen(
             [BIN, "--bucket", self.url, "agent", "--labels", label, "--root", str(self.roots[label]), "--poll", "0.3",
              "--poll-max", "1"],
-            env=self.env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            env=self.env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log)
+        log.close()
         return self.agents[label]
 
     def __enter__(self):
