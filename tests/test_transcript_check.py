@@ -154,3 +154,23 @@ def test_normalised_error_rates():
     assert error_rates("", "") == (0.0, 0.0) and error_rates("...", " ") == (0.0, 0.0)
     assert error_rates("Hello, world.", "hello world") == (0.0, 0.0)
     assert error_rates("a b c d", "a b x d")[0] == pytest.approx(0.25)
+
+
+def test_discard_removes_what_was_fetched_for_an_item_never_processed(bucket, bucket_url, tmp_path):
+    """A worker prefetches the next shard before it claims it; when another worker claims it first, the inputs
+    are discarded at once, not left on disk until the processor closes."""
+    bucket.put("one.tar", tar_bytes({"a.wav": b"RIFF" + b"\0" * 64, "a.txt": b"words\n"}))
+    work = tmp_path / "work"
+
+    async def go():
+        async with open_async_bucket(bucket_url) as source:
+            processor = make({}, ProcessorContext(source=source, workdir=work))
+            try:
+                payload = await processor.fetch("one.tar")
+                assert payload.folder.is_dir() and list(work.iterdir()) == [payload.folder]
+                processor.discard(payload)
+                return list(work.iterdir())
+            finally:
+                processor.close()
+
+    assert asyncio.run(go()) == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import logging
 import os
@@ -205,6 +206,7 @@ class Worker:
         if lease is None:  # taken: jump to the middle of the longest run we think free; after a second loss in
             self.stats["claims_lost"] += 1  # a row our view is stale: one listing (a request per thousand
             self.collisions += 1  # shards) shows what is taken
+            self._discard(cand.payloads)
             self.cursor = None
             if self.collisions >= 2:
                 await self.learn_leases()
@@ -223,6 +225,12 @@ class Worker:
                 return FetchFailed(f"fetch failed: {type(exc).__name__}: {exc}"[:500])
 
         return list(await asyncio.gather(*(one(self.job.items[i]) for i in range(lo, hi))))
+
+    def _discard(self, payloads: list[Any]) -> None:
+        """Free prefetched inputs that will not be processed (a processor's optional `discard`)."""
+        discard = getattr(self.job.processor, "discard", None)
+        for payload in (p for p in payloads if discard is not None and not isinstance(p, FetchFailed)):
+            discard(payload)
 
     async def _prepare(self, lease: claims.ShardLease) -> ShardWork:
         """A shard taken over: a suspected one's inputs are fetched by its quarantine process, not here."""
@@ -300,8 +308,7 @@ class Worker:
     async def sleep(self, seconds: float) -> None:
         """Idle until `seconds` pass, SIGTERM, the job leaves this attempt, or the dataset is committed: a worker
         leaves a finished fleet within about a second, not at the end of its nap."""
-        events = (self.stop.draining, self.stop.stopped, self.job.finished)
-        waits = [asyncio.create_task(e.wait()) for e in events]
+        waits = [asyncio.create_task(e.wait()) for e in (self.stop.draining, self.stop.stopped, self.job.finished)]
         try:
             await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -340,6 +347,7 @@ class Worker:
                 self.stats["last_error"] = error = f"{type(exc).__name__}: {exc}"[:1000]
                 rows += self._rows(i, item, None, error)
             k = i + 1
+        self._discard(work.payloads[k - lo:])  # items left to the shard's next holder
         if lease.shard in self.lost or self.stop.stopped.is_set():
             self.holding.pop(lease.shard, None)
             return
@@ -425,14 +433,11 @@ class Worker:
         await self._commit(work, lo, [], 0, time.monotonic(), children=[], dead=dead)
 
     async def _drop(self, lease: claims.ShardLease, exc: Exception) -> None:
-        """The store failed past its retries mid-shard: hand the shard back (redone under a new generation)
-        rather than let it wait out its lease; if even that fails, it lapses and is taken over."""
+        """The store failed past its retries mid-shard: hand the shard back rather than let it wait out its lease."""
         log.warning("%s: shard %s abandoned: %s", self.id, lease.shard, exc)
         self.stats["last_error"] = f"{type(exc).__name__}: {exc}"[:1000]
-        try:
+        with contextlib.suppress(BucketrunError):  # _release already let go of it here
             await self._release(lease)
-        except BucketrunError:
-            self.holding.pop(lease.shard, None)
 
     async def _pause(self, exc: Exception) -> None:
         """A request failed past botocore's retries (the store is struggling): note it and go round again,

@@ -63,6 +63,9 @@ class Processor(Protocol):
 
     def close(self) -> None: ...
 
+    # Optional: `discard(payload)` frees the inputs of an item fetched but never processed (the worker picks and
+    # prefetches the next shard before claiming it, and another worker may claim it first).
+
 
 class ScratchFolders:
     """Per-item scratch folders a processor makes in fetch() and removes once the item is processed; close()

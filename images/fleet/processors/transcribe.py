@@ -183,6 +183,10 @@ class Transcribe:
         except BucketrunError as exc:  # the item's own files are written: a missed cache entry costs a re-run
             log.warning("could not store %s… in the result cache: %s", media_sha256[:12], exc)
 
+    def discard(self, payload: Any) -> None:
+        """Inputs fetched for an item that will not be processed here: remove its scratch folder now."""
+        self.scratch.discard(getattr(payload, "folder", None))
+
     def close(self) -> None:
         self.scratch.close()
 

@@ -212,6 +212,10 @@ class TranscriptCheck:
             row["wer"], row["cer"] = error_rates(reference, row["hypothesis"])
         return row
 
+    def discard(self, payload: Any) -> None:
+        """Inputs fetched for an item that will not be processed here: remove its scratch folder now."""
+        self.scratch.discard(getattr(payload, "folder", None))
+
     def close(self) -> None:
         self.scratch.close()
 
