@@ -125,7 +125,7 @@ class FleetJob:
         except PlanError as exc:
             await self.fail(FailureClass.BAD_INPUT, str(exc), where="plan")
             raise FleetStopped(str(exc)) from exc
-        ctx = ProcessorContext(self.source, Path(self._tmp.name), self.device, self.writer, output=self.sync,
+        ctx = ProcessorContext(self.source, self.workdir, self.device, self.writer, output=self.sync,
                                output_prefix=self.output_prefix, job_id=self.job_id, attempt=self.attempt)
         try:
             self.processor = make_processor(self.body.processor.factory, self.body.processor.options, ctx)

@@ -50,10 +50,6 @@ class Outcome:
     stopped: bool = False  # the parent ended it (drain, stop, lost lease): nobody's fault
     returncode: int | None = None
 
-    @property
-    def started(self) -> bool:
-        return bool(self.outputs) or self.under_way is not None
-
 
 def read_records(path: Path) -> tuple[dict[int, tuple[Any, Any]], int | None, bool]:
     """The record file, up to a torn last record (the child died mid-write): outputs, begun-and-unfinished, end."""
