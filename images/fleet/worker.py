@@ -116,8 +116,7 @@ class Worker:
         await self.bucket.put(keys.fleet_worker_key(self.job.job_id, self.id), codec.dumps(config), "application/json")
 
     async def recover(self) -> None:
-        """A worker restarted under the same id hands back the leases its previous life held (a death each: a
-        held lease is a shard that was under way), then learns what is taken and done."""
+        """A restarted worker (same id) hands back what its last life held, a death each, then learns the fleet."""
         try:
             last = codec.loads((await self.bucket.get(keys.fleet_heartbeat_key(self.job.job_id, self.id))).data)
         except NotFound:
@@ -590,6 +589,7 @@ class Worker:
                 await self._release(lease)
             for t in tasks:
                 t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)  # a beat under way must not land after the last
             self.state = "offline" if outcome != "finished" else "finished"
             self.current = None
             try:
