@@ -14,6 +14,7 @@ or released lease) is read and taken over by compare-and-swap.
 
 from __future__ import annotations
 
+import random
 import re
 import time
 from dataclasses import dataclass
@@ -159,3 +160,31 @@ def start_point(worker_id: str, count: int, n_shards: int, digest: int) -> int:
     if m and 1 < count and int(m[1]) <= count:  # w0000.. or w0001.. up to the manifest's count
         return (int(m[1]) % count) * n_shards // count
     return digest % max(1, n_shards)
+
+
+JUMP_CHOICES = 8  # a worker out of its own run jumps into one of this many longest free runs
+
+
+def pick(shards: list[str], unavailable: set[str], cursor: int | None, rng: random.Random) -> int | None:
+    """Go on from the cursor while its shards are free; else jump into one of the longest runs of free shards,
+    at a random point of its middle half: far from the run's owner working its way up, and (as the workers of a
+    process share one view) not where the other jumpers land."""
+    n = len(shards)
+    if cursor is not None and 0 <= cursor < n and shards[cursor] not in unavailable:
+        return cursor
+    runs, run_start = [], None
+    for i in range(n + 1):
+        free = i < n and shards[i] not in unavailable
+        if free and run_start is None:
+            run_start = i
+        elif not free and run_start is not None:
+            runs.append((i - run_start, run_start))
+            run_start = None
+    if not runs:
+        return None
+    runs.sort(reverse=True)
+    cut = runs[min(len(runs), JUMP_CHOICES) - 1][0]  # ties at the cut all count: in the tail every run is one
+    length, start = rng.choice([r for r in runs if r[0] >= cut])
+    if length <= 2:
+        return start + length // 2
+    return start + rng.randrange(length // 4, length - length // 4)

@@ -28,6 +28,7 @@ from bucketrun.events.storage.aio import open_async_bucket
 
 from .processors import Processor, ProcessorContext, ProcessorError, make_processor, schema_of
 from .quarantine import Quarantine
+from .tail import TailLook
 
 log = logging.getLogger("bucketrun.fleet")
 DATASET_POLL_S = 1.0  # once a worker of this process is idle, it looks for the committed dataset this often
@@ -58,6 +59,10 @@ class FleetJob:
         self.marker_cache: dict[str, dict[str, Any]] = {}  # done markers are write-once: read each once
         self.unledgered: dict[str, dict[str, Any]] = {}  # markers this process won since its last ledger
         self.ledgers = 0
+        self.workers: list[Any] = []  # this process's workers (images/fleet/worker.py), for what they hold
+        self.picked: set[str] = set()  # shards a worker here picked and is fetching, not yet claimed
+        self.taking: set[str] = set()  # lapsed leases a worker here is taking over right now
+        self._tail: TailLook | None = None
         self.finished = asyncio.Event()  # the dataset is committed: every worker of this process leaves
         self._dataset_watch: asyncio.Task | None = None
         self._quarantine: Quarantine | None = None
@@ -180,6 +185,17 @@ class FleetJob:
                 "factory": self.body.processor.factory, "options": self.body.processor.options,
                 "output_prefix": self.output_prefix})
         return self._quarantine
+
+    @property
+    def tail(self) -> TailLook:
+        """This process's one look at the last shards (images/fleet/tail.py)."""
+        if self._tail is None:
+            self._tail = TailLook(self.bucket, self.job_id, self.marker_cache)
+        return self._tail
+
+    def held_or_picked(self) -> set[str]:
+        """Shards this process's own workers hold or are about to claim: they need no look from the bucket."""
+        return set(self.picked).union(*(w.holding for w in self.workers))
 
     def won(self, shard: str, marker: dict[str, Any]) -> None:
         self.marker_cache[shard] = marker

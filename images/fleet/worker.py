@@ -24,7 +24,7 @@ from bucketrun.events.errors import BucketrunError, NotFound
 from bucketrun.events.fleet import claims
 from bucketrun.events.lease import LeaseLost
 
-from . import host, quarantine
+from . import host, quarantine, tail
 from .commit import RowsDoNotCheck, build_dataset, commit_shard, list_shards
 from .job import FleetJob
 from .processors import CURRENT_WORKER
@@ -35,7 +35,6 @@ MAX_IDLE_SLEEP_S = 20.0  # a waiting worker looks again at least this often
 LISTING_MAX_AGE_S = 2.0  # workers of one process share a listing this young...
 LISTING_S_PER_PAGE = 0.5  # ...or younger by this much per page it took: 22 pages (10,000 shards) are shared 11 s
 READS_PER_LOOK = 4  # candidate leases an idle worker reads per look
-JUMP_CHOICES = 8  # a worker out of its own run jumps into one of this many longest free runs
 MAX_ERRORS = 50  # store failures past botocore's own retries before a worker gives up
 
 
@@ -106,6 +105,8 @@ class Worker:
         self.errors = 0
         self.all_done = False
         self.role_seen = False
+        self.tailing = False
+        job.workers.append(self)
 
     # -- start ---------------------------------------------------------------------------------------
     async def register(self) -> None:
@@ -161,44 +162,26 @@ class Worker:
         return leases
 
     # -- claim ---------------------------------------------------------------------------------------
-    def _pick(self) -> int | None:
-        """Go on from the cursor while its shards are free; else jump into one of the longest runs of free
-        shards, at a random point of its middle half: far from the run's owner working its way up, and (as the
-        workers of a process share one view) not where the other jumpers land."""
-        n = len(self.shards)
-        if self.cursor is not None and 0 <= self.cursor < n and self.shards[self.cursor] not in self.unavailable:
-            return self.cursor
-        runs, run_start = [], None
-        for i in range(n + 1):
-            free = i < n and self.shards[i] not in self.unavailable
-            if free and run_start is None:
-                run_start = i
-            elif not free and run_start is not None:
-                runs.append((i - run_start, run_start))
-                run_start = None
-        if not runs:
-            return None
-        runs.sort(reverse=True)
-        cut = runs[min(len(runs), JUMP_CHOICES) - 1][0]  # ties at the cut all count: in the tail every run is one
-        length, start = self.rng.choice([r for r in runs if r[0] >= cut])
-        if length <= 2:
-            return start + length // 2
-        return start + self.rng.randrange(length // 4, length - length // 4)
-
     async def prefetch(self) -> Candidate | None:
         """The next shard to work on, its inputs fetched; None when nothing is free in this worker's view."""
         if self.stop.any:
             return None
-        i = self._pick()
+        i = claims.pick(self.shards, self.unavailable, self.cursor, self.rng)
         if i is None:
             return None
         shard = self.shards[i]
         self.unavailable.add(shard)
+        self.job.picked.add(shard)
         lo, hi = keys.parse_shard_id(shard)
-        return Candidate(i, shard, lo, hi, await self._fetch(lo, hi))
+        try:
+            return Candidate(i, shard, lo, hi, await self._fetch(lo, hi))
+        except BaseException:
+            self.job.picked.discard(shard)
+            raise
 
     async def claim(self, cand: Candidate) -> ShardWork | None:
         """Claim the picked shard as its work starts; None if it was taken."""
+        self.job.picked.discard(cand.shard)  # from here on it is held (the holding map) or someone else's
         lease = await claims.claim_fresh(self.bucket, keys.fleet_lease_key(self.job.job_id, cand.shard), self.id,
                                          self.body.lease_s)
         self.leased.add(cand.shard)  # won or lost, the lease exists from here on
@@ -207,7 +190,7 @@ class Worker:
             self.collisions += 1  # shards) shows what is taken
             self._discard(cand.payloads)
             self.cursor = None
-            if self.collisions >= 2:
+            if self.collisions >= 2 and not self.tailing:  # in the tail, the next look shows what is taken
                 await self.learn_leases()
                 self.collisions = 0
             return None
@@ -245,6 +228,9 @@ class Worker:
             return "finished"
         if self.all_done:  # seen complete once: wait for the dataset without listing again
             return await self.finalize()
+        pending = [s for s in self.shards if s not in self.done and s not in self.job.marker_cache]
+        if len(pending) <= tail.TAIL_SHARDS:
+            return await self._tail(pending)
         leases = await self.learn()
         pending = [s for s in self.shards if s not in self.done]
         if not pending:
@@ -295,6 +281,39 @@ class Worker:
             self.idle_s = 0.5  # there is work about to free up: look again soon
         await self.sleep(min(MAX_IDLE_SLEEP_S, max(self.idle_s, wake)) + self.rng.uniform(0, 1))
         self.idle_s = min(MAX_IDLE_SLEEP_S, self.idle_s * 2)
+        return None
+
+    async def _tail(self, pending: list[str]) -> ShardWork | str | None:
+        """Few shards left: read them one by one (images/fleet/tail.py), one look for this process's workers,
+        rather than list every lease and marker again; claim one never claimed, take one over that lapsed."""
+        self.tailing = True
+        look = await self.job.tail.look(pending, self.job.held_or_picked())
+        self.done |= look.done
+        if look.children - set(self.shards):
+            self.shards = sorted(set(self.shards) | look.children)
+        if not any(s not in self.done and s not in self.job.marker_cache for s in self.shards):
+            self.all_done = True
+            return await self.finalize()
+        await self.job.write_ledger(self.id)  # nothing left to claim fresh: hand the finalizer our markers
+        fresh = {s for s, snap in look.leases.items() if snap is None} - self.job.held_or_picked()
+        if fresh:  # never claimed as of the look: a create-if-absent tells whether someone was first
+            self.unavailable -= fresh
+            self.leased -= fresh
+            return None
+        lapsed = [(s, snap) for s, snap in look.leases.items() if snap is not None and not snap.live
+                  and s not in self.job.taking]
+        self.rng.shuffle(lapsed)
+        for shard, snap in lapsed:
+            self.job.taking.add(shard)
+            try:
+                lease = await claims.take_over(self.bucket, self.id, self.body.lease_s, snap)
+            finally:
+                self.job.taking.discard(shard)
+                self.job.tail.forget(shard)
+            if lease is not None:
+                self.stats["takeovers"] += 1
+                return await self._prepare(lease)
+        await self.sleep(self.job.tail.interval(len(pending)) + self.rng.uniform(0, 0.5))
         return None
 
     async def bucket_has(self, key: str) -> bool:
