@@ -24,8 +24,8 @@ from bucketrun.events.errors import BucketrunError, NotFound
 from bucketrun.events.fleet import claims
 from bucketrun.events.lease import LeaseLost
 
-from . import host, quarantine, tail
-from .commit import RowsDoNotCheck, build_dataset, commit_shard, list_shards
+from . import finalize, host, quarantine, tail
+from .commit import RowsDoNotCheck, commit_shard, list_shards
 from .job import FleetJob
 from .processors import CURRENT_WORKER
 
@@ -34,6 +34,7 @@ GRACE_S = 25.0
 MAX_IDLE_SLEEP_S = 20.0  # a waiting worker looks again at least this often
 LISTING_MAX_AGE_S = 2.0  # workers of one process share a listing this young...
 LISTING_S_PER_PAGE = 0.5  # ...or younger by this much per page it took: 22 pages (10,000 shards) are shared 11 s
+LEDGER_BATCH = 500  # a process hands the finalizer its won markers in ledgers of this many (a PUT per 10,000 items)
 READS_PER_LOOK = 4  # candidate leases an idle worker reads per look
 MAX_ERRORS = 50  # store failures past botocore's own retries before a worker gives up
 
@@ -105,7 +106,6 @@ class Worker:
         self.errors = 0
         self.all_done = False
         self.role_seen = False
-        self.tailing = False
         job.workers.append(self)
 
     # -- start ---------------------------------------------------------------------------------------
@@ -145,6 +145,19 @@ class Worker:
         """A claimer whose view proved stale needs only what is taken: the leases, half a full listing, shared."""
         leases = await self.job.shared_listing("leases", self._list_leases, LISTING_MAX_AGE_S, LISTING_S_PER_PAGE)
         self._absorb({}, leases[0])
+
+    async def _relearn(self) -> None:
+        """Two lost claims in a row: our view of what is free is stale. With few shards free in it, read those
+        (images/fleet/tail.py); else list the leases. In the tail a hundred workers colliding on the last free
+        shards made these listings most of the time from 99% done to the end."""
+        free = [s for s in self.shards if s not in self.unavailable]
+        if len(free) > tail.TAIL_SHARDS:
+            return await self.learn_leases()
+        look = await self.job.tail.look(free, self.job.held_or_picked())
+        taken = {s for s, snap in look.leases.items() if snap is not None}
+        self.done |= look.done
+        self.unavailable |= look.done | taken
+        self.leased |= taken
 
     async def _list_leases(self) -> tuple[dict[str, Any]]:
         return (await list_shards(self.bucket, keys.fleet_leases_prefix(self.job.job_id)),)
@@ -190,8 +203,8 @@ class Worker:
             self.collisions += 1  # shards) shows what is taken
             self._discard(cand.payloads)
             self.cursor = None
-            if self.collisions >= 2 and not self.tailing:  # in the tail, the next look shows what is taken
-                await self.learn_leases()
+            if self.collisions >= 2:
+                await self._relearn()
                 self.collisions = 0
             return None
         self.collisions = 0
@@ -286,7 +299,7 @@ class Worker:
     async def _tail(self, pending: list[str]) -> ShardWork | str | None:
         """Few shards left: read them one by one (images/fleet/tail.py), one look for this process's workers,
         rather than list every lease and marker again; claim one never claimed, take one over that lapsed."""
-        self.tailing = True
+        await self.job.write_ledger(self.id)  # first: a finalizer elsewhere reads ledgers, not our markers
         look = await self.job.tail.look(pending, self.job.held_or_picked())
         self.done |= look.done
         if look.children - set(self.shards):
@@ -294,7 +307,6 @@ class Worker:
         if not any(s not in self.done and s not in self.job.marker_cache for s in self.shards):
             self.all_done = True
             return await self.finalize()
-        await self.job.write_ledger(self.id)  # nothing left to claim fresh: hand the finalizer our markers
         fresh = {s for s, snap in look.leases.items() if snap is None} - self.job.held_or_picked()
         if fresh:  # never claimed as of the look: a create-if-absent tells whether someone was first
             self.unavailable -= fresh
@@ -396,6 +408,8 @@ class Worker:
                         lease.shard, result.marker.get("generation"))
             return
         self.job.won(lease.shard, result.marker)
+        if len(self.job.unledgered) >= LEDGER_BATCH:
+            await self.job.write_ledger(self.id)
         self.stats["dead_lettered"] += len(dead)
         if k > lo:
             self.stats["items_done"] += k - lo - failed
@@ -494,48 +508,7 @@ class Worker:
     # -- finish --------------------------------------------------------------------------------------
     async def finalize(self) -> str | None:
         """Every shard is done: one elected writer commits the dataset manifest, then `succeeded`."""
-        key = keys.fleet_singleton_lease_key(self.job.job_id, "finalize")
-        ttl = max(30.0, self.body.lease_s)
-        role = None if self.role_seen else await claims.claim_fresh(self.bucket, key, self.id, ttl)
-        snap = None
-        if role is None:
-            self.role_seen = True  # the role object exists now: later looks read it, without a losing create
-            snap = await claims.read(self.bucket, key)
-            if snap is not None and not snap.live:
-                role = await claims.take_over(self.bucket, self.id, ttl, snap)
-        if role is None:  # someone is writing the dataset: look again when its role could have lapsed
-            left = snap.body["ttl_s"] - (snap.age_s or 0) if snap is not None and snap.live else 1.0
-            await self.sleep(min(MAX_IDLE_SLEEP_S, max(1.0, left)) + self.rng.uniform(0, 1))
-            return None
-        self.roles[key] = role  # renewed by renew_loop while the markers are read: the role never lapses mid-way
-        try:
-            cov, dataset = await build_dataset(self.bucket, self.job.job_id, self.job.plan, self.job.output_prefix,
-                                               self.id, self.job.marker_cache)
-        finally:
-            self.roles.pop(key, None)
-        if key in self.lost:
-            self.lost.discard(key)
-            return None
-        if dataset is None:
-            log.info("%s: %d shards still pending; not final yet", self.id, len(cov.pending))
-            self.all_done = False
-            self.done -= set(cov.pending)
-            self.unavailable -= set(cov.pending)
-            await claims.release(self.bucket, role)
-            return None
-        summary = {k: dataset[k] for k in ("items_total", "items_covered", "items_failed", "rows", "bytes")}
-        summary.update(key=keys.fleet_dataset_key(self.job.output_prefix), shards=len(dataset["shards"]),
-                       dead_letters=len(dataset["dead_letters"]))
-        stored = (await self.bucket.get(summary["key"])).data  # the manifest as the bucket holds it
-        artifact = {"key": summary["key"], "format": "dataset", "bytes": len(stored),
-                    "sha256": hashlib.sha256(stored).hexdigest()}
-        problems = self.job.spec_verify({"dataset": summary})
-        if problems:
-            await self.job.fail_code("dataset check failed: " + "; ".join(problems))
-        else:
-            await self.job.succeed({"dataset": summary, "artifacts": [artifact]})
-        self.job.finished.set()  # this process's other workers leave now
-        return "finished"
+        return await finalize.finalize(self)
 
     async def heartbeat(self, final: bool = False) -> None:
         recent_items = sum(n for n, _ in self.recent)
