@@ -25,7 +25,7 @@ from bucketrun.handlers.client import submit
 from bucketrun.images.train_window.fingerprint import fingerprint_dataset, fingerprint_hf_cache, hf_repo_folder
 from bucketrun.images.train_window.gate import gate
 from bucketrun.images.train_window.preflight import check_host, findings_of
-from bucketrun.images.train_window.supervise import Supervisor, child_env, triage
+from bucketrun.images.train_window.supervise import Outcome, Supervisor, child_env, triage
 from bucketrun.images.transcribe.model import offline_base_parts
 
 from conftest import jobs_by_inbox_key, wait_for
@@ -497,3 +497,18 @@ def test_sigterm_stops_the_agent_cleanly_and_the_window_resumes_elsewhere(hosts,
         out = f.wait(job, timeout=180)
     assert out["state"] == "succeeded" and out["attempt"] == 2, out
     assert out["detail"]["resume"]["from"] == "host" and out["detail"]["resume"]["step"] >= 2
+
+
+def test_failure_messages_promise_only_what_will_happen():
+    """A stall promises a resume on the next attempt only when one is left, else names the retry; the model_error
+    advice suggests model_cache.mode=full only to a manifest that does not already run it."""
+    stalled = Outcome("stall", None, 1.0, 900.0, 1000.0, 4, ["step 4/10"])
+    _, left = triage(stalled, 10, 600, 900, attempts_left=True)
+    _, last = triage(stalled, 10, 600, 900, attempts_left=False)
+    assert "resume from the last verified checkpoint on its next attempt" in left
+    assert "next attempt" not in last and "no attempt is left" in last and "bucketrun retry" in last
+    silent = Outcome("first_log_timeout", None, None, 600.0, 600.0, None, ["Downloading model.bin"])
+    _, quick = triage(silent, 10, 600, 900, cache_mode="quick")
+    _, full = triage(silent, 10, 600, 900, cache_mode="full")
+    assert "verify it with model_cache.mode=full" in quick
+    assert "verify it with model_cache.mode=full" not in full and "mode=full passed" in full

@@ -97,6 +97,9 @@ class Window:
                           ship=ship_chunk if ship else None, on_step=on_step, check=a.check,
                           pidfile=run_dir / ".bucketrun-run.json").run()
 
+    def attempts_left(self) -> bool:
+        return self.a.attempt < self.a.manifest.resources.max_attempts
+
     def smoke(self, smoke: Smoke) -> dict[str, Any]:
         self.a.progress("smoke run", 0.08)
         run_dir = host_path(smoke.run_dir, self.root)
@@ -108,7 +111,9 @@ class Window:
                   "seconds": out.wall_s}
         self.report["smoke"] = record
         if not g["passed"]:
-            cls, why = triage(out, smoke.target_step, self.body.timeouts.first_log_s, self.body.timeouts.stall_s)
+            cls, why = triage(out, smoke.target_step, self.body.timeouts.first_log_s, self.body.timeouts.stall_s,
+                              attempts_left=self.attempts_left(),
+                              cache_mode=self.body.model_cache.mode if self.body.model_cache else None)
             self.fail(cls, f"the smoke run failed, so the window did not start: {why}; gate: "
                       + "; ".join(g["problems"]), where="smoke")
         return record
@@ -140,7 +145,8 @@ class Window:
         self.report["gate"] = g
         if not g["passed"]:
             cls, why = triage(out, w.target_step, body.timeouts.first_log_s, body.timeouts.stall_s,
-                              disk_problem=self.disk_problem())
+                              disk_problem=self.disk_problem(), attempts_left=self.attempts_left(),
+                              cache_mode=body.model_cache.mode if body.model_cache else None)
             self.fail(cls, why + "; gate: " + "; ".join(g["problems"]), where="run")
         if out.rc not in (0, None):
             warnings.append(f"the command exited {out.rc} after the checkpoint reached step {w.target_step} "

@@ -191,18 +191,24 @@ class Supervisor:
 
 
 def triage(out: Outcome, target_step: int, first_log_s: float, stall_s: float,
-           disk_problem: str | None = None) -> tuple[FailureClass, str]:
-    """A failed run's class and a message that says what to do, judged by when it failed."""
+           disk_problem: str | None = None, attempts_left: bool = False,
+           cache_mode: str | None = None) -> tuple[FailureClass, str]:
+    """A failed run's class and a message that says what to do, judged by when it failed. It promises only what
+    will happen: a resume only if an attempt is left, a full cache check only if the manifest does not run one."""
     last = " | ".join(out.tail[-5:])[-600:] or "(no output)"
     if out.reason == "first_log_timeout":
+        verify = ("model_cache.mode=full passed on this host, so the cache is complete as the manifest describes "
+                  "it: check that the trainer reads that cache (HF_HOME, the model path), or add what it fetches"
+                  if cache_mode == "full" else "verify it with model_cache.mode=full")
         return FailureClass.MODEL_ERROR, (
             f"no training log line within first_log_s={first_log_s:g} s: the run is most likely materializing "
-            "the model or its cache (a cold download); warm the cache on this host, verify it with "
-            "model_cache.mode=full, and relaunch")
+            f"the model or its cache (a cold download); warm the cache on this host, {verify}, and relaunch")
     if out.reason == "stall":
+        then = ("the window will resume from the last verified checkpoint on its next attempt" if attempts_left
+                else "no attempt is left: `bucketrun retry JOB` resumes it from the last verified checkpoint")
         return FailureClass.STALL, (
             f"training started and then went silent for {stall_s:g} s (no log line, no progress-file change) at "
-            f"step {out.step}; it was stopped and the window will resume from the last verified checkpoint")
+            f"step {out.step}; it was stopped, and {then}")
     if out.reason == "wall":
         return FailureClass.TIMED_OUT, f"the window ran past max_wall_s ({out.wall_s:.0f} s) at step {out.step}"
     text = "\n".join(out.tail)
