@@ -88,7 +88,7 @@ def manifest(fps, *flags, target=6, size=6, preflight=("host-a", "host-b"), **ov
          "dataset": {"path": "data", "fingerprint": fps["dataset"]},
          "model_cache": {"repo_id": REPO, "cache_dir": "hf/hub", "fingerprint": fps["cache"], "mode": "full"},
          "hosts": {"preflight": list(preflight), "launch": "host-a"},
-         "timeouts": {"first_log_s": 20, "stall_s": 20, "max_wall_s": 300},
+         "timeouts": {"first_log_s": 20, "stall_s": 20, "max_wall_s": 300, "preflight_s": 30},
          "resources": {"heartbeat_s": 1, "stall_after_s": 8, "max_attempts": 1}}
     m.update(over)
     return m
@@ -109,7 +109,7 @@ class Fleet:
                               sweep_s=0.5, poll_max_s=0.5, sweep_max_s=1.0)
         self.thread = threading.Thread(target=self.sim.run, daemon=True)
         self.agents: dict[str, subprocess.Popen] = {}
-        self.env = {**os.environ, "BUCKETRUN_PREFLIGHT_WAIT_S": "30", **(env or {})}
+        self.env = {**os.environ, **(env or {})}
 
     def start_agent(self, label: str) -> subprocess.Popen:
         # Its log goes to a file beside the host's root: a pipe nobody reads blocks the agent once it fills.
@@ -512,3 +512,22 @@ def test_failure_messages_promise_only_what_will_happen():
     _, full = triage(silent, 10, 600, 900, cache_mode="full")
     assert "verify it with model_cache.mode=full" in quick
     assert "verify it with model_cache.mode=full" not in full and "mode=full passed" in full
+
+
+def test_a_preflight_host_without_an_agent_fails_within_preflight_s_naming_how_to_start_it(hosts, bucket_url):
+    """Waiting for a host is the manifest's choice (timeouts.preflight_s, 120 s by default, not 15 minutes), and
+    the failure names each missing host with the command that starts its agent."""
+    from bucketrun.events.kinds.train_window import Timeouts
+
+    assert Timeouts().preflight_s == 120
+    roots, fps = hosts
+    m = manifest(fps, preflight=("host-a", "host-b", "mac4", "mac5"))
+    m["timeouts"]["preflight_s"] = 3
+    with Fleet(bucket_url, roots) as f:
+        _, out = f.run(m, timeout=100)  # under the default 120 s: the manifest's 3 s is what was waited
+    err = out["detail"]["error"]
+    assert out["state"] == "failed" and err["class"] == "preflight" and err["where"] == "preflight/mac4", err
+    assert "timeouts.preflight_s=3 s" in err["message"]
+    for host in ("mac4", "mac5"):
+        assert f"agent --labels {host}`" in err["message"], err["message"]
+    assert "host-a" not in err["message"].split("did not")[0]  # only the missing ones are named

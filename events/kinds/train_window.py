@@ -135,6 +135,8 @@ class Timeouts(Strict):
     first_log_s: float = Field(600.0, ge=1, le=86400, description="no log line by then: cache/model materialization")
     stall_s: float = Field(900.0, ge=1, le=86400, description="logging, then silent this long: a stall")
     max_wall_s: float = Field(86400.0, ge=10, le=30 * 86400)
+    preflight_s: float = Field(120.0, ge=1, le=86400,
+                               description="how long the launching host waits for every preflight host's agent")
 
 
 class Mirror(Strict):

@@ -21,7 +21,6 @@ from .report import write_report
 from .supervise import Outcome, Supervisor, child_env, stop_previous, triage
 
 log = logging.getLogger("bucketrun.train_window")
-PREFLIGHT_WAIT_S = float(os.environ.get("BUCKETRUN_PREFLIGHT_WAIT_S", "900"))
 
 
 def render(argv: list[str], values: dict[str, Any]) -> list[str]:
@@ -53,7 +52,8 @@ class Window:
         own = check_host(body, a.bucket, self.root)
         write_verdict(a.bucket, a.job_id, a.attempt, self.label, own)
         verdicts = {self.label: {"attempt": a.attempt, **own}}
-        deadline = time.monotonic() + PREFLIGHT_WAIT_S
+        wait_s = body.timeouts.preflight_s
+        deadline = time.monotonic() + wait_s
         while True:
             for host in body.hosts.preflight:
                 if host not in verdicts:
@@ -66,9 +66,11 @@ class Window:
                 break
             if time.monotonic() > deadline:
                 self.report["preflight"] = verdicts
+                start = "; ".join(f"on {h}: `bucketrun --bucket {a.bucket.url} agent --labels {h}`" for h in waiting)
                 self.fail(FailureClass.PREFLIGHT, f"host{'s' if len(waiting) > 1 else ''} {', '.join(waiting)} did not "
-                          f"report a preflight within {PREFLIGHT_WAIT_S:.0f} s: is `bucketrun agent --labels "
-                          f"{waiting[0]}` running there?", where=f"preflight/{waiting[0]}")
+                          f"report a preflight within timeouts.preflight_s={wait_s:g} s: no agent of "
+                          f"{'theirs' if len(waiting) > 1 else 'its'} claimed the offer; start one ({start}) and "
+                          f"retry the job", where=f"preflight/{waiting[0]}")
             a.check()
             time.sleep(1.0)
         self.report["preflight"] = verdicts
