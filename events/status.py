@@ -37,6 +37,28 @@ def waiting_in_inbox(bucket: Bucket, job_id: str) -> str | None:
     return key if bucket.exists(key) else None
 
 
+def final_progress(view: JobView, progress: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A succeeded job's progress is final: 100%, and a training window's step is the one its gate passed at.
+    The last heartbeat (`training: step 9/10`, 82%) was written before the gate and the mirror."""
+    latest = view.latest
+    if latest is None or latest.state is not JobState.SUCCEEDED:
+        return progress
+    step = (latest.detail.get("gate") or {}).get("step")
+    target = (latest.detail.get("mirror") or {}).get("step", step)
+    stage = f"training: step {step}/{target}" if step is not None else "succeeded"
+    return {**(progress or {}), "attempt": view.attempt, "stage": stage, "percent": 100.0, "eta_s": 0.0,
+            "updated_at": latest.at, "final": True}
+
+
+def window_outputs(view: JobView) -> dict[str, Any] | None:
+    """Where a training window's report and verified mirror are, once it has ended with one."""
+    latest = view.latest
+    if latest is None or latest.state is not JobState.SUCCEEDED or "mirror" not in latest.detail:
+        return None
+    return {"report": keys.report_key(view.job_id), "report_json": keys.report_json_key(view.job_id),
+            "mirror": latest.detail["mirror"]}
+
+
 def job_status(bucket: Bucket, job_id: str, view: JobView | None = None) -> dict[str, Any]:
     view = view if view is not None else read_view(bucket, job_id)
     if not view.history:
@@ -57,8 +79,9 @@ def job_status(bucket: Bucket, job_id: str, view: JobView | None = None) -> dict
         "attempt": view.attempt,
         "updated_at": latest.at,
         "submitted_at": view.history[0].at,
-        "progress": progress,
+        "progress": final_progress(view, progress),
         "artifacts": artifacts_of(view),
         "error": error_of(view),
         "terminal": latest.state.terminal,
+        **({"window": window_outputs(view)} if window_outputs(view) else {}),
     }

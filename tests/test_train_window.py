@@ -183,6 +183,15 @@ def test_a_window_on_two_hosts_gates_mirrors_reports_and_chains(hosts, bucket_ur
         report = subprocess.run([BIN, "--bucket", bucket_url, "report", job], capture_output=True, text=True)
         assert report.returncode == 0 and "**reached**" in report.stdout and "host-b" in report.stdout
         assert "nothing: the checkpoint is verified" in report.stdout and "--target-step 6" in report.stdout
+        # status after success is final (not the last heartbeat) and points to the report and the mirror
+        shown = subprocess.run([BIN, "--bucket", bucket_url, "status", job], capture_output=True, text=True)
+        assert shown.returncode == 0 and "succeeded" in shown.stdout, shown
+        assert "training: step 6/6 100.0%" in shown.stdout, shown.stdout
+        assert f"report: bucketrun report {job}" in shown.stdout and d["mirror"]["prefix"] in shown.stdout
+        as_json = json.loads(subprocess.run([BIN, "--bucket", bucket_url, "status", job, "--json"],
+                                            capture_output=True, text=True, check=True).stdout)
+        assert as_json["progress"]["percent"] == 100 and as_json["progress"]["stage"] == "training: step 6/6"
+        assert as_json["window"]["mirror"]["manifest"] == d["mirror"]["manifest"]
         # the chained stage: submitted after success, started from the verified checkpoint in the bucket
         child = wait_for(lambda: jobs_by_inbox_key(f.bucket).get(keys.inbox_key(f"{job}-then.json")), timeout=60)
         child_out = f.wait(child)

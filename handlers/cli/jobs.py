@@ -64,9 +64,13 @@ def cmd_status(args) -> int:
         return 0
     p = status["progress"] or {}
     line = f"{status['job_id']}  {status['state']}  attempt {status['attempt']}  updated {status['updated_at']}"
-    if status["state"] == "running" and p:
+    if status["state"] in ("running", "succeeded") and p:
         line += f"  {p.get('stage')} {p.get('percent')}%"
     print(line)
+    if status.get("window"):
+        w, m = status["window"], status["window"]["mirror"]
+        print(f"  report: bucketrun report {status['job_id']}  ({w['report']}, {w['report_json']})")
+        print(f"  mirror: {m['prefix']}  {m['files']} files, {m['bytes']} B, verified at step {m['step']}")
     if status["error"]:
         print(f"  error: {status['error'].get('class')}: {status['error'].get('message')}")
         for f in status["error"].get("fields", []):
