@@ -111,3 +111,26 @@ def test_the_finalizer_walks_the_plan_and_lists_no_done_markers(bucket_url):
     assert keys.fleet_done_prefix("J") not in counting.listed
     assert sorted(counting.listed) == sorted([keys.fleet_ledgers_prefix("J"), "out/parts/"])
     assert counting.calls["get"] >= 4  # each marker read once (the remainder found through its parent)
+
+
+def test_ledgers_are_read_once_each_and_bring_other_processes_markers(bucket_url):
+    """A straggler learns what other processes committed from their ledgers (write-once: one GET each, ever),
+    not from a listing of every done marker."""
+    from bucketrun.events import aconditional
+    from bucketrun.images.fleet.commit import read_ledgers
+
+    async def go():
+        async with open_async_bucket(bucket_url) as b:
+            await aconditional.create_json(b, keys.fleet_ledger_key("J", "w1", 0), {"markers": {"a": {"n": 1}}})
+            counting = Counting(b)
+            cache, seen = {}, set()
+            await read_ledgers(counting, "J", cache, seen)
+            first = dict(counting.calls)
+            await aconditional.create_json(b, keys.fleet_ledger_key("J", "w2", 0), {"markers": {"b": {"n": 2}}})
+            await read_ledgers(counting, "J", cache, seen)
+            return cache, first, counting.calls, counting.listed
+
+    cache, first, calls, listed = asyncio.run(go())
+    assert cache == {"a": {"n": 1}, "b": {"n": 2}}
+    assert first == {"get": 1} and calls == {"get": 2}  # the first ledger was not read again
+    assert listed == [keys.fleet_ledgers_prefix("J")] * 2

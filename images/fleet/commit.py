@@ -108,7 +108,7 @@ async def read_markers(bucket, job_id: str, shards, cache: dict[str, dict[str, A
     return cache
 
 
-async def read_ledgers(bucket, job_id: str, cache: dict[str, dict[str, Any]]) -> None:
+async def read_ledgers(bucket, job_id: str, cache: dict[str, dict[str, Any]], seen: set[str] | None = None) -> None:
     """Markers copied into the workers' ledgers: a few reads instead of one per shard. Only markers whose
     create-if-absent won are ledgered, so each copy is the marker as the bucket holds it."""
     sem = asyncio.Semaphore(READ_CONCURRENCY)
@@ -119,8 +119,10 @@ async def read_ledgers(bucket, job_id: str, cache: dict[str, dict[str, Any]]) ->
         for shard, marker in ((body or {}).get("markers") or {}).items():
             cache.setdefault(shard, marker)
 
-    ledgers = [info.key async for info in bucket.list(keys.fleet_ledgers_prefix(job_id))]
+    seen = set() if seen is None else seen  # ledgers are write-once: one read each is enough
+    ledgers = [info.key async for info in bucket.list(keys.fleet_ledgers_prefix(job_id)) if info.key not in seen]
     await asyncio.gather(*(one(key) for key in ledgers))
+    seen.update(ledgers)
 
 
 async def build_dataset(bucket, job_id: str, plan: Plan, output_prefix: str, writer: str,

@@ -27,10 +27,12 @@ from bucketrun.events.storage import open_bucket
 from bucketrun.events.storage.aio import open_async_bucket
 
 from .processors import Processor, ProcessorContext, ProcessorError, make_processor, schema_of
+from .commit import read_ledgers
 from .quarantine import Quarantine
 from .tail import TailLook
 
 log = logging.getLogger("bucketrun.fleet")
+LEDGER_LOOK_S = 2.0  # a process reads new ledgers at most this often
 DATASET_POLL_S = 1.0  # once a worker of this process is idle, it looks for the committed dataset this often
 
 
@@ -63,6 +65,9 @@ class FleetJob:
         self.picked: set[str] = set()  # shards a worker here picked and is fetching, not yet claimed
         self.taking: set[str] = set()  # lapsed leases a worker here is taking over right now
         self._tail: TailLook | None = None
+        self._ledger_lock = asyncio.Lock()
+        self._ledgers_at = -1e9
+        self._ledgers_seen: set[str] = set()
         self.finished = asyncio.Event()  # the dataset is committed: every worker of this process leaves
         self._dataset_watch: asyncio.Task | None = None
         self._quarantine: Quarantine | None = None
@@ -196,6 +201,16 @@ class FleetJob:
     def held_or_picked(self) -> set[str]:
         """Shards this process's own workers hold or are about to claim: they need no look from the bucket."""
         return set(self.picked).union(*(w.holding for w in self.workers))
+
+    async def learn_ledgers(self) -> None:
+        """Other processes' won markers from their ledgers (one LIST page, a GET per new ledger), into this
+        process's marker cache, at most every LEDGER_LOOK_S: what a straggler needs to see the tail is near,
+        for a fraction of a full listing of done markers."""
+        async with self._ledger_lock:
+            if time.monotonic() - self._ledgers_at < LEDGER_LOOK_S:
+                return
+            await read_ledgers(self.bucket, self.job_id, self.marker_cache, self._ledgers_seen)
+            self._ledgers_at = time.monotonic()
 
     def won(self, shard: str, marker: dict[str, Any]) -> None:
         self.marker_cache[shard] = marker

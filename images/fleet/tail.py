@@ -21,10 +21,12 @@ from bucketrun.events.fleet import claims
 from bucketrun.events.lease import Snapshot
 
 # Pending shards up to which direct reads beat a full listing: S3 prices a LIST as 12.5 GETs, and a listing of
-# 10,000 shards is 22 LISTs, so 256 GETs cost about what one full listing does, and are done in one round trip.
-TAIL_SHARDS = 256
+# 10,000 shards is 22 LISTs, so 512 GETs cost about what two full listings do; a look drops each shard it finds
+# done, so only the first one reads that many. (A process counts as pending the markers of other processes not
+# yet in their ledgers, up to LEDGER_BATCH each.)
+TAIL_SHARDS = 512
 LOOK_MIN_S = 1.0  # a process looks at most this often...
-LOOK_S_PER_SHARD = 0.01  # ...or less often by this much per shard it reads
+LOOK_S_PER_SHARD = 0.005  # ...or less often by this much per shard it reads
 READ_CONCURRENCY = 16
 
 

@@ -34,7 +34,7 @@ GRACE_S = 25.0
 MAX_IDLE_SLEEP_S = 20.0  # a waiting worker looks again at least this often
 LISTING_MAX_AGE_S = 2.0  # workers of one process share a listing this young...
 LISTING_S_PER_PAGE = 0.5  # ...or younger by this much per page it took: 22 pages (10,000 shards) are shared 11 s
-LEDGER_BATCH = 500  # a process hands the finalizer its won markers in ledgers of this many (a PUT per 10,000 items)
+LEDGER_BATCH = 100  # a process hands its won markers to the others and the finalizer in ledgers of this many
 READS_PER_LOOK = 4  # candidate leases an idle worker reads per look
 MAX_ERRORS = 50  # store failures past botocore's own retries before a worker gives up
 
@@ -242,6 +242,9 @@ class Worker:
         if self.all_done:  # seen complete once: wait for the dataset without listing again
             return await self.finalize()
         pending = [s for s in self.shards if s not in self.done and s not in self.job.marker_cache]
+        if len(pending) > tail.TAIL_SHARDS:  # the other processes' ledgers may show the tail is near
+            await self.job.learn_ledgers()
+            pending = [s for s in pending if s not in self.job.marker_cache]
         if len(pending) <= tail.TAIL_SHARDS:
             return await self._tail(pending)
         leases = await self.learn()
