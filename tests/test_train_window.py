@@ -273,7 +273,7 @@ def _processes_running(needle: str) -> list[str]:
 
 
 @pytest.mark.parametrize("flags,cls,said,reason,rc", [
-    (["--hang-before-log"], "model_error", "no training log line within first_log_s", "first_log_timeout", None),
+    (["--hang-before-log"], "model_error", "no training step reported within first_log_s", "first_log_timeout", None),
     (["--hang-after-step", "2"], "stall", "went silent", "stall", None),
     (["--crash-at", "3"], "runtime_crash", "exit code 3", "exited", 3),
     (["--fail-write"], "disk_full", "No space left", "exited", 1),
@@ -540,3 +540,19 @@ def test_a_preflight_host_without_an_agent_fails_within_preflight_s_naming_how_t
     for host in ("mac4", "mac5"):
         assert f"agent --labels {host}`" in err["message"], err["message"]
     assert "host-a" not in err["message"].split("did not")[0]  # only the missing ones are named
+
+
+def test_a_download_bar_is_progress_and_a_run_with_no_step_past_first_log_s_is_a_model_error(hosts):
+    """Output counts by the byte: a banner then only a `\\r` bar for longer than stall_s is busy, not a stall, and
+    the run trains. A bar that never ends with no training step past first_log_s is model_error (the run never
+    began: materialization), quoting the bar, not a stall."""
+    roots, _ = hosts
+    out, g = _supervise(roots["host-a"], "--download-bar", "4", first_log_s=15.0, stall_s=2.0)
+    assert out.reason == "exited" and out.rc == 0 and g["passed"], out
+    assert any("model.safetensors" in line for line in out.tail)
+    shutil.rmtree(roots["host-a"] / "runs" / "t")  # a fresh run directory: the first run's checkpoint is gone
+    out, g = _supervise(roots["host-a"], "--download-bar", "-1", first_log_s=4.0, stall_s=2.0)
+    assert out.reason == "first_log_timeout" and not g["passed"], out
+    cls, message = triage(out, 5, 4.0, 2.0)
+    assert cls.value == "model_error" and "no training step reported within first_log_s=4 s" in message
+    assert "MB/1.2 GB" in message  # the bar itself, the last output line, is quoted

@@ -21,6 +21,8 @@ from bucketrun.events.failures import FailureClass
 
 BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR", "TZ", "SYSTEMROOT")
 TAIL_LINES = 40
+# A training step in the log ("step 3/10", "step=3", "Step: 3"): training has begun, whatever the progress file says.
+STEP_RE = re.compile(rb"\bstep\s*[:=]?\s*\d+", re.IGNORECASE)
 PIDFILE = ".bucketrun-run.json"  # in the run directory: the process group of the run that writes there
 DISK_FULL_RE = re.compile(r"No space left on device|Errno 28|ENOSPC|Disk quota exceeded|EDQUOT|Errno 122")
 PATH_ERROR_RE = re.compile(r"Permission denied|Errno 13|Read-only file system|Errno 30|No such file or directory"
@@ -110,18 +112,34 @@ class Supervisor:
         self.pending = bytearray()
         self.lock = threading.Lock()
         self.lines = 0
-        self.first_line_at: float | None = None
+        self.bytes = 0
+        self.first_line_at: float | None = None  # the first output of any kind
         self.last_activity = time.monotonic()
+        self.step_logged = False  # the log showed a training step
+        self.drawing = b""  # the line being drawn: a `\r` progress bar has no newline to wait for
 
     def _read(self, stream) -> None:
-        for raw in iter(stream.readline, b""):
+        """Activity is output by the byte, not by the line: a trainer that prints a banner and then only a `\r`
+        download bar (tqdm, huggingface_hub) is busy, not silent. Lines split on `\n` and `\r` for the tail."""
+        fd = stream.fileno()
+        while chunk := os.read(fd, 65536):
             now = time.monotonic()
             with self.lock:
-                self.lines += 1
+                self.bytes += len(chunk)
+                self.lines += chunk.count(b"\n")
                 self.first_line_at = self.first_line_at or now
                 self.last_activity = now
-                self.tail.append(raw.decode("utf-8", "replace").rstrip("\n"))
-                self.pending += raw
+                self.pending += chunk
+                *done, self.drawing = re.split(rb"[\r\n]", self.drawing + chunk)
+                self.drawing = self.drawing[-4096:]
+                for line in done:
+                    if line.strip():
+                        self.tail.append(line.decode("utf-8", "replace"))
+                    self.step_logged = self.step_logged or bool(STEP_RE.search(line))
+
+    def _tail(self) -> list[str]:
+        drawing = self.drawing.decode("utf-8", "replace").strip()
+        return list(self.tail) + ([drawing] if drawing else [])
 
     def _flush(self) -> None:
         with self.lock:
@@ -164,10 +182,11 @@ class Supervisor:
                 if self.check:
                     self.check()  # Superseded or Drained: the finally below stops the run
                 with self.lock:
-                    first, last = self.first_line_at, self.last_activity
-                if first is None and now - started > self.first_log_s:
+                    last = self.last_activity
+                    began = step is not None or self.step_logged or bool(STEP_RE.search(self.drawing))
+                if not began and now - started > self.first_log_s:  # no training step yet: materialization
                     reason = "first_log_timeout"
-                elif first is not None and now - last > self.stall_s:
+                elif began and now - last > self.stall_s:  # silence once training began
                     reason = "stall"
                 elif now - started > self.max_wall_s:
                     reason = "wall"
@@ -187,7 +206,7 @@ class Supervisor:
             return Outcome(reason, proc.returncode if reason == "exited" else None,
                            None if self.first_line_at is None else round(self.first_line_at - started, 3),
                            round(end - self.last_activity, 3), round(end - started, 3),
-                           final if final is not None else step, list(self.tail), self.lines)
+                           final if final is not None else step, self._tail(), self.lines)
 
 
 def triage(out: Outcome, target_step: int, first_log_s: float, stall_s: float,
@@ -197,12 +216,14 @@ def triage(out: Outcome, target_step: int, first_log_s: float, stall_s: float,
     will happen: a resume only if an attempt is left, a full cache check only if the manifest does not run one."""
     last = " | ".join(out.tail[-5:])[-600:] or "(no output)"
     if out.reason == "first_log_timeout":
+        said = (f"its last output was {out.tail[-1][-300:]!r}" if out.tail else "it wrote no output at all")
         verify = ("model_cache.mode=full passed on this host, so the cache is complete as the manifest describes "
                   "it: check that the trainer reads that cache (HF_HOME, the model path), or add what it fetches"
                   if cache_mode == "full" else "verify it with model_cache.mode=full")
         return FailureClass.MODEL_ERROR, (
-            f"no training log line within first_log_s={first_log_s:g} s: the run is most likely materializing "
-            f"the model or its cache (a cold download); warm the cache on this host, {verify}, and relaunch")
+            f"no training step reported within first_log_s={first_log_s:g} s ({said}): the run is most likely "
+            f"materializing the model or its cache (a cold download); warm the cache on this host, {verify}, "
+            "and relaunch")
     if out.reason == "stall":
         then = ("the window will resume from the last verified checkpoint on its next attempt" if attempts_left
                 else "no attempt is left: `bucketrun retry JOB` resumes it from the last verified checkpoint")
