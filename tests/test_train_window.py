@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -183,6 +184,15 @@ def test_a_window_on_two_hosts_gates_mirrors_reports_and_chains(hosts, bucket_ur
         report = subprocess.run([BIN, "--bucket", bucket_url, "report", job], capture_output=True, text=True)
         assert report.returncode == 0 and "**reached**" in report.stdout and "host-b" in report.stdout
         assert "nothing: the checkpoint is verified" in report.stdout and "--target-step 6" in report.stdout
+        # metrics at the target step (every numeric field of the progress file) and the lines to rerun it
+        progress = json.loads((run_dir / "checkpoint.json").read_text())
+        rep = codec.loads(f.bucket.get(keys.report_json_key(job)).data)
+        assert rep["metrics"]["step"] == 6 and rep["metrics"]["loss"] == progress["loss"]
+        assert rep["metrics"]["valid_acc"] == progress["valid_acc"]
+        assert "## Metrics at step 6" in report.stdout and f"loss: {progress['loss']:g}" in report.stdout
+        rerun = rep["reproduce_lines"]
+        assert rerun[1] == shlex.join(d["command"]) and rerun[1] in report.stdout
+        assert rerun[2].startswith(f"bucketrun --bucket {bucket_url} submit ") and keys.manifest_key(job) in rerun[2]
         # status after success is final (not the last heartbeat) and points to the report and the mirror
         shown = subprocess.run([BIN, "--bucket", bucket_url, "status", job], capture_output=True, text=True)
         assert shown.returncode == 0 and "succeeded" in shown.stdout, shown
@@ -213,6 +223,7 @@ def test_a_host_with_a_truncated_dataset_fails_preflight_and_nothing_launches(ho
     assert not (roots["host-a"] / "runs" / "main" / "checkpoint.json").exists()  # the window never started
     rep = codec.loads(f.bucket.get(keys.report_json_key(job)).data)
     assert rep["state"] == "failed" and any("host-b" in b for b in rep["blockers"])
+    assert rep["reproduce_lines"][-1] == f"bucketrun --bucket {bucket_url} retry {job}"  # a failed one is retried
 
 
 @pytest.mark.parametrize("damage,problem", [

@@ -126,7 +126,8 @@ async def read_ledgers(bucket, job_id: str, cache: dict[str, dict[str, Any]], se
 
 
 async def build_dataset(bucket, job_id: str, plan: Plan, output_prefix: str, writer: str,
-                        cache: dict[str, dict[str, Any]]) -> tuple[Coverage, dict[str, Any] | None]:
+                        cache: dict[str, dict[str, Any]],
+                        ledgers_seen: set[str] | None = None) -> tuple[Coverage, dict[str, Any] | None]:
     """The dataset manifest if every reachable shard is done and every part lists back with its bytes; the
     manifest is created once, and a second finalizer gets the first one's. Each step's time is logged: the
     finalizer is the fleet's tail."""
@@ -134,7 +135,7 @@ async def build_dataset(bucket, job_id: str, plan: Plan, output_prefix: str, wri
     # The parts' listing (for their bytes and the orphans) runs while the markers are gathered.
     parts = asyncio.create_task(_sizes(bucket, output_prefix + "parts/"))
     try:
-        await read_ledgers(bucket, job_id, cache)
+        await read_ledgers(bucket, job_id, cache, ledgers_seen)  # those this process read before are in cache
         t.append(time.monotonic())
         # No listing of done/: walk from the plan through each marker's children, reading the markers that no
         # ledger and no look of this process brought, until no unread shard is left on the walk.

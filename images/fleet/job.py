@@ -67,7 +67,7 @@ class FleetJob:
         self._tail: TailLook | None = None
         self._ledger_lock = asyncio.Lock()
         self._ledgers_at = -1e9
-        self._ledgers_seen: set[str] = set()
+        self.ledgers_seen: set[str] = set()
         self.finished = asyncio.Event()  # the dataset is committed: every worker of this process leaves
         self._dataset_watch: asyncio.Task | None = None
         self._quarantine: Quarantine | None = None
@@ -209,7 +209,7 @@ class FleetJob:
         async with self._ledger_lock:
             if time.monotonic() - self._ledgers_at < LEDGER_LOOK_S:
                 return
-            await read_ledgers(self.bucket, self.job_id, self.marker_cache, self._ledgers_seen)
+            await read_ledgers(self.bucket, self.job_id, self.marker_cache, self.ledgers_seen)
             self._ledgers_at = time.monotonic()
 
     def won(self, shard: str, marker: dict[str, Any]) -> None:

@@ -73,12 +73,17 @@ def dump_tasks() -> None:
 
 
 async def _watch_job(job: FleetJob, stop: Stop) -> None:
-    """Stop the workers when the job leaves this attempt (cancelled, failed, retried elsewhere)."""
+    """Stop the workers when the job leaves this attempt (cancelled, failed, retried elsewhere); and every
+    fourth beat read the other processes' new ledgers."""
+    beats = 0
     while True:
         await asyncio.sleep(job.body.heartbeat_s * random.uniform(0.8, 1.2))
+        beats += 1
         try:
             await job.refresh_view()
             job.check_live()
+            if beats % 4 == 0:  # the others' ledgers as they come: a straggler then needs few reads at the end
+                await job.learn_ledgers()
         except FleetStopped as exc:
             stop.reason = str(exc)
             stop.stopped.set()

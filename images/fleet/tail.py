@@ -26,8 +26,8 @@ from bucketrun.events.lease import Snapshot
 # yet in their ledgers, up to LEDGER_BATCH each.)
 TAIL_SHARDS = 512
 LOOK_MIN_S = 1.0  # a process looks at most this often...
-LOOK_S_PER_SHARD = 0.005  # ...or less often by this much per shard it reads
-READ_CONCURRENCY = 16
+LOOK_S_PER_SHARD = 0.01  # ...or less often by this much per shard it reads
+READ_CONCURRENCY = 8  # per process: the tail's reads must leave the store to the last commits
 
 
 @dataclass

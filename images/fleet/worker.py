@@ -34,7 +34,7 @@ GRACE_S = 25.0
 MAX_IDLE_SLEEP_S = 20.0  # a waiting worker looks again at least this often
 LISTING_MAX_AGE_S = 2.0  # workers of one process share a listing this young...
 LISTING_S_PER_PAGE = 0.5  # ...or younger by this much per page it took: 22 pages (10,000 shards) are shared 11 s
-LEDGER_BATCH = 100  # a process hands its won markers to the others and the finalizer in ledgers of this many
+LEDGER_BATCH = 50  # a process hands its won markers to the others and the finalizer in ledgers of this many
 READS_PER_LOOK = 4  # candidate leases an idle worker reads per look
 MAX_ERRORS = 50  # store failures past botocore's own retries before a worker gives up
 

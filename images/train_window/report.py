@@ -39,6 +39,20 @@ def blockers(report: dict[str, Any]) -> list[str]:
     return out
 
 
+def reproduce(report: dict[str, Any], state: str) -> list[str]:
+    """The exact lines to run this again: the trainer command as run, and the bucketrun line (a retry of a
+    failed window, a new submission of this one's manifest otherwise)."""
+    r = report.get("reproduce")
+    if not r:
+        return []
+    out = [f"# on {r['host']}, in {r['cwd'] or 'the agent root'}:", r["command"]]
+    if state == "failed":
+        out.append(f"bucketrun --bucket {r['bucket']} retry {report['job_id']}")
+    else:
+        out.append(f"bucketrun --bucket {r['bucket']} submit window.json  # window.json: a copy of {r['manifest_key']}")
+    return out
+
+
 def render(report: dict[str, Any], state: str) -> str:
     gate = report.get("gate") or {}
     mirror = report.get("mirror") or {}
@@ -66,12 +80,20 @@ def render(report: dict[str, Any], state: str) -> str:
               if mirror else "- mirror: none"]
     for w in report.get("warnings") or []:
         lines.append(f"- warning: {w}")
+    metrics = report.get("metrics") or {}
+    if metrics:
+        lines += ["", f"## Metrics at step {gate.get('step')}", ""]
+        lines += [f"- {name}: {value:g}" for name, value in metrics.items()]
+    rerun = reproduce(report, state)
+    if rerun:
+        lines += ["", "## Reproduce", ""] + [f"    {line}" for line in rerun]
     lines += ["", "## What blocks the next window", ""]
     lines += [f"- {b}" for b in blockers(report)] or ["- nothing: the checkpoint is verified in the bucket"]
     return "\n".join(lines) + "\n"
 
 
 def write_report(bucket: Bucket, report: dict[str, Any], body: Any, state: str) -> None:
-    data = {**report, "state": state, "blockers": blockers(report), "at": codec.iso(codec.now())}
+    data = {**report, "state": state, "blockers": blockers(report), "at": codec.iso(codec.now()),
+            "reproduce_lines": reproduce(report, state)}
     bucket.put(keys.report_json_key(report["job_id"]), codec.dumps(data), "application/json")
     bucket.put(keys.report_key(report["job_id"]), render(report, state).encode(), "text/markdown; charset=utf-8")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from ..runtime.agent import host_path
 from .gate import clear_dir, gate, mirror_run_dir, prepare_resume
 from .preflight import check_host, findings_of, read_preflight, write_verdict
 from .report import write_report
-from .supervise import Outcome, Supervisor, child_env, stop_previous, triage
+from .supervise import Outcome, Supervisor, child_env, read_metrics, stop_previous, triage
 
 log = logging.getLogger("bucketrun.train_window")
 
@@ -124,6 +125,9 @@ class Window:
         body, a = self.body, self.a
         w = body.window
         self.report["command"] = argv = render(body.command, self.values(self.run_dir, w.target_step, w.size))
+        self.report["reproduce"] = {"command": shlex.join(argv), "cwd": str(self.workdir or ""),
+                                    "host": self.label, "bucket": a.bucket.url,
+                                    "manifest_key": keys.manifest_key(a.job_id)}
         preflight = self.preflight()
         if body.smoke is not None:
             self.smoke(body.smoke)
@@ -145,6 +149,7 @@ class Window:
                               "wall_s": out.wall_s, "step": out.step, "lines": out.lines, "tail": out.tail[-10:]}
         g = gate(self.run_dir, body.checkpoint, w.target_step)
         self.report["gate"] = g
+        self.report["metrics"] = read_metrics(self.run_dir / body.checkpoint.progress_file)
         if not g["passed"]:
             cls, why = triage(out, w.target_step, body.timeouts.first_log_s, body.timeouts.stall_s,
                               disk_problem=self.disk_problem(), attempts_left=self.attempts_left(),

@@ -57,6 +57,26 @@ def read_step(path: Path, step_field: str) -> int | None:
         return None
 
 
+def read_metrics(path: Path) -> dict[str, float]:
+    """Every numeric field of the progress file (nested ones dotted: `eval.loss`), as it was last written: the
+    report's metrics at the step the run ended on."""
+    try:
+        data: Any = codec.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    found: dict[str, float] = {}
+
+    def walk(value: Any, name: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{name}.{k}" if name else str(k))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            found[name] = value
+
+    walk(data, "")
+    return found
+
+
 def stop_group(pgid: int, grace_s: float = 10.0, reap: Callable[[], Any] | None = None) -> None:
     """SIGTERM to the whole group, then SIGKILL after `grace_s`: a trainer's dataloader children go too.
     `reap` collects our own child, so its zombie does not keep the group looking alive."""
