@@ -14,13 +14,14 @@ import io
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bucketrun.events import aconditional, codec, keys
-from bucketrun.events.errors import CorruptObject
+from bucketrun.events.errors import CorruptObject, NotFound
 from bucketrun.events.fleet import claims
 from bucketrun.events.fleet.dataset import Coverage, averify_dataset, dataset_body, read_part, resolve
 from bucketrun.events.fleet.plan import Plan
@@ -94,6 +95,43 @@ async def _sizes(bucket, prefix: str) -> dict[str, int]:
     return {info.key: info.size async for info in bucket.list(prefix)}
 
 
+@dataclass
+class PartsListing:
+    """A listing of parts/ started in the tail, before the last shards were done (on moto a listing of 10,000
+    parts took 11 s of the finalizer's 16), and the store-independent time it started."""
+
+    task: asyncio.Task
+    started: datetime
+
+
+def list_parts_early(bucket, output_prefix: str) -> PartsListing:
+    return PartsListing(asyncio.create_task(_sizes(bucket, output_prefix + "parts/")), codec.now())
+
+
+async def _part_sizes(bucket, output_prefix: str, cov: Coverage, markers: dict[str, dict[str, Any]],
+                      early: PartsListing | None, margin_s: float) -> dict[str, int]:
+    """Every part's size. From an early listing, parts committed since are looked up one by one. An orphan part
+    (a holder killed before its marker) always comes with a take-over, a marker of generation 2 or more; one
+    written since the listing began (less a margin for clocks) might name an orphan it missed: list again."""
+    if early is None:
+        return await _sizes(bucket, output_prefix + "parts/")
+    sizes = dict(await early.task)
+    cutoff = early.started - timedelta(seconds=margin_s)
+    if any(m.get("generation", 1) > 1 and codec.parse_iso(m["at"]) >= cutoff for m in markers.values()):
+        return await _sizes(bucket, output_prefix + "parts/")
+    sem = asyncio.Semaphore(READ_CONCURRENCY)
+
+    async def one(key: str) -> None:
+        async with sem:
+            try:
+                sizes[key] = (await bucket.head(key)).size
+            except NotFound:
+                pass  # named but absent: the size check below says so
+
+    await asyncio.gather(*(one(m["part"]["key"]) for m in cov.committed if m["part"]["key"] not in sizes))
+    return sizes
+
+
 async def read_markers(bucket, job_id: str, shards, cache: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Every done marker's body; markers are write-once, so a cached one never needs reading again."""
     sem = asyncio.Semaphore(READ_CONCURRENCY)
@@ -127,13 +165,14 @@ async def read_ledgers(bucket, job_id: str, cache: dict[str, dict[str, Any]], se
 
 async def build_dataset(bucket, job_id: str, plan: Plan, output_prefix: str, writer: str,
                         cache: dict[str, dict[str, Any]],
-                        ledgers_seen: set[str] | None = None) -> tuple[Coverage, dict[str, Any] | None]:
+                        ledgers_seen: set[str] | None = None, early: PartsListing | None = None,
+                        margin_s: float = 60.0) -> tuple[Coverage, dict[str, Any] | None]:
     """The dataset manifest if every reachable shard is done and every part lists back with its bytes; the
     manifest is created once, and a second finalizer gets the first one's. Each step's time is logged: the
     finalizer is the fleet's tail."""
     t = [time.monotonic()]
     # The parts' listing (for their bytes and the orphans) runs while the markers are gathered.
-    parts = asyncio.create_task(_sizes(bucket, output_prefix + "parts/"))
+    parts = early.task if early is not None else asyncio.create_task(_sizes(bucket, output_prefix + "parts/"))
     try:
         await read_ledgers(bucket, job_id, cache, ledgers_seen)  # those this process read before are in cache
         t.append(time.monotonic())
@@ -150,11 +189,15 @@ async def build_dataset(bucket, job_id: str, plan: Plan, output_prefix: str, wri
             await read_markers(bucket, job_id, missing, cache)
         t.append(time.monotonic())
         if not cov.complete:
+            if early is None:
+                parts.cancel()
             return cov, None
-        sizes = await parts
+        sizes = await (_part_sizes(bucket, output_prefix, cov, cache, early, margin_s) if early is not None
+                       else parts)
         t.append(time.monotonic())
-    finally:
+    except BaseException:
         parts.cancel()
+        raise
     for m in cov.committed:
         if sizes.get(m["part"]["key"]) != m["part"]["bytes"]:
             raise CorruptObject(f"part {m['part']['key']} lists as {sizes.get(m['part']['key'])} bytes, "

@@ -34,7 +34,7 @@ async def finalize(w: Any) -> str | None:
     w.roles[key] = role  # renewed by renew_loop while the markers are read: the role never lapses mid-way
     try:
         cov, dataset = await build_dataset(w.bucket, w.job.job_id, w.job.plan, w.job.output_prefix,
-                                           w.id, w.job.marker_cache, w.job.ledgers_seen)
+                                           w.id, w.job.marker_cache, w.job.ledgers_seen, w.job.parts_listing())
     finally:
         w.roles.pop(key, None)
     if key in w.lost:

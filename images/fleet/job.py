@@ -27,7 +27,7 @@ from bucketrun.events.storage import open_bucket
 from bucketrun.events.storage.aio import open_async_bucket
 
 from .processors import Processor, ProcessorContext, ProcessorError, make_processor, schema_of
-from .commit import read_ledgers
+from .commit import PartsListing, list_parts_early, read_ledgers
 from .quarantine import Quarantine
 from .tail import TailLook
 
@@ -68,6 +68,7 @@ class FleetJob:
         self._ledger_lock = asyncio.Lock()
         self._ledgers_at = -1e9
         self.ledgers_seen: set[str] = set()
+        self._parts: PartsListing | None = None
         self.finished = asyncio.Event()  # the dataset is committed: every worker of this process leaves
         self._dataset_watch: asyncio.Task | None = None
         self._quarantine: Quarantine | None = None
@@ -211,6 +212,13 @@ class FleetJob:
                 return
             await read_ledgers(self.bucket, self.job_id, self.marker_cache, self.ledgers_seen)
             self._ledgers_at = time.monotonic()
+
+    def parts_listing(self) -> PartsListing:
+        """This process's one early listing of parts/ for its finalizer (commit.py), started anew if it failed."""
+        t = self._parts.task if self._parts is not None else None
+        if t is None or (t.done() and (t.cancelled() or t.exception() is not None)):
+            self._parts = list_parts_early(self.bucket, self.output_prefix)
+        return self._parts
 
     def won(self, shard: str, marker: dict[str, Any]) -> None:
         self.marker_cache[shard] = marker
