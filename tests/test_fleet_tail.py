@@ -134,3 +134,47 @@ def test_ledgers_are_read_once_each_and_bring_other_processes_markers(bucket_url
     assert cache == {"a": {"n": 1}, "b": {"n": 2}}
     assert first == {"get": 1} and calls == {"get": 2}  # the first ledger was not read again
     assert listed == [keys.fleet_ledgers_prefix("J")] * 2
+
+
+def test_an_early_parts_listing_looks_up_later_parts_and_relists_after_a_take_over(bucket_url):
+    """The finalizer's listing of parts/ starts in the tail. A part committed after it began is looked up by
+    HEAD; an orphan written after it began always comes with a take-over (generation 2), which makes the
+    finalizer list again, so the orphan is still deleted before dataset.json."""
+    from bucketrun.images.fleet.commit import list_parts_early
+
+    plan = Plan(6, 2, "k", "d" * 64, None, {})
+    a, b, c = (keys.shard_id(i, i + 2) for i in range(0, 6, 2))
+
+    async def go(take_over: bool):
+        job, out = ("J2", "out2/") if take_over else ("J1", "out1/")
+
+        async def commit(bk, shard, lo, hi):
+            lease = await claims.claim_fresh(bk, keys.fleet_lease_key(job, shard), "w", 30.0)
+            assert (await commit_shard(bk, job, out, lease, "w", (lo, hi), rows(lo, hi), SCHEMA)).won
+
+        async with open_async_bucket(bucket_url) as bk:
+            await commit(bk, a, 0, 2)
+            await commit(bk, b, 2, 4)
+            counting = Counting(bk)
+            early = list_parts_early(counting, out)
+            await early.task  # the tail's listing, done before the last shard
+            if take_over:  # a holder of c killed after writing its part, before its marker
+                key = keys.fleet_lease_key(job, c)
+                killed = await claims.claim_fresh(bk, key, "killed", 1.0)
+                orphan = keys.fleet_part_key(out, c, killed.generation)
+                await bk.create(orphan, b"a part its writer never named", "application/octet-stream")
+                await asyncio.sleep(2.5)
+                heir = await claims.take_over(bk, "heir", 30.0, await claims.read(bk, key))
+                assert (await commit_shard(bk, job, out, heir, "heir", (4, 6), rows(4, 6), SCHEMA)).won
+            else:
+                await commit(bk, c, 4, 6)
+            _, dataset = await build_dataset(counting, job, plan, out, "finalizer", {}, early=early)
+            parts = sorted([o.key async for o in bk.list(out + "parts/")])
+            return dataset, counting, parts
+
+    dataset, counting, parts = asyncio.run(go(take_over=False))
+    assert dataset is not None and len(dataset["shards"]) == 3 and dataset["orphan_parts_deleted"] == 0
+    assert counting.listed.count("out1/parts/") == 1 and counting.calls.get("head") == 1  # c's part, by HEAD
+    dataset, counting, parts = asyncio.run(go(take_over=True))
+    assert counting.listed.count("out2/parts/") == 2  # listed again after the take-over
+    assert dataset["orphan_parts_deleted"] == 1 and parts == sorted(s["key"] for s in dataset["shards"])
