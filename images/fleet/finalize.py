@@ -44,6 +44,7 @@ async def finalize(w: Any) -> str | None:
         log.info("%s: %d shards still pending; not final yet", w.id, len(cov.pending))
         w.all_done = False
         w.done -= set(cov.pending)
+        w.shards = sorted(set(w.shards) | set(cov.pending))  # a pending child this worker never knew of
         w.unavailable -= set(cov.pending)
         await claims.release(w.bucket, role)
         return None

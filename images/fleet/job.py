@@ -4,6 +4,7 @@ the processor, and the job's transitions (written through the one state writer, 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import tempfile
@@ -69,6 +70,8 @@ class FleetJob:
         self._ledgers_at = -1e9
         self.ledgers_seen: set[str] = set()
         self._parts: PartsListing | None = None
+        self._children: set[str] = set()
+        self._children_of = 0  # markers of the cache (in insertion order) whose children are counted
         self.finished = asyncio.Event()  # the dataset is committed: every worker of this process leaves
         self._dataset_watch: asyncio.Task | None = None
         self._quarantine: Quarantine | None = None
@@ -219,6 +222,16 @@ class FleetJob:
         if t is None or (t.done() and (t.cancelled() or t.exception() is not None)):
             self._parts = list_parts_early(self.bucket, self.output_prefix)
         return self._parts
+
+    def children(self) -> set[str]:
+        """Shards named as children by the markers this process knows (won, from ledgers, looked up): a shard a
+        worker here never listed, such as a remainder offered by a drained or split shard."""
+        cache = self.marker_cache
+        if len(cache) != self._children_of:
+            for marker in itertools.islice(cache.values(), self._children_of, None):
+                self._children |= {keys.shard_id(c[0], c[1]) for c in marker.get("children") or []}
+            self._children_of = len(cache)
+        return self._children
 
     def won(self, shard: str, marker: dict[str, Any]) -> None:
         self.marker_cache[shard] = marker

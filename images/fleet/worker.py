@@ -242,6 +242,8 @@ class Worker:
             return "finished"
         if self.all_done:  # seen complete once: wait for the dataset without listing again
             return await self.finalize()
+        if self.job.children() - set(self.shards):  # remainders and split-off parts named by known markers
+            self.shards = sorted(set(self.shards) | self.job.children())
         pending = [s for s in self.shards if s not in self.done and s not in self.job.marker_cache]
         if len(pending) > tail.TAIL_SHARDS:  # the other processes' ledgers may show the tail is near
             await self.job.learn_ledgers()
