@@ -567,3 +567,26 @@ def test_a_download_bar_is_progress_and_a_run_with_no_step_past_first_log_s_is_a
     cls, message = triage(out, 5, 4.0, 2.0)
     assert cls.value == "model_error" and "no training step reported within first_log_s=4 s" in message
     assert "MB/1.2 GB" in message  # the bar itself, the last output line, is quoted
+
+
+def test_an_offer_seen_before_launched_is_kept_and_claimed_once_the_job_is_launched(tmp_path):
+    """The launcher puts its offers just before it writes `launched`. An agent polling in between saw a queued job,
+    took the offer for stale and deleted it, and the job (a chained `then` stage in CI) waited forever."""
+    from bucketrun.events.lifecycle import JobState, append_transition
+    from bucketrun.images.runtime.agent import Agent
+
+    bucket = open_bucket(str(tmp_path / "bucket"))
+    job = "20261202T000000000Z-abcdef"
+    append_transition(bucket, job, JobState.SUBMITTED, writer="t", attempt=1)
+    append_transition(bucket, job, JobState.QUEUED, writer="t", attempt=1)
+    offer = keys.agent_offer_key("host-a", job, 1, "preflight")
+    bucket.put(offer, codec.dumps({"job_id": job, "attempt": 1}), "application/json")
+    agent = Agent(bucket, ["host-a"], root=tmp_path, agent_id="a1")
+    spawned = []
+    agent.spawn = lambda *args: spawned.append(args) or subprocess.Popen([sys.executable, "-c", "pass"])
+    agent.consider(offer, "host-a", job, 1, "preflight")
+    assert bucket.exists(offer) and offer not in agent.done and spawned == []  # kept, not claimed yet
+    append_transition(bucket, job, JobState.LAUNCHED, writer="t", attempt=1)
+    agent.consider(offer, "host-a", job, 1, "preflight")
+    assert spawned == [(job, 1, "host-a", "preflight")]
+    assert bucket.exists(keys.agent_claim_key(job, 1, "host-a", "preflight"))

@@ -113,6 +113,8 @@ class Agent:
 
     def consider(self, key: str, label: str, job_id: str, attempt: int, role: str) -> None:
         view = read_view(self.bucket, job_id)
+        if view.attempt == attempt and view.state is JobState.QUEUED:
+            return  # the launcher puts its offers before it writes `launched`: look again at the next poll
         if view.attempt != attempt or view.state not in (JobState.LAUNCHED, JobState.RUNNING):
             self.done.add(key)  # the job moved on: the offer is stale, and whoever launched it cleans up
             self.bucket.delete(key)
