@@ -309,9 +309,18 @@ def host_key(agent: str) -> str:
     return f"{HOSTS}{agent}.json"
 
 
-def preflight_key(job_id: str, host: str) -> str:
-    """Each named host's preflight verdict for the job (its latest attempt's; the body names the attempt)."""
-    return f"{JOBS}{job_id}/preflight/{host}.json"
+def preflight_prefix(job_id: str) -> str:
+    return f"{JOBS}{job_id}/preflight/"
+
+
+def preflight_key(job_id: str, attempt: int, host: str) -> str:
+    """Each named host's preflight verdict, kept per attempt: a retry never hides what an earlier one found."""
+    return f"{preflight_prefix(job_id)}{attempt:03d}/{host}.json"
+
+
+def parse_preflight_key(job_id: str, key: str) -> tuple[int, str] | None:
+    m = re.fullmatch(r"(?P<attempt>\d{3})/(?P<host>[^/]+)\.json", key[len(preflight_prefix(job_id)):])
+    return (int(m["attempt"]), m["host"]) if key.startswith(preflight_prefix(job_id)) and m else None
 
 
 def train_log_prefix(job_id: str, attempt: int) -> str:

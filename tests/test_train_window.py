@@ -170,7 +170,7 @@ def test_a_window_on_two_hosts_gates_mirrors_reports_and_chains(hosts, bucket_ur
         assert set(d["preflight"]) == {"host-a", "host-b"} and all(v["ok"] for v in d["preflight"].values())
         # each host wrote its own preflight verdict, with figures, not a folder check
         for label in ("host-a", "host-b"):
-            pf = codec.loads(f.bucket.get(keys.preflight_key(job, label)).data)
+            pf = codec.loads(f.bucket.get(keys.preflight_key(job, 1, label)).data)
             assert pf["ok"] and pf["dataset"]["lines"] == 180 and pf["model_cache"]["hashed_bytes"] > 0
         # the mirror: every object re-hashes to what the host has
         mm = codec.loads(f.bucket.get(d["mirror"]["manifest"]).data)

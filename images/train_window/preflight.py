@@ -1,5 +1,5 @@
 """A host's preflight for a training window: the dataset and the model cache verified by counts, bytes and
-hashes (never by a folder existing), and the environment audited, written to jobs/<id>/preflight/<host>.json.
+hashes (never by a folder existing), and the environment audited, written to jobs/<id>/preflight/<attempt>/<host>.json.
 The window launches only once every named host has passed."""
 
 from __future__ import annotations
@@ -91,16 +91,15 @@ def run_preflight(bucket: Bucket, job_id: str, attempt: int, label: str, root: P
 
 
 def write_verdict(bucket: Bucket, job_id: str, attempt: int, label: str, verdict: dict[str, Any]) -> None:
-    """jobs/<id>/preflight/<host>.json, naming the attempt it speaks for."""
+    """jobs/<id>/preflight/<attempt>/<host>.json: one per attempt, so the report can tell every attempt's story."""
     record = {"job_id": job_id, "attempt": attempt, "host": label, "agent": os.environ.get("BUCKETRUN_AGENT_ID"),
               "at": codec.iso(codec.now()), **verdict}
-    bucket.put(keys.preflight_key(job_id, label), codec.dumps(record), "application/json")
+    bucket.put(keys.preflight_key(job_id, attempt, label), codec.dumps(record), "application/json")
 
 
 def read_preflight(bucket: Bucket, job_id: str, label: str, attempt: int) -> dict[str, Any] | None:
     """A host's verdict for this attempt, or None while it has not reported."""
     try:
-        record = codec.loads(bucket.get(keys.preflight_key(job_id, label)).data)
+        return codec.loads(bucket.get(keys.preflight_key(job_id, attempt, label)).data)
     except NotFound:
         return None
-    return record if record.get("attempt") == attempt else None

@@ -7,7 +7,11 @@ import shlex
 from typing import Any
 
 from bucketrun.events import codec, keys
+from bucketrun.events.errors import NotFound
+from bucketrun.events.lifecycle import read_view
 from bucketrun.events.storage import Bucket
+
+PART_NAMES = {"dataset": "dataset", "model_cache": "model cache", "environment": "environment"}
 
 
 def _part(verdict: dict[str, Any], name: str) -> str:
@@ -23,6 +27,64 @@ def _part(verdict: dict[str, Any], name: str) -> str:
     msgs = "; ".join(f.get("message", f.get("problem", "")) for f in part.get("findings", [])[:5])
     partial = " The cache is PARTIAL." if part.get("partial") else ""
     return f"FAILED at {part.get('path')}: {msgs}.{partial}"
+
+
+def host_finding(verdict: dict[str, Any]) -> str:
+    """One host's preflight in a phrase: what it found, the first findings of each failed check."""
+    if verdict.get("ok"):
+        return "passed"
+    out = []
+    for name, label in PART_NAMES.items():
+        part = verdict.get(name) or {}
+        if part and not part.get("ok"):
+            said = "; ".join(f.get("message", f.get("problem", "")) for f in part.get("findings", [])[:2])
+            out.append(f"{label}{' PARTIAL' if part.get('partial') else ''}: {said[:400]}")
+    return "; ".join(out) or "failed"
+
+
+def _outcome(history: list[Any], attempt: int) -> dict[str, Any]:
+    """How attempt `attempt` ended, as the transition log tells it: failed, retried after a failure (the next
+    attempt's `queued` carries it), or the last state it reached."""
+    mine = [t for t in history if t.attempt == attempt]
+    failed = next((t for t in reversed(mine) if t.state.value == "failed"), None)
+    retry = next((t.detail["retry"] for t in history if t.attempt == attempt + 1 and t.state.value == "queued"
+                  and isinstance(t.detail.get("retry"), dict)), None)
+    error = (failed.detail.get("error") if failed else None) or (retry or {}).get("error") or {}
+    state = "failed" if failed else "retried" if retry is not None else (mine[-1].state.value if mine else "unknown")
+    return {"outcome": state, "failure": {k: error.get(k) for k in ("class", "message", "where")} if error else None}
+
+
+def attempt_history(bucket: Bucket, job_id: str, attempt: int, state: str,
+                    failure: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Every attempt so far, from the per-attempt preflight records and the transition log (never from an earlier
+    report, which an attempt that died never wrote): host, finding and outcome each."""
+    verdicts: dict[int, dict[str, dict[str, Any]]] = {}
+    for info in bucket.list(keys.preflight_prefix(job_id)):
+        parsed = keys.parse_preflight_key(job_id, info.key)
+        if parsed is None:
+            continue
+        try:
+            verdicts.setdefault(parsed[0], {})[parsed[1]] = codec.loads(bucket.get(info.key).data)
+        except NotFound:
+            continue
+    history = list(read_view(bucket, job_id).history)
+    out = []
+    for n in range(1, attempt + 1):
+        entry = {"attempt": n, "hosts": {h: host_finding(v) for h, v in sorted(verdicts.get(n, {}).items())}}
+        if n == attempt:
+            entry.update(outcome=state, failure=failure)
+        else:
+            entry.update(_outcome(history, n))
+        out.append(entry)
+    return out
+
+
+def history_line(entry: dict[str, Any]) -> str:
+    hosts = "; ".join(f"{h} {said}" for h, said in entry["hosts"].items()) or "no preflight reported"
+    fail = entry.get("failure")
+    at = f" at {fail['where']}" if fail and fail.get("where") else ""
+    why = f" ({fail['class']}{at}: {(fail.get('message') or '')[:300]})" if fail else ""
+    return f"attempt {entry['attempt']}: {hosts} -> {entry['outcome']}{why}"
 
 
 def blockers(report: dict[str, Any]) -> list[str]:
@@ -87,13 +149,17 @@ def render(report: dict[str, Any], state: str) -> str:
     rerun = reproduce(report, state)
     if rerun:
         lines += ["", "## Reproduce", ""] + [f"    {line}" for line in rerun]
+    history = report.get("history") or []
+    if history:
+        lines += ["", "## History", ""] + [f"- {history_line(e)}" for e in history]
     lines += ["", "## What blocks the next window", ""]
     lines += [f"- {b}" for b in blockers(report)] or ["- nothing: the checkpoint is verified in the bucket"]
     return "\n".join(lines) + "\n"
 
 
 def write_report(bucket: Bucket, report: dict[str, Any], body: Any, state: str) -> None:
+    report["history"] = attempt_history(bucket, report["job_id"], report["attempt"], state, report.get("failure"))
     data = {**report, "state": state, "blockers": blockers(report), "at": codec.iso(codec.now()),
-            "reproduce_lines": reproduce(report, state)}
+            "reproduce_lines": reproduce(report, state), "history_lines": [history_line(e) for e in report["history"]]}
     bucket.put(keys.report_json_key(report["job_id"]), codec.dumps(data), "application/json")
     bucket.put(keys.report_key(report["job_id"]), render(report, state).encode(), "text/markdown; charset=utf-8")

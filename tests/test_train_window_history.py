@@ -1,0 +1,50 @@
+"""Training windows over several attempts: what the report remembers, what a crash leaves in the bucket, and the
+next stage surviving its agent. Same harness as test_train_window.py (two host agents, the simulation, a real
+numpy trainer)."""
+
+from __future__ import annotations
+
+import os
+
+from bucketrun.events import codec, keys
+from bucketrun.handlers.control import retry
+from bucketrun.images.train_window.fingerprint import hf_repo_folder
+
+from test_train_window import COMMIT, REPO, Fleet, bucket_url, hosts, manifest  # noqa: F401 - fixtures
+
+
+def test_the_report_keeps_every_attempt_a_partial_cache_then_a_fixed_one(hosts, bucket_url):  # noqa: F811
+    """host-b's cache is partial, so attempt 1 fails preflight; the blob is put back and the job retried. The
+    report of the attempt that succeeded still says host-b had been partial, and each attempt's preflight record is
+    kept under its own key."""
+    roots, fps = hosts
+    repo = hf_repo_folder(roots["host-b"] / "hf" / "hub", REPO, "model")
+    link = repo / "snapshots" / COMMIT / "tokenizer.json"
+    blob = link.parent / os.readlink(link)
+    saved = blob.read_bytes()
+    blob.unlink()
+    with Fleet(bucket_url, roots) as f:
+        job, out = f.run(manifest(fps))
+        assert out["state"] == "failed" and out["detail"]["error"]["where"] == "preflight/host-b", out
+        blob.write_bytes(saved)
+        retry(f.bucket, job, writer="test")
+        out = f.wait(job)
+    assert out["state"] == "succeeded" and out["attempt"] == 2, out
+    first = codec.loads(f.bucket.get(keys.preflight_key(job, 1, "host-b")).data)
+    second = codec.loads(f.bucket.get(keys.preflight_key(job, 2, "host-b")).data)
+    assert not first["ok"] and first["model_cache"]["partial"] and first["attempt"] == 1
+    assert second["ok"] and second["attempt"] == 2
+    rep = codec.loads(f.bucket.get(keys.report_json_key(job)).data)
+    assert rep["state"] == "succeeded" and [e["attempt"] for e in rep["history"]] == [1, 2]
+    one, two = rep["history"]
+    assert one["hosts"]["host-a"] == "passed" and one["hosts"]["host-b"].startswith("model cache PARTIAL: ")
+    assert "Blob missing" in one["hosts"]["host-b"] and blob.name[:10] in one["hosts"]["host-b"], one
+    assert one["outcome"] == "failed" and one["failure"]["class"] == "preflight", one
+    assert two == {"attempt": 2, "hosts": {"host-a": "passed", "host-b": "passed"}, "outcome": "succeeded",
+                   "failure": None}
+    md = f.bucket.get(keys.report_key(job)).data.decode()
+    history = md.split("## History\n\n")[1].split("\n\n")[0].splitlines()
+    assert len(history) == 2 and history == [f"- {line}" for line in rep["history_lines"]]
+    assert history[0].startswith("- attempt 1: host-a passed; host-b model cache PARTIAL: ")
+    assert "-> failed (preflight at preflight/host-b: " in history[0]
+    assert history[1] == "- attempt 2: host-a passed; host-b passed -> succeeded"
