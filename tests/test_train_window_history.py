@@ -5,6 +5,7 @@ numpy trainer)."""
 from __future__ import annotations
 
 import os
+import shutil
 
 from bucketrun.events import codec, keys
 from bucketrun.handlers.control import retry
@@ -48,3 +49,41 @@ def test_the_report_keeps_every_attempt_a_partial_cache_then_a_fixed_one(hosts, 
     assert history[0].startswith("- attempt 1: host-a passed; host-b model cache PARTIAL: ")
     assert "-> failed (preflight at preflight/host-b: " in history[0]
     assert history[1] == "- attempt 2: host-a passed; host-b passed -> succeeded"
+
+
+def test_a_crash_saves_its_checkpoint_and_a_retry_on_a_fresh_host_resumes_from_it(hosts, bucket_url, tmp_path):  # noqa: F811
+    """The trainer crashes in step 4 after checkpoint 3 (only when it started from scratch). The failed attempt
+    mirrors checkpoint 3, verified, under mirror/001-step3/, and the report names it. The retry runs on a host
+    with no run directory at all (a replacement machine, same label): it resumes from the bucket at step 3, and
+    only a resumed run gets past step 4."""
+    roots, fps = hosts
+    m = manifest(fps, "--crash-fresh-at", "4", preflight=("host-a",))
+    with Fleet(bucket_url, {"host-a": roots["host-a"]}) as f:
+        job, out = f.run(m)
+        err = out["detail"]["error"]
+        assert out["state"] == "failed" and err["class"] == "runtime_crash", out
+        prefix = keys.mirror_prefix(job, 1, 3)
+        assert f"the checkpoint at step 3 is saved, verified, at {prefix}: a retry resumes from it" in err["message"]
+        saved = codec.loads(f.bucket.get(keys.mirror_manifest_key(job, 1, 3)).data)
+        assert saved["verified"] and saved["step"] == 3
+        assert {"checkpoint.json", "checkpoint-3/adapter_model.npz"} <= {x["path"] for x in saved["files"]}
+        rep = codec.loads(f.bucket.get(keys.report_json_key(job)).data)
+        assert rep["crash_mirror"]["prefix"] == prefix and rep["crash_mirror"]["verified"], rep["crash_mirror"]
+        assert f"checkpoint saved after the failure: `{prefix}` (step 3, verified" in \
+            f.bucket.get(keys.report_key(job)).data.decode()
+        # a replacement host: the same label, the dataset and cache, and no run directory
+        old = f.agents["host-a"]
+        old.terminate()
+        assert old.wait(timeout=45) == 0
+        fresh = tmp_path / "replacement"
+        shutil.copytree(roots["host-a"] / "data", fresh / "data")
+        shutil.copytree(roots["host-a"] / "hf", fresh / "hf", symlinks=True)
+        f.roots["host-a"] = fresh
+        f.start_agent("host-a")
+        retry(f.bucket, job, writer="test")
+        out = f.wait(job)
+    assert out["state"] == "succeeded" and out["attempt"] == 2, out
+    assert out["detail"]["resume"] == {"from": "bucket", "step": 3, "prefix": prefix,
+                                       "stopped_previous_group": None}, out["detail"]["resume"]
+    log = b"".join(f.bucket.get(i.key).data for i in f.bucket.list(keys.train_log_prefix(job, 2))).decode()
+    assert log.startswith("resumed from step 3\nstep 4/6 "), log[:200]

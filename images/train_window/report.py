@@ -140,6 +140,11 @@ def render(report: dict[str, Any], state: str) -> str:
               f"- mirror: `{mirror.get('prefix')}` ({mirror.get('files', 0)} files, {mirror.get('bytes', 0):,} bytes, "
               f"{'verified by listing back and re-hashing' if mirror.get('verified') else 'NOT verified'})"
               if mirror else "- mirror: none"]
+    saved = report.get("crash_mirror")
+    if saved:
+        lines.append(f"- checkpoint saved after the failure: `{saved.get('prefix')}` (step {saved['step']}, "
+                     + ("verified by listing back and re-hashing: a retry on any host resumes from it)"
+                        if saved.get("verified") else "NOT verified: " + "; ".join(saved.get("problems") or []) + ")"))
     for w in report.get("warnings") or []:
         lines.append(f"- warning: {w}")
     metrics = report.get("metrics") or {}

@@ -16,7 +16,7 @@ from bucketrun.events.failures import FailureClass, JobFailure
 from bucketrun.events.kinds.train_window import Smoke, TrainWindowBody
 
 from ..runtime.agent import host_path
-from .gate import clear_dir, gate, mirror_run_dir, prepare_resume
+from .gate import clear_dir, gate, local_checkpoint, mirror_run_dir, newest_mirror, prepare_resume
 from .preflight import check_host, findings_of, read_preflight, write_verdict
 from .report import write_report
 from .supervise import Outcome, Supervisor, child_env, read_metrics, stop_previous, triage
@@ -154,7 +154,7 @@ class Window:
             cls, why = triage(out, w.target_step, body.timeouts.first_log_s, body.timeouts.stall_s,
                               disk_problem=self.disk_problem(), attempts_left=self.attempts_left(),
                               cache_mode=body.model_cache.mode if body.model_cache else None)
-            self.fail(cls, why + "; gate: " + "; ".join(g["problems"]), where="run")
+            self.fail(cls, why + "; gate: " + "; ".join(g["problems"]) + self.save_checkpoint(), where="run")
         if out.rc not in (0, None):
             warnings.append(f"the command exited {out.rc} after the checkpoint reached step {w.target_step} "
                             "(teardown noise); the gate passed, so the window succeeded")
@@ -174,6 +174,34 @@ class Window:
                 "mirror": {"prefix": mirror["prefix"], "manifest": mirror["manifest"], "verified": True,
                            "step": w.target_step, "files": len(mirror["files"]), "bytes": mirror["bytes"]},
                 "command": argv, "resume": resume, "warnings": warnings}
+
+    def save_checkpoint(self) -> str:
+        """After a failed run, the newest complete checkpoint goes to the bucket (mirror/<attempt>-step<N>/, verified
+        as a success mirror is), so a retry on any host resumes from it, not from scratch. Returns what to add to
+        the failure message."""
+        a, ck = self.a, self.body.checkpoint
+        step = local_checkpoint(self.run_dir, ck)
+        if step is None:
+            return ""
+        known = newest_mirror(a.bucket, a.job_id)
+        if known is not None and known["step"] >= step:  # resumed from it and failed before a newer one
+            self.report["crash_mirror"] = {**{k: known.get(k) for k in ("prefix", "step", "bytes")},
+                                           "manifest": keys.mirror_manifest_key(a.job_id, known["attempt"],
+                                                                                known["step"]),
+                                           "verified": True, "files": len(known["files"]), "earlier": True}
+            return f"; the checkpoint at step {known['step']} is already in the bucket ({known['prefix']})"
+        a.progress(f"saving the checkpoint at step {step} after the failure", 0.92)
+        try:
+            m = mirror_run_dir(a.bucket, self.run_dir, self.body.mirror, a.job_id, a.attempt, step)
+        except Exception as exc:  # noqa: BLE001 - the run's own failure is what must be reported
+            self.report["crash_mirror"] = {"step": step, "verified": False, "problems": [repr(exc)[:300]]}
+            return f"; the checkpoint at step {step} could not be saved to the bucket: {exc!r}"[:400]
+        self.report["crash_mirror"] = {"prefix": m["prefix"], "manifest": m["manifest"], "step": step,
+                                       "verified": m["verified"], "files": len(m["files"]), "bytes": m["bytes"],
+                                       "problems": m["problems"][:5]}
+        if not m["verified"]:
+            return f"; the checkpoint at step {step} did not verify in the bucket: {'; '.join(m['problems'][:2])}"
+        return f"; the checkpoint at step {step} is saved, verified, at {m['prefix']}: a retry resumes from it"
 
     def request_teardown(self, mirror: dict[str, Any]) -> list[str]:
         """Ask the sweep (which holds the provider keys) to stop this host; it does so only once the mirror this
