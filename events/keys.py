@@ -52,6 +52,17 @@ def notify_key(job_id: str, seq: int) -> str:
 
 
 NOTIFY_WATCH = f"{INDEX}notify/"
+THEN_WATCH = f"{INDEX}then/"
+
+
+def then_watch_key(job_id: str) -> str:
+    """Present while a window's `then` stage may still be owed; the sweep submits it if its agent did not."""
+    return f"{THEN_WATCH}{job_id}.json"
+
+
+def then_inbox_key(job_id: str) -> str:
+    """The next stage's inbox key, derived from the job: whoever drops it first (agent or sweep), it is one job."""
+    return inbox_key(f"{job_id}-then.json")
 LIVE = f"{INDEX}live/"
 
 

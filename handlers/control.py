@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bucketrun.events import stages
 from bucketrun.events.errors import IllegalTransition, NotFound, UnknownJob
 from bucketrun.events.lifecycle import JobState, Transition, append_transition, read_view, require_view
 from bucketrun.events.manifest import load_job_manifest
@@ -39,8 +40,10 @@ def retry(bucket: Bucket, job_id: str, writer: str) -> Transition:
     if view.state is not JobState.FAILED:
         raise IllegalTransition(f"job {job_id} is {view.state.value if view.state else 'new'}; only a failed "
                                 "job can be retried")
-    try:  # the retried job will end again, and that end is owed a notice too
-        arm_notice(bucket, job_id, load_job_manifest(bucket, job_id))
+    try:  # the retried job will end again, and that end is owed a notice (and any next stage) too
+        manifest = load_job_manifest(bucket, job_id)
+        arm_notice(bucket, job_id, manifest)
+        stages.arm(bucket, job_id, manifest)
     except NotFound:
         pass
     transition, _ = append_transition(bucket, job_id, JobState.QUEUED, writer=writer, view=view,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from bucketrun.events import codec, keys
+from bucketrun.events import codec, keys, stages
 from bucketrun.events.conditional import create_json, create_once, replace_json
 from bucketrun.events.errors import IllegalTransition, NotFound, StorageError
 from bucketrun.events.failures import FailureClass, error_detail
@@ -130,6 +130,7 @@ def intake(bucket: Bucket, inbox_key: str, launchers: Routes | Launcher, writer:
         # Write-once, and the same bytes for every delivery of this identity.
         create_once(bucket, keys.manifest_key(job_id), codec.dumps(decision.manifest.to_json()))
         arm_notice(bucket, job_id, decision.manifest)  # before the job can reach a terminal state
+        stages.arm(bucket, job_id, decision.manifest)  # likewise: a next stage is owed once it succeeds
     view = advance(bucket, job_id, launchers, writer, decision, view=JobView(job_id, ()) if fresh else None)
     return IntakeOutcome(inbox_key, job_id, view.state.value if view.state else None)
 

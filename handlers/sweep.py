@@ -9,11 +9,11 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from bucketrun.events import codec, keys
+from bucketrun.events import codec, keys, stages
 from bucketrun.events.errors import BucketrunError, IllegalTransition, NotFound, StaleAttempt
 from bucketrun.events.failures import FailureClass, error_detail
 from bucketrun.events.lifecycle import JobState, JobView, append_transition, live_jobs, read_view, unmark_live
-from bucketrun.events.manifest import Resources, load_job_manifest
+from bucketrun.events.manifest import ManifestRejected, Resources, load_job_manifest
 from bucketrun.events.progress import read_progress
 from bucketrun.events.retry import record_failure
 from bucketrun.events.storage import Bucket, ObjectInfo
@@ -105,6 +105,7 @@ def sweep_job(bucket: Bucket, job_id: str, launchers: Routes | Launcher, writer:
         if decision.step is Step.ADVANCE:
             if manifest is not None:  # its dispatcher may have died before arming the webhook notice
                 arm_notice(bucket, job_id, manifest)
+                stages.arm(bucket, job_id, manifest)
             outcome["state"] = advance(bucket, job_id, launchers, writer, view=view).state.value
         elif decision.step is Step.LOST_LAUNCH:
             error = error_detail(FailureClass.LOST, f"{decision.why} after {decision.silent_s:.0f} s",
@@ -185,6 +186,14 @@ def sweep(bucket: Bucket, launchers: Routes | Launcher, writer: str, now: dateti
     from .host_teardown import sweep_hosts
 
     outcomes += sweep_hosts(bucket, launchers)
+    for job_id in stages.watched(bucket):  # a next stage its agent did not live to drop
+        try:
+            owed = stages.submit_next_stage(bucket, job_id)
+        except (BucketrunError, ManifestRejected) as exc:
+            log.error("next stage of %s not submitted: %s", job_id, exc)
+            owed = {"job_id": job_id, "then": "error", "error": str(exc)}
+        if owed["then"] != "wait":
+            outcomes.append(owed)
     for info in bucket.list(keys.NOTIFY_WATCH):
         job_id = keys.job_id_from_index(info.key, keys.NOTIFY_WATCH)
         if not job_id:

@@ -125,13 +125,14 @@ class Simulation:
 
     def sweep_once(self) -> bool:
         """One sweep pass, if there is anything to sweep; True if jobs are live, so the pacing knows whether to
-        back off. Idle, the probe costs four listings (live jobs, owed notices, fleets and hosts to tear down)."""
+        back off. Idle, the probe costs five listings (live jobs, owed notices and next stages, fleets and hosts to
+        tear down)."""
         from bucketrun.events.lifecycle import live_jobs
         from bucketrun.handlers.sweep import sweep
 
         live = bool(live_jobs(self.bucket))
         if live or any(next(iter(self.bucket.list(prefix)), None) is not None
-                       for prefix in (keys.NOTIFY_WATCH, keys.FLEET_INDEX, keys.TEARDOWN)):  # notices, teardowns
+                       for prefix in (keys.NOTIFY_WATCH, keys.THEN_WATCH, keys.FLEET_INDEX, keys.TEARDOWN)):
             sweep(self.bucket, self.ctx.launchers, self.ctx.writer)
         return live
 

@@ -111,7 +111,9 @@ def _sample_args(fn) -> list:
 
 
 # Keys only a user (or the CLI acting for one) writes: they are the triggers.
-USER_WRITTEN = {"inbox_key", "cancel_request_key"}
+# A window's next stage (`then_inbox_key`) is one too, dropped on the user's behalf: once, create-once, with a
+# request id derived from the window (events/stages.py), so it cannot loop.
+USER_WRITTEN = {"inbox_key", "cancel_request_key", "then_inbox_key"}
 
 
 def handler_written_keys() -> dict[str, str]:

@@ -11,6 +11,7 @@ from bucketrun.events import codec, keys
 from bucketrun.handlers.control import retry
 from bucketrun.images.train_window.fingerprint import hf_repo_folder
 
+from conftest import jobs_by_inbox_key, wait_for
 from test_train_window import COMMIT, REPO, Fleet, bucket_url, hosts, manifest  # noqa: F401 - fixtures
 
 
@@ -87,3 +88,42 @@ def test_a_crash_saves_its_checkpoint_and_a_retry_on_a_fresh_host_resumes_from_i
                                        "stopped_previous_group": None}, out["detail"]["resume"]
     log = b"".join(f.bucket.get(i.key).data for i in f.bucket.list(keys.train_log_prefix(job, 2))).decode()
     assert log.startswith("resumed from step 3\nstep 4/6 "), log[:200]
+
+
+DIE_BEFORE_THEN = '''
+import os, signal
+if os.environ.get("BUCKETRUN_TEST_DIE_BEFORE_THEN"):
+    from bucketrun.events import stages
+
+    def die(bucket, job_id):  # the agent's task process, after `succeeded` and before the drop
+        os.kill(os.getppid(), signal.SIGKILL)
+        os._exit(137)
+
+    stages.submit_next_stage = die
+'''
+
+
+def test_the_sweep_submits_the_next_stage_when_the_agent_dies_between_succeeded_and_the_drop(hosts, bucket_url,  # noqa: F811
+                                                                                            tmp_path):
+    """The agent (and its task) is killed with SIGKILL right after the window's `succeeded` and before its `then`
+    drop (a sitecustomize on the agent's PYTHONPATH does it, at that exact call). The sweep sees the window's
+    next stage still owed and drops it, create-once; the stage runs from the verified checkpoint."""
+    roots, fps = hosts
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(DIE_BEFORE_THEN)
+    nxt = manifest(fps, target=8, size=2, preflight=("host-a",), resume_from="{checkpoint_manifest}")
+    nxt["checkpoint"]["run_dir"] = "runs/eval"
+    fault = {"PYTHONPATH": str(hook), "BUCKETRUN_TEST_DIE_BEFORE_THEN": "1"}
+    with Fleet(bucket_url, {"host-a": roots["host-a"]}, env=fault) as f:
+        job, out = f.run(manifest(fps, preflight=("host-a",), then=nxt))
+        assert out["state"] == "succeeded", out
+        assert f.agents["host-a"].wait(timeout=30) == -9  # it died between the two writes
+        f.env = {k: v for k, v in f.env.items() if k not in fault}
+        f.start_agent("host-a")
+        child = wait_for(lambda: jobs_by_inbox_key(f.bucket).get(keys.then_inbox_key(job)), timeout=60)
+        child_out = f.wait(child)
+        assert not f.bucket.exists(keys.then_watch_key(job))  # owed no more
+        assert list(jobs_by_inbox_key(f.bucket).values()).count(child) == 1
+    assert child_out["state"] == "succeeded", child_out
+    assert child_out["detail"]["resume"]["from"] == "bucket" and child_out["detail"]["resume"]["step"] == 6

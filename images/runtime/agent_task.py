@@ -10,28 +10,12 @@ import sys
 
 
 def submit_next_stage(bucket_url: str, job_id: str) -> str | None:
-    """A window's `then` stage goes in only after `succeeded` is written, with the verified checkpoint named. Its
-    inbox key is derived from this job and created once, so a repeat (a retried agent) drops nothing new."""
-    from bucketrun.events import codec, keys
-    from bucketrun.events.errors import PreconditionFailed
-    from bucketrun.events.kinds.train_window import next_stage
-    from bucketrun.events.lifecycle import read_view
-    from bucketrun.events.manifest import load_job_manifest, parse_manifest
+    """A window's `then` stage goes in right after `succeeded` is written, with the verified checkpoint named; the
+    sweep drops it instead if this process dies in between (events/stages.py)."""
+    from bucketrun.events import stages
     from bucketrun.events.storage import open_bucket
 
-    bucket = open_bucket(bucket_url)
-    manifest = load_job_manifest(bucket, job_id)
-    if manifest.kind != "train_window" or manifest.body.then is None:
-        return None
-    mirror = read_view(bucket, job_id).history[-1].detail.get("mirror") or {}
-    raw = codec.dumps(next_stage(job_id, manifest.body, mirror))
-    parse_manifest(raw)  # intake would reject it the same way; say so here, in this attempt's log
-    key = keys.inbox_key(f"{job_id}-then.json")
-    try:
-        bucket.create(key, raw, "application/json")
-    except PreconditionFailed:
-        pass
-    return key
+    return stages.submit_next_stage(open_bucket(bucket_url), job_id).get("inbox")
 
 
 def main(argv: list[str] | None = None) -> int:
