@@ -372,6 +372,11 @@ def host_teardown_key(agent: str) -> str:
     return f"{TEARDOWN}{agent}.json"
 
 
+def host_teardown_approval_key(job_id: str) -> str:
+    """Written by `bucketrun approve JOB`: the user's yes to the pending teardown its record describes."""
+    return f"{JOBS}{job_id}/teardown-approved.json"
+
+
 def host_teardown_record_key(job_id: str) -> str:
     return f"{JOBS}{job_id}/host-teardown.json"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import keys
-from .errors import UnknownJob
+from . import codec, keys
+from .errors import NotFound, UnknownJob
 from .lifecycle import JobState, JobView, read_view
 from .progress import read_progress
 from .storage import Bucket
@@ -59,6 +59,14 @@ def window_outputs(view: JobView) -> dict[str, Any] | None:
             "mirror": latest.detail["mirror"]}
 
 
+def host_teardown(bucket: Bucket, job_id: str) -> dict[str, Any] | None:
+    """What became (or is to become) of a window's rented host: pending approval, done or dropped."""
+    try:
+        return codec.loads(bucket.get(keys.host_teardown_record_key(job_id)).data)
+    except NotFound:
+        return None
+
+
 def job_status(bucket: Bucket, job_id: str, view: JobView | None = None) -> dict[str, Any]:
     view = view if view is not None else read_view(bucket, job_id)
     if not view.history:
@@ -83,5 +91,6 @@ def job_status(bucket: Bucket, job_id: str, view: JobView | None = None) -> dict
         "artifacts": artifacts_of(view),
         "error": error_of(view),
         "terminal": latest.state.terminal,
-        **({"window": window_outputs(view)} if window_outputs(view) else {}),
+        **({"window": {**window_outputs(view), "teardown": host_teardown(bucket, job_id)}}
+           if window_outputs(view) else {}),
     }

@@ -116,6 +116,12 @@ class FakeRunpodGraphQL(FakeServer):
                                        "machineId": "m-1", "machine": {"podHostId": f"{pod_id}-host"}}}}
         if op == "pod":
             return 200, {"data": {"pod": self.pods.get(args["podId"])}}
+        if op == "podStop":
+            pod = self.pods.get(args["podId"])
+            if pod is None:
+                return 200, {"errors": [{"message": "Something went wrong. Please try again later."}]}
+            pod["desiredStatus"] = "EXITED"
+            return 200, {"data": {"podStop": {"id": pod["id"], "desiredStatus": "EXITED"}}}
         if op == "podTerminate":
             if self.pods.pop(args["podId"], None) is None:
                 return 200, {"errors": [{"message": "Something went wrong. Please try again later."}]}
@@ -179,6 +185,17 @@ def test_runpod_terminate_is_idempotent_and_alive_follows(runpod_fake):
     assert [op for op, _ in runpod_fake.calls].count("podTerminate") == 2
 
 
+def test_runpod_stop_keeps_the_pod_and_price_reads_it(runpod_fake):
+    """stop is podStop (the pod stays, EXITED, its volume kept), never podTerminate; price is its costPerHr."""
+    backend = RunpodPodsBackend("rp-test-key", api_base=runpod_fake.url)
+    [inst] = backend.start(BUCKET, JOB, ["w000"], runpod_spec())
+    assert backend.price(inst.instance_id) == pytest.approx(0.69)
+    backend.stop(inst.instance_id)
+    ops = [op for op, _ in runpod_fake.calls]
+    assert ops.count("podStop") == 1 and "podTerminate" not in ops
+    assert runpod_fake.pods[inst.instance_id]["desiredStatus"] == "EXITED" and backend.alive(inst.instance_id) is False
+
+
 def test_runpod_no_capacity_is_a_retryable_launch_error(runpod_fake):
     runpod_fake.capacity = 0
     with pytest.raises(LaunchError) as err:
@@ -226,7 +243,7 @@ def test_runpod_server_trouble_is_transient(runpod_fake, monkeypatch):
 
 # -- Vast.ai ---------------------------------------------------------------------------------------------------
 class FakeVast(FakeServer):
-    """Vast's REST API: offer search (with the filters it documents), rent, read, destroy."""
+    """Vast's REST API: offer search (with the filters it documents), rent, read, stop, destroy."""
 
     def __init__(self, offers, key="vast-test-key"):
         self.key, self.offers = key, {o["id"]: dict(o, rented=False) for o in offers}
@@ -259,6 +276,13 @@ class FakeVast(FakeServer):
             contract = int(m[1])
             if method == "GET":
                 return 200, {"instances": self.instances.get(contract)}
+            if method == "PUT":  # manage instance: {"state": "stopped" | "running"}
+                row = self.instances.get(contract)
+                if row is None:
+                    return 404, {"success": False, "error": "no_such_instance", "msg": "Instance not found"}
+                if body.get("state") in ("stopped", "running"):
+                    row["intended_status"] = row["actual_status"] = body["state"]
+                return 200, {"success": True}
             if method == "DELETE":
                 if self.instances.pop(contract, None) is None:
                     return 404, {"success": False, "error": "no_such_instance", "msg": "Instance not found"}
@@ -453,11 +477,15 @@ def fake_sky(fail=None):
         calls.append(("down", name))
         return lambda: clusters.pop(name) if name in clusters else (_ for _ in ()).throw(_Gone(name))
 
+    def stop(name):
+        calls.append(("stop", name))
+        return lambda: clusters.__setitem__(name, "STOPPED") if name in clusters else (_ for _ in ()).throw(_Gone(name))
+
     def status(cluster_names):
         return lambda: [{"status": types.SimpleNamespace(value=clusters[n])} for n in cluster_names if n in clusters]
 
     return types.SimpleNamespace(Task=types.SimpleNamespace(from_yaml_config=from_yaml_config), launch=launch,
-                                 get=get, down=down, status=status, calls=calls,
+                                 get=get, down=down, stop=stop, status=status, calls=calls,
                                  exceptions=types.SimpleNamespace(ResourcesUnavailableError=_NoCapacity,
                                                                   ClusterDoesNotExist=_Gone))
 
@@ -479,6 +507,25 @@ def test_skypilot_backend_launches_one_cluster_for_the_workers():
     backend.terminate(instances[1].instance_id)  # the same cluster: already down
     assert backend.alive(instances[1].instance_id) is False
     assert SkyPilotBackend(sky_module=sky).terminate(instances[0].instance_id) is None  # gone: not an error
+
+
+def test_skypilot_stop_is_sky_stop_not_down():
+    sky = fake_sky()
+    backend = SkyPilotBackend(sky_module=sky)
+    [inst] = backend.start(BUCKET, JOB, ["w000"], sky_spec())
+    backend.stop(inst.instance_id)
+    assert [c for c in sky.calls if c[0] in ("stop", "down")] == [("stop", inst.detail["cluster"])]
+    assert backend.alive(inst.instance_id) is False  # STOPPED
+
+
+def test_vast_stop_is_a_manage_instance_put_and_price_reads_dph_total(vast_fake):
+    backend = VastBackend("vast-test-key", server_url=vast_fake.url)
+    [inst] = backend.start(BUCKET, JOB, ["w000"], vast_spec(count=1))
+    assert inst.price_per_hour and backend.price(inst.instance_id) == pytest.approx(inst.price_per_hour)
+    backend.stop(inst.instance_id)
+    assert vast_fake.bodies("PUT", f"/api/v0/instances/{inst.instance_id}/") == [{"state": "stopped"}]
+    assert int(inst.instance_id) in vast_fake.instances and backend.alive(inst.instance_id) is False
+    assert not [r for r in vast_fake.requests if r["method"] == "DELETE"]
 
 
 def test_skypilot_no_capacity_is_retryable():

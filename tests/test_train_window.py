@@ -456,7 +456,8 @@ def test_a_rented_host_is_stopped_only_after_its_checkpoint_is_verified(hosts, b
             record = wait_for(lambda: f.bucket.exists(keys.host_teardown_record_key(job)), timeout=30)
             assert record
             rec = codec.loads(f.bucket.get(keys.host_teardown_record_key(job)).data)
-            assert rec["action"] == "stop" and rec["instance"] == {"backend": "vast", "id": inst.instance_id}
+            assert rec["state"] == "done" and rec["action"] == "terminate", rec  # hosts.teardown: at once
+            assert rec["instance"] == {"backend": "vast", "id": inst.instance_id}
             assert vast.alive(inst.instance_id) is False
             assert not list(f.bucket.list(keys.TEARDOWN))
     finally:
@@ -466,7 +467,11 @@ def test_a_rented_host_is_stopped_only_after_its_checkpoint_is_verified(hosts, b
     assert host_teardown.decide(req, "succeeded", {"verified": False}, None)[0] == "drop"
     assert host_teardown.decide(req, "running", {"verified": True}, None)[0] == "wait"
     assert host_teardown.decide(req, "succeeded", {"verified": True}, {"tasks": [{"job_id": "other"}]})[0] == "wait"
-    assert host_teardown.decide(req, "succeeded", {"verified": True}, {"tasks": [{"job_id": "j"}]})[0] == "stop"
+    assert host_teardown.decide(req, "succeeded", {"verified": True}, {"tasks": [{"job_id": "j"}]})[0] == "go"
+    asks = {**req, "approve": "required"}
+    assert host_teardown.decide(asks, "succeeded", {"verified": True}, None, approved=False)[0] == "ask"
+    assert host_teardown.decide(asks, "succeeded", {"verified": True}, None, approved=True)[0] == "go"
+    assert host_teardown.decide(asks, "succeeded", {"verified": False}, None, approved=True)[0] == "drop"
 
 
 def test_a_dataset_from_a_bucket_prefix_is_synced_then_verified(hosts, bucket_url, tmp_path):

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 
 from bucketrun.events import codec, keys
 from bucketrun.handlers.control import retry
 from bucketrun.images.train_window.fingerprint import hf_repo_folder
 
 from conftest import jobs_by_inbox_key, wait_for
-from test_train_window import COMMIT, REPO, Fleet, bucket_url, hosts, manifest  # noqa: F401 - fixtures
+from test_train_window import BIN, COMMIT, REPO, Fleet, bucket_url, hosts, manifest  # noqa: F401 - fixtures
 
 
 def test_the_report_keeps_every_attempt_a_partial_cache_then_a_fixed_one(hosts, bucket_url):  # noqa: F811
@@ -127,3 +128,59 @@ def test_the_sweep_submits_the_next_stage_when_the_agent_dies_between_succeeded_
         assert list(jobs_by_inbox_key(f.bucket).values()).count(child) == 1
     assert child_out["state"] == "succeeded", child_out
     assert child_out["detail"]["resume"]["from"] == "bucket" and child_out["detail"]["resume"]["step"] == 6
+
+
+def test_a_teardown_that_needs_approval_waits_for_it_then_stops_and_keeps_the_instance(hosts, bucket_url):  # noqa: F811
+    """teardown {action: stop, approve: required}: after the verified mirror, the sweep records the pending stop
+    (which instance, its $/h, what stopping stops billing for and what it destroys) and leaves the host running,
+    pass after pass, until `bucketrun approve JOB`; then it stops it (Vast's manage-instance PUT, faked at its
+    HTTP boundary), never destroys it."""
+    from test_fleet_cloud_backends import FakeVast, offer, vast_spec
+
+    from bucketrun.handlers.launchers import Routes
+    from bucketrun.handlers.launchers.agent import AgentLauncher
+    from bucketrun.handlers.launchers.fleet import FleetLauncher
+    from bucketrun.handlers.launchers.vast import VastBackend
+
+    fake = FakeVast([offer(1, 0.45)])
+    try:
+        vast = VastBackend("vast-test-key", server_url=fake.url)
+        [inst] = vast.start(bucket_url, "20260101T000000000Z-aaaaaa", ["w000"], vast_spec())
+        contract = int(inst.instance_id)
+        roots, fps = hosts
+        routes = Routes(by_kind={"train_window": AgentLauncher(), "fleet": FleetLauncher({"vast": vast})})
+        with Fleet(bucket_url, {"host-a": roots["host-a"]}, routes,
+                   env={"BUCKETRUN_INSTANCE": f"vast:{inst.instance_id}"}) as f:
+            job, out = f.run(manifest(fps, preflight=("host-a",), teardown={"action": "stop", "approve": "required"}))
+            assert out["state"] == "succeeded", out
+            record_key = keys.host_teardown_record_key(job)
+            wait_for(lambda: f.bucket.exists(record_key), timeout=30)
+            rec = codec.loads(f.bucket.get(record_key).data)
+            assert rec["state"] == "pending_approval" and rec["action"] == "stop", rec
+            assert rec["price_per_hour"] == 0.45 and rec["approve_with"] == f"bucketrun approve {job}"
+            assert rec["effects"]["stops_billing"] == "GPU charges" and "disk" in rec["effects"]["still_billed"]
+            assert rec["effects"]["destroys"].startswith("nothing")
+            seen = f.sim.sweeps
+            wait_for(lambda: f.sim.sweeps >= seen + 3, timeout=30)  # passes go by: it waits for the user
+            assert fake.instances[contract]["intended_status"] == "running"
+            assert not [r for r in fake.requests if r["path"].startswith(f"/api/v0/instances/{contract}/")
+                        and r["method"] in ("PUT", "DELETE")]
+            md = f.bucket.get(keys.report_key(job)).data.decode()
+            assert f"- teardown: stop of vast:{contract} after the verified mirror, waiting for `bucketrun approve " \
+                   f"{job}`" in md, md
+            shown = subprocess.run([BIN, "--bucket", bucket_url, "status", job], capture_output=True, text=True)
+            assert f"teardown pending approval: stop of vast:{contract} ($0.45/h; stops billing for GPU charges; " \
+                   f"still billed: disk storage" in shown.stdout, shown.stdout
+            assert f"run `bucketrun approve {job}`" in shown.stdout
+            yes = subprocess.run([BIN, "--bucket", bucket_url, "approve", job], capture_output=True, text=True)
+            assert yes.returncode == 0 and yes.stdout.startswith(f"approved: stop of vast:{contract}"), yes
+            wait_for(lambda: codec.loads(f.bucket.get(record_key).data)["state"] == "done", timeout=30)
+            assert fake.instances[contract]["intended_status"] == "stopped"  # stopped, still there: not destroyed
+            assert fake.bodies("PUT", f"/api/v0/instances/{contract}/") == [{"state": "stopped"}]
+            assert not [r for r in fake.requests if r["method"] == "DELETE"]
+            assert not list(f.bucket.list(keys.TEARDOWN))
+            again = subprocess.run([BIN, "--bucket", bucket_url, "approve", job], capture_output=True, text=True)
+            assert again.returncode == 2 and again.stderr.count("\n") == 1 and "Traceback" not in again.stderr
+            assert "no teardown waiting for approval (its teardown is done)" in again.stderr
+    finally:
+        fake.close()

@@ -112,8 +112,7 @@ class Hosts(Strict):
 
     preflight: list[str] = Field(min_length=1, max_length=32)
     launch: str
-    teardown: bool = Field(False, description="stop the launching host (a rented instance bucketrun knows, by its "
-                                              "agent's BUCKETRUN_INSTANCE) once the mirror is verified")
+    teardown: bool = Field(False, description="the older form of `teardown: {action: terminate, approve: auto}`")
 
     _labels = field_validator("preflight")(classmethod(lambda cls, v: check_labels(v)))
 
@@ -157,6 +156,14 @@ class Smoke(Strict):
     _ph = field_validator("command")(classmethod(lambda cls, v: _known_placeholders(v, PLACEHOLDERS)))
 
 
+class Teardown(Strict):
+    """What becomes of the launching host (a rented instance) once the mirror is verified, and whether the user
+    approves it first: `stop` is reversible but rarely stops the whole meter; `terminate` does, and destroys."""
+
+    action: Literal["stop", "terminate"] = "stop"
+    approve: Literal["auto", "required"] = "required"
+
+
 class TrainWindowBody(Strict):
     command: list[str] = Field(min_length=1, max_length=256, description="argv; placeholders {target_step} ...")
     workdir: str | None = Field(None, min_length=1, max_length=1024)
@@ -170,6 +177,8 @@ class TrainWindowBody(Strict):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     mirror: Mirror = Field(default_factory=Mirror)
     smoke: Smoke | None = None
+    teardown: Teardown | None = Field(None, description="stop or terminate the launching host after the verified "
+                                                        "mirror, on approval or at once")
     resume_from: str | None = Field(None, min_length=1, max_length=1024, pattern=r"^jobs/.+/mirror/[^/]+\.json$",
                                     description="a verified mirror manifest (another window's) to start from")
     then: dict[str, Any] | None = Field(None, description="a manifest submitted after success; may use "
@@ -177,6 +186,13 @@ class TrainWindowBody(Strict):
                                                           "{checkpoint_step} and {parent_job}")
 
     _ph = field_validator("command")(classmethod(lambda cls, v: _known_placeholders(v, PLACEHOLDERS)))
+
+    @property
+    def teardown_plan(self) -> Teardown | None:
+        """`teardown`, or the older `hosts.teardown: true`, which meant terminate without asking."""
+        if self.teardown is not None:
+            return self.teardown
+        return Teardown(action="terminate", approve="auto") if self.hosts.teardown else None
 
     @field_validator("env")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import sys
@@ -12,7 +13,8 @@ from typing import Any
 from bucketrun.events import codec, keys
 from bucketrun.events.errors import CorruptObject, NotFound, UnknownJob
 from bucketrun.events.lifecycle import JobState, JobView, default_writer, list_job_ids, read_view
-from bucketrun.events.status import WAITING, job_status, waiting_in_inbox
+from bucketrun.events.conditional import create_once
+from bucketrun.events.status import WAITING, host_teardown, job_status, waiting_in_inbox
 
 from .. import client
 from ..control import cancel, retry
@@ -71,6 +73,8 @@ def cmd_status(args) -> int:
         w, m = status["window"], status["window"]["mirror"]
         print(f"  report: bucketrun report {status['job_id']}  ({w['report']}, {w['report_json']})")
         print(f"  mirror: {m['prefix']}  {m['files']} files, {m['bytes']} B, verified at step {m['step']}")
+        if w.get("teardown"):
+            print("  " + teardown_line(w["teardown"]))
     if status["error"]:
         print(f"  error: {status['error'].get('class')}: {status['error'].get('message')}")
         for f in status["error"].get("fields", []):
@@ -261,6 +265,32 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+def teardown_line(t: dict) -> str:
+    """One line on a window's rented host: what is pending (and what approving it costs and destroys) or done."""
+    inst, eff = t.get("instance") or {}, t.get("effects") or {}
+    what = f"{t.get('action')} of {inst.get('backend')}:{inst.get('id')}"
+    price = f"${t['price_per_hour']:.2f}/h" if t.get("price_per_hour") is not None else "price unknown"
+    said = (f"stops billing for {eff.get('stops_billing')}; still billed: {eff.get('still_billed')}; destroys: "
+            f"{eff.get('destroys')}") if eff else ""
+    if t.get("state") == "pending_approval":
+        return f"teardown pending approval: {what} ({price}; {said}): run `{t.get('approve_with')}`"
+    return f"teardown {t.get('state')}: {what}" + (f" ({said})" if said and t.get("state") == "done" else "")
+
+
+def cmd_approve(args) -> int:
+    """The user's yes to a window's pending teardown: the sweep carries it out on its next pass."""
+    bucket = bucket_of(args)
+    pending = host_teardown(bucket, args.job)
+    if pending is None or pending.get("state") != "pending_approval":
+        raise CliError(f"bucketrun: job {args.job} has no teardown waiting for approval"
+                       + (f" (its teardown is {pending.get('state')})" if pending else ""))
+    create_once(bucket, keys.host_teardown_approval_key(args.job), codec.dumps(
+        {"job_id": args.job, "action": pending["action"], "instance": pending["instance"],
+         "approved_by": getpass.getuser(), "at": codec.iso(codec.now())}))
+    print(f"approved: {teardown_line(pending).split(': ', 1)[1].rsplit(': run', 1)[0]}; the sweep does it next")
+    return 0
+
+
 def cmd_retry(args) -> int:
     t = retry(bucket_of(args), args.job, default_writer("cli"))
     print(f"{args.job} {t.state.value} as attempt {t.attempt}")
@@ -289,4 +319,6 @@ def register(add) -> None:
     p = add("cancel", cmd_cancel, "cancel a job in any non-terminal state")
     p.add_argument("job")
     p = add("retry", cmd_retry, "retry a failed job as a new attempt")
+    p.add_argument("job")
+    p = add("approve", cmd_approve, "approve a training window's pending teardown of its rented host")
     p.add_argument("job")

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from bucketrun.events.kinds.fleet import Workers as FleetWorkers
 
-__all__ = ["FleetBackend", "FleetWorkers", "Instance", "worker_command", "worker_env"]
+__all__ = ["EFFECTS", "FleetBackend", "FleetWorkers", "Instance", "worker_command", "worker_env"]
 
 
 @dataclass
@@ -44,6 +44,42 @@ class FleetBackend(Protocol):
     def alive(self, instance_id: str) -> bool | None:
         """True running, False gone, None when the provider cannot say."""
         ...
+
+    def stop(self, instance_id: str) -> None:
+        """Halt it but keep it (and its disk), to be started again: the reversible teardown."""
+        ...
+
+    def price(self, instance_id: str) -> float | None:
+        """Its USD per hour as the provider bills it now, or None when it cannot say."""
+        ...
+
+
+# What each teardown action does to the bill and to the instance, by backend, as each provider documents it:
+# shown before a user approves one, and in the README.
+EFFECTS: dict[str, dict[str, dict[str, str]]] = {
+    "vast": {
+        "stop": {"stops_billing": "GPU charges", "still_billed": "disk storage, until the instance is destroyed",
+                 "destroys": "nothing: the container and its disk are kept; `vastai start instance` resumes it "
+                             "when the machine is free"},
+        "terminate": {"stops_billing": "everything", "still_billed": "nothing",
+                      "destroys": "the instance and its disk, with anything not in the bucket"}},
+    "runpod": {
+        "stop": {"stops_billing": "GPU and compute charges", "still_billed": "the pod's volume disk while stopped",
+                 "destroys": "the container disk (anything outside the volume)"},
+        "terminate": {"stops_billing": "everything for the pod (a network volume bills on its own)",
+                      "still_billed": "network volumes only",
+                      "destroys": "the pod, its container disk and its volume disk"}},
+    "skypilot": {
+        "stop": {"stops_billing": "the VMs' compute", "still_billed": "the cluster's disks",
+                 "destroys": "nothing on disk; `sky start` resumes the cluster"},
+        "terminate": {"stops_billing": "everything for the cluster", "still_billed": "nothing",
+                      "destroys": "the cluster's VMs and their disks"}},
+    "local": {
+        "stop": {"stops_billing": "nothing is billed (a local process)", "still_billed": "nothing",
+                 "destroys": "the process; its files stay on this machine"},
+        "terminate": {"stops_billing": "nothing is billed (a local process)", "still_billed": "nothing",
+                      "destroys": "the process; its files stay on this machine"}},
+}
 
 
 def worker_command(bucket_url: str, job_id: str, worker: str) -> list[str]:

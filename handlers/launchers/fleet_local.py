@@ -59,6 +59,13 @@ class LocalFleetBackend:
             return None
         return True
 
+    def stop(self, instance_id: str) -> None:
+        """A local process cannot be kept halted for later: stopping it is ending it."""
+        self.terminate(instance_id)
+
+    def price(self, instance_id: str) -> float | None:
+        return 0.0
+
     def terminate(self, instance_id: str) -> None:
         """SIGTERM first (the worker commits what it finished), SIGKILL if it outlives its grace period."""
         pid = self._pid(instance_id)

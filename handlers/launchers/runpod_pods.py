@@ -171,6 +171,23 @@ class RunpodPodsBackend:
                 return  # already gone
             raise
 
+    def stop(self, instance_id: str) -> None:
+        """podStop: compute billing ends, the volume disk is kept (and billed) until the pod is terminated."""
+        try:
+            self._call(f"stop pod {instance_id}", lambda rp: rp.stop_pod(_gql(instance_id)))
+        except LaunchError:
+            if self.alive(instance_id) is False:
+                return
+            raise
+
+    def price(self, instance_id: str) -> float | None:
+        try:
+            pod = self._call(f"read pod {instance_id}", lambda rp: rp.get_pod(_gql(instance_id), api_key=self._api_key))
+        except LaunchError:
+            return None
+        cost = (pod or {}).get("costPerHr")
+        return float(cost) if cost is not None else None
+
     def alive(self, instance_id: str) -> bool | None:
         try:
             pod = self._call(f"read pod {instance_id}",

@@ -130,6 +130,20 @@ class SkyPilotBackend:
                 raise self._error(sky, exc, f"down of {cluster}") from exc
         self._downed.add(cluster)
 
+    def stop(self, instance_id: str) -> None:
+        """`sky stop`: the VMs stop (and their compute billing); the disks stay, billed, for `sky start`."""
+        cluster = instance_id.split(".", 1)[0]
+        sky = self._sky()
+        try:
+            sky.get(sky.stop(cluster))
+        except Exception as exc:  # noqa: BLE001
+            gone = getattr(getattr(sky, "exceptions", None), "ClusterDoesNotExist", None)
+            if not (isinstance(gone, type) and isinstance(exc, gone)):
+                raise self._error(sky, exc, f"stop of {cluster}") from exc
+
+    def price(self, instance_id: str) -> float | None:
+        return None  # SkyPilot quotes a price at launch (recorded on the instance), not for a running cluster
+
     def alive(self, instance_id: str) -> bool | None:
         cluster = instance_id.split(".", 1)[0]
         if cluster in self._downed:

@@ -211,6 +211,24 @@ class VastBackend:
             raise LaunchError(f"Vast destroy of instance {instance_id} refused ({exc.status}): {exc.text}",
                               FailureClass.CODE_ERROR) from exc
 
+    def stop(self, instance_id: str) -> None:
+        """PUT /instances/{id}/ {"state": "stopped"}: GPU charges end, the disk (and its charges) stay."""
+        try:
+            self._request("PUT", f"/instances/{instance_id}/", {"state": "stopped"}, what=f"stop of {instance_id}")
+        except _Answer as exc:
+            if exc.status == 404 or "no_such_instance" in exc.text or "not found" in exc.text.lower():
+                return  # already gone: nothing left running
+            raise LaunchError(f"Vast stop of instance {instance_id} refused ({exc.status}): {exc.text}",
+                              FailureClass.CODE_ERROR) from exc
+
+    def price(self, instance_id: str) -> float | None:
+        try:
+            answer = self._request("GET", f"/instances/{instance_id}/?owner=me", what=f"read of {instance_id}")
+        except (_Answer, LaunchError):
+            return None
+        cost = (answer.get("instances") or {}).get("dph_total")
+        return float(cost) if cost is not None else None
+
     def alive(self, instance_id: str) -> bool | None:
         try:
             answer = self._request("GET", f"/instances/{instance_id}/?owner=me", what=f"read of {instance_id}")

@@ -147,6 +147,12 @@ def render(report: dict[str, Any], state: str) -> str:
                         if saved.get("verified") else "NOT verified: " + "; ".join(saved.get("problems") or []) + ")"))
     for w in report.get("warnings") or []:
         lines.append(f"- warning: {w}")
+    down = report.get("teardown")
+    if down:
+        inst = down.get("instance") or {}
+        lines.append(f"- teardown: {down['action']} of {inst.get('backend')}:{inst.get('id')} after the verified "
+                     f"mirror, {down['state']} (pull the mirror home and verify it by load before you approve)" if down.get("approve") == "required" else
+                     f"- teardown: {down['action']} of {inst.get('backend')}:{inst.get('id')}, {down['state']}")
     metrics = report.get("metrics") or {}
     if metrics:
         lines += ["", f"## Metrics at step {gate.get('step')}", ""]

@@ -166,7 +166,7 @@ class Window:
         if not mirror["verified"]:
             self.fail(FailureClass.TRANSIENT, "the mirror did not verify: " + "; ".join(mirror["problems"][:5]),
                       where="mirror")
-        if body.hosts.teardown:
+        if body.teardown_plan is not None:
             warnings += self.request_teardown(mirror)
         self.report["warnings"] = warnings
         write_report(a.bucket, self.report, body, state="succeeded")
@@ -208,13 +208,18 @@ class Window:
         names is verified in the bucket and the host runs nothing else."""
         from ..runtime.agent import instance
 
+        plan = self.body.teardown_plan
         inst = instance()
         if inst is None:
-            return ["hosts.teardown asked, but this host's agent has no BUCKETRUN_INSTANCE: it was left running"]
+            return ["teardown asked, but this host's agent has no BUCKETRUN_INSTANCE: it was left running"]
         agent = os.environ.get("BUCKETRUN_AGENT_ID", "")
         self.a.bucket.put(keys.host_teardown_key(agent), codec.dumps(
             {"agent": agent, "instance": inst, "job_id": self.a.job_id, "attempt": self.a.attempt,
-             "mirror_manifest": mirror["manifest"], "requested_at": codec.iso(codec.now())}), "application/json")
+             "action": plan.action, "approve": plan.approve, "mirror_manifest": mirror["manifest"],
+             "requested_at": codec.iso(codec.now())}), "application/json")
+        self.report["teardown"] = {"action": plan.action, "approve": plan.approve, "instance": inst,
+                                   "state": "waiting for `bucketrun approve " + self.a.job_id + "`"
+                                   if plan.approve == "required" else "requested: the sweep does it now"}
         return []
 
     def disk_problem(self) -> str | None:
