@@ -140,6 +140,34 @@ class Moto:
         keys_ = list(dict.keys(self.store.buckets[bucket].keys))  # one C-level copy, safe while threads write
         return sum(1 for k in keys_ if k.startswith(prefix))
 
+    def tail_timeline(self, bucket: str, job_id: str, t99_wall: float | None, t_succ_wall: float) -> dict[str, Any]:
+        """Where the tail went, read from moto's store (no request): done markers written after 99% (how many,
+        when the last came, how many were take-overs), and the dataset manifest, in seconds after 99%."""
+        if t99_wall is None:
+            return {}
+        b = self.store.buckets[bucket]
+        prefix = f"jobs/{job_id}/fleet/done/"
+        after = []
+        for k in [k for k in dict.keys(b.keys) if k.startswith(prefix)]:
+            fk = b.keys[k]
+            t = fk.last_modified.timestamp()
+            if t >= t99_wall:
+                try:
+                    gen = json.loads(fk.value).get("generation", 1)
+                except Exception:  # noqa: BLE001 - a diagnosis must not fail
+                    gen = None
+                after.append((t - t99_wall, gen))
+        after.sort()
+        data = [k for k in dict.keys(b.keys) if k.endswith("/dataset.json")]  # one run per bucket
+        data_t = [b.keys[k].last_modified.timestamp() - t99_wall for k in data]
+        pick = lambda q: round(after[min(len(after) - 1, int(q * len(after)))][0], 2) if after else None  # noqa: E731
+        return {"markers_after_99": len(after), "marker_s_p50": pick(0.5), "marker_s_p90": pick(0.9),
+                "last_marker_s": round(after[-1][0], 2) if after else None,
+                "takeovers_after_99": sum(1 for _, g in after if g and g > 1),
+                "takeover_marker_s": [round(t, 2) for t, g in after if g and g > 1][:20],
+                "dataset_s": round(max(data_t), 2) if data_t else None,
+                "succeeded_s": round(t_succ_wall - t99_wall, 2)}
+
     def diagnose(self, bucket: str, job_id: str, sample_s: float = 5.0) -> dict[str, Any]:
         """What a stuck fleet left in the bucket, read from moto's store (no request): objects per folder of the
         job, the job's newest state, the role leases, and the workers' heartbeat states."""
@@ -338,6 +366,7 @@ def bucketrun_run(moto: Moto, args: argparse.Namespace, size: int, rep: int, kil
            "workers_exit_s": round(t_exit_wall - t0_wall, 3), "kill": mon.kill,
            "tail_s": round(t_succ_wall - mon.t99_wall, 2) if mon.t99_wall else None,  # 99% done -> succeeded
            "exit_lag_s": [round(t - t_succ_wall, 2) for t in mon.exit_wall if t is not None],  # succeeded -> exit
+           "tail": moto.tail_timeline(name, job_id, mon.t99_wall, t_succ_wall),
            "requests": fleet, "requests_per_item": {op: round(n / size, 4) for op, n in fleet.items()},
            "setup_requests": setup, "bench_wait_requests": waited, "verify_requests": verify_req,
            "verify_s": round(verify_s, 2), "verify": checked,

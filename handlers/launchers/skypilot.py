@@ -117,29 +117,26 @@ class SkyPilotBackend:
                                  "secret_names": sorted(spec.secrets)})
                 for rank, worker in enumerate(workers)]
 
+    def _cluster_op(self, verb: str, cluster: str) -> None:
+        """`sky down` or `sky stop` of one cluster; a cluster already gone is not an error."""
+        sky = self._sky()
+        try:
+            sky.get(getattr(sky, verb)(cluster))
+        except Exception as exc:  # noqa: BLE001
+            gone = getattr(getattr(sky, "exceptions", None), "ClusterDoesNotExist", None)
+            if not (isinstance(gone, type) and isinstance(exc, gone)):
+                raise self._error(sky, exc, f"{verb} of {cluster}") from exc
+
     def terminate(self, instance_id: str) -> None:
         cluster = instance_id.split(".", 1)[0]
         if cluster in self._downed:
             return
-        sky = self._sky()
-        try:
-            sky.get(sky.down(cluster))
-        except Exception as exc:  # noqa: BLE001
-            gone = getattr(getattr(sky, "exceptions", None), "ClusterDoesNotExist", None)
-            if not (isinstance(gone, type) and isinstance(exc, gone)):
-                raise self._error(sky, exc, f"down of {cluster}") from exc
+        self._cluster_op("down", cluster)
         self._downed.add(cluster)
 
     def stop(self, instance_id: str) -> None:
         """`sky stop`: the VMs stop (and their compute billing); the disks stay, billed, for `sky start`."""
-        cluster = instance_id.split(".", 1)[0]
-        sky = self._sky()
-        try:
-            sky.get(sky.stop(cluster))
-        except Exception as exc:  # noqa: BLE001
-            gone = getattr(getattr(sky, "exceptions", None), "ClusterDoesNotExist", None)
-            if not (isinstance(gone, type) and isinstance(exc, gone)):
-                raise self._error(sky, exc, f"stop of {cluster}") from exc
+        self._cluster_op("stop", instance_id.split(".", 1)[0])
 
     def price(self, instance_id: str) -> float | None:
         return None  # SkyPilot quotes a price at launch (recorded on the instance), not for a running cluster
