@@ -74,7 +74,7 @@ def test_a_sweep_costs_the_same_however_many_jobs_have_ended(bucket, launcher):
         _ended_job(bucket, f"ended-{i:03d}")
     counted.calls.clear()
     assert sweep(counted, launcher, "sweep") == []
-    assert counted.calls == before and counted.calls["list"] == 4 + 2  # four index listings + one log each
+    assert counted.calls == before and counted.calls["list"] == 5 + 2  # five index listings + one log each
 
 
 def test_a_marker_left_by_a_writer_that_died_after_the_end_is_removed(bucket, launcher):
