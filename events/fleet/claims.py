@@ -14,10 +14,11 @@ or released lease) is read and taken over by compare-and-swap.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import aconditional, codec, keys
@@ -33,6 +34,9 @@ class ShardLease:
     body: dict[str, Any]
     etag: str
     written_at: float  # monotonic, taken before the write was sent
+    # One rewrite at a time: a renewal racing a kill count or a release on the same ETag would lose to our own
+    # write, and the worker would take its live shard for lost (then leave it to expire, a death charged).
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
 
     @property
     def shard(self) -> str:
@@ -107,14 +111,17 @@ async def take_over(bucket, holder: str, ttl_s: float, snap: Snapshot) -> ShardL
 
 
 async def _rewrite(bucket, lease: ShardLease, **change: Any) -> None:
-    body = {**lease.body, **change, "renewed_at": codec.iso(codec.now())}
-    started = time.monotonic()
-    out = await aconditional.replace_json(bucket, lease.key, body, lease.etag)
-    if not out.won:
-        now = out.body or {}
-        raise LeaseLost(f"{lease.key}: generation {lease.generation} lost to {now.get('holder')!r} "
-                        f"(generation {now.get('generation')}, {now.get('state')})")
-    lease.body, lease.etag, lease.written_at = out.body, out.etag, started
+    """`change` maps a field to a value, or to a function of the lease's current body (applied under the lock)."""
+    async with lease.lock:
+        body = {**lease.body, **{k: v(lease.body) if callable(v) else v for k, v in change.items()},
+                "renewed_at": codec.iso(codec.now())}
+        started = time.monotonic()
+        out = await aconditional.replace_json(bucket, lease.key, body, lease.etag)
+        if not out.won:
+            now = out.body or {}
+            raise LeaseLost(f"{lease.key}: generation {lease.generation} lost to {now.get('holder')!r} "
+                            f"(generation {now.get('generation')}, {now.get('state')})")
+        lease.body, lease.etag, lease.written_at = out.body, out.etag, started
 
 
 async def renew(bucket, lease: ShardLease) -> None:
@@ -124,13 +131,13 @@ async def renew(bucket, lease: ShardLease) -> None:
 
 async def release(bucket, lease: ShardLease, died: bool = False) -> None:
     """Hand the shard back at once (no waiting for expiry). `died`: the holder's previous life held it."""
-    await _rewrite(bucket, lease, state=RELEASED, deaths=lease.deaths + (1 if died else 0))
+    await _rewrite(bucket, lease, state=RELEASED, deaths=lambda b: b.get("deaths", 0) + (1 if died else 0))
 
 
 async def record_kill(bucket, lease: ShardLease) -> None:
     """The shard's quarantine process died inside its one item: a death that is the item's own, kept in the
     lease (still held) so that a holder dying in turn does not lose the count."""
-    await _rewrite(bucket, lease, kills=lease.kills + 1)
+    await _rewrite(bucket, lease, kills=lambda b: b.get("kills", 0) + 1)
 
 
 async def offer(bucket, job_id: str, shard: str, deaths: int = 0, kills: int = 0) -> bool:
