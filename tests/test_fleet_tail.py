@@ -136,10 +136,11 @@ def test_ledgers_are_read_once_each_and_bring_other_processes_markers(bucket_url
     assert listed == [keys.fleet_ledgers_prefix("J")] * 2
 
 
-def test_an_early_parts_listing_looks_up_later_parts_and_relists_after_a_take_over(bucket_url):
+def test_an_early_parts_listing_looks_up_later_parts_and_an_orphan_after_a_take_over(bucket_url):
     """The finalizer's listing of parts/ starts in the tail. A part committed after it began is looked up by
-    HEAD; an orphan written after it began always comes with a take-over (generation 2), which makes the
-    finalizer list again, so the orphan is still deleted before dataset.json."""
+    HEAD; an orphan written after it began always comes with a take-over (generation 2), so the finalizer looks
+    up that shard's other generations' part keys too (no second listing), and the orphan is still deleted
+    before dataset.json."""
     from bucketrun.images.fleet.commit import list_parts_early
 
     plan = Plan(6, 2, "k", "d" * 64, None, {})
@@ -176,5 +177,6 @@ def test_an_early_parts_listing_looks_up_later_parts_and_relists_after_a_take_ov
     assert dataset is not None and len(dataset["shards"]) == 3 and dataset["orphan_parts_deleted"] == 0
     assert counting.listed.count("out1/parts/") == 1 and counting.calls.get("head") == 1  # c's part, by HEAD
     dataset, counting, parts = asyncio.run(go(take_over=True))
-    assert counting.listed.count("out2/parts/") == 2  # listed again after the take-over
+    assert counting.listed.count("out2/parts/") == 1  # not listed again after the take-over
+    assert counting.calls.get("head") == 3  # c's part (generation 2), and generations 1 (the orphan) and 3
     assert dataset["orphan_parts_deleted"] == 1 and parts == sorted(s["key"] for s in dataset["shards"])

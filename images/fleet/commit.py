@@ -111,14 +111,19 @@ def list_parts_early(bucket, output_prefix: str) -> PartsListing:
 async def _part_sizes(bucket, output_prefix: str, cov: Coverage, markers: dict[str, dict[str, Any]],
                       early: PartsListing | None, margin_s: float) -> dict[str, int]:
     """Every part's size. From an early listing, parts committed since are looked up one by one. An orphan part
-    (a holder killed before its marker) always comes with a take-over, a marker of generation 2 or more; one
-    written since the listing began (less a margin for clocks) might name an orphan it missed: list again."""
+    (a holder killed before its marker) always comes with a take-over, a marker of generation 2 or more; for one
+    written since the listing began (less a margin for clocks), the shard's other generations' part keys (they
+    are derived, `<shard>-g<k>`) are looked up too, so an orphan the listing missed is still found, without a
+    second listing of every part."""
     if early is None:
         return await _sizes(bucket, output_prefix + "parts/")
     sizes = dict(await early.task)
     cutoff = early.started - timedelta(seconds=margin_s)
-    if any(m.get("generation", 1) > 1 and codec.parse_iso(m["at"]) >= cutoff for m in markers.values()):
-        return await _sizes(bucket, output_prefix + "parts/")
+    wanted = {m["part"]["key"] for m in cov.committed if m["part"]["key"] not in sizes}
+    for m in markers.values():
+        gen = m.get("generation", 1)
+        if gen > 1 and codec.parse_iso(m["at"]) >= cutoff:
+            wanted |= {keys.fleet_part_key(output_prefix, m["shard"], k) for k in range(1, gen + 2) if k != gen}
     sem = asyncio.Semaphore(READ_CONCURRENCY)
 
     async def one(key: str) -> None:
@@ -128,7 +133,7 @@ async def _part_sizes(bucket, output_prefix: str, cov: Coverage, markers: dict[s
             except NotFound:
                 pass  # named but absent: the size check below says so
 
-    await asyncio.gather(*(one(m["part"]["key"]) for m in cov.committed if m["part"]["key"] not in sizes))
+    await asyncio.gather(*(one(k) for k in sorted(wanted - set(sizes))))
     return sizes
 
 

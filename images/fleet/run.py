@@ -50,6 +50,9 @@ async def run_workers(bucket_url: str, job_id: str, worker_ids: list[str], devic
         finally:
             watcher.cancel()
             duty_task.cancel()
+            if install_signals:  # a dump asked for as the process ends must not end it (SIGUSR1's default)
+                loop.remove_signal_handler(signal.SIGUSR1)
+                signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         return dict(zip(worker_ids, outcomes))
 
 

@@ -35,7 +35,7 @@ MAX_IDLE_SLEEP_S = 20.0  # a waiting worker looks again at least this often
 LISTING_MAX_AGE_S = 2.0  # workers of one process share a listing this young...
 LISTING_S_PER_PAGE = 0.5  # ...or younger by this much per page it took: 22 pages (10,000 shards) are shared 11 s
 LEDGER_BATCH = 50  # a process hands its won markers to the others and the finalizer in ledgers of this many
-PARTS_EARLY = 128  # pending shards from which a process lists parts/ for its finalizer
+PARTS_EARLY = 256  # pending shards from which a process lists parts/ for its finalizer
 READS_PER_LOOK = 4  # candidate leases an idle worker reads per look
 MAX_ERRORS = 50  # store failures past botocore's own retries before a worker gives up
 
