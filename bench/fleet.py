@@ -71,6 +71,7 @@ import tempfile
 import threading
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,7 @@ class Moto:
             return {}
         b = self.store.buckets[bucket]
         prefix = f"jobs/{job_id}/fleet/done/"
-        after = []
+        after, taken = [], []
         for k in [k for k in dict.keys(b.keys) if k.startswith(prefix)]:
             fk = b.keys[k]
             t = fk.last_modified.timestamp()
@@ -157,6 +158,18 @@ class Moto:
                 except Exception:  # noqa: BLE001 - a diagnosis must not fail
                     gen = None
                 after.append((t - t99_wall, gen))
+                if gen and gen > 1 and len(taken) < 8:  # a take-over in the tail: whose lease, since when
+                    lease = b.keys.get(k.replace("/fleet/done/", "/fleet/leases/"))
+                    try:
+                        lb = json.loads(lease.value) if lease is not None else {}
+                    except Exception:  # noqa: BLE001
+                        lb = {}
+                    acq = lb.get("acquired_at")
+                    taken.append({"shard": k.rsplit("/", 1)[-1][:-5], "marker_s": round(t - t99_wall, 2),
+                                  "holder": lb.get("holder"), "taken_from": lb.get("taken_from"),
+                                  "deaths": lb.get("deaths"), "kills": lb.get("kills"),
+                                  "acquired_s": round(datetime.fromisoformat(acq.replace("Z", "+00:00"))
+                                                      .timestamp() - t99_wall, 2) if acq else None})
         after.sort()
         data = [k for k in dict.keys(b.keys) if k.endswith("/dataset.json")]  # one run per bucket
         data_t = [b.keys[k].last_modified.timestamp() - t99_wall for k in data]
@@ -164,7 +177,7 @@ class Moto:
         return {"markers_after_99": len(after), "marker_s_p50": pick(0.5), "marker_s_p90": pick(0.9),
                 "last_marker_s": round(after[-1][0], 2) if after else None,
                 "takeovers_after_99": sum(1 for _, g in after if g and g > 1),
-                "takeover_marker_s": [round(t, 2) for t, g in after if g and g > 1][:20],
+                "takeover_marker_s": [round(t, 2) for t, g in after if g and g > 1][:20], "takeovers": taken,
                 "dataset_s": round(max(data_t), 2) if data_t else None,
                 "succeeded_s": round(t_succ_wall - t99_wall, 2)}
 

@@ -84,8 +84,7 @@ class Worker:
         self.bucket = job.bucket
         self.shards: list[str] = job.plan.base_shards()
         self.base = frozenset(self.shards)
-        # Shared by the workers of this process: a shard one of them picked, claimed or lost is never chased by the
-        # others (in the tail a hundred workers would otherwise all jump at the same few free shards).
+        # Shared by this process's workers: a shard one picked, claimed or lost is never chased by the others.
         self.unavailable: set[str] = job.unavailable
         self.leased: set[str] = job.leased  # shards known to have a lease (listed, won or lost): never deleted
         self.done: set[str] = set()
@@ -255,9 +254,8 @@ class Worker:
         if not pending:
             self.all_done = True
             return await self.finalize()
-        # Never claimed, as far as anyone here knows: free in our view. A shard we lost a claim on is leased even
-        # if the (older) listing does not show it yet; counting it fresh again would spin on 412s and starve
-        # the takeover of expired leases below.
+        # Never claimed, as far as anyone here knows. A shard we lost a claim on is leased even if the (older)
+        # listing does not show it: counting it fresh again would spin on 412s and starve the takeovers below.
         fresh = [s for s in pending if s not in leases and s not in self.leased]
         if fresh:
             self.unavailable -= set(fresh)
@@ -306,6 +304,8 @@ class Worker:
         """Few shards left: read them one by one (images/fleet/tail.py), one look for this process's workers,
         rather than list every lease and marker again; claim one never claimed, take one over that lapsed."""
         await self.job.write_ledger(self.id)  # first: a finalizer elsewhere reads ledgers, not our markers
+        await self.job.learn_ledgers()  # a look over a stale, long pending list held a process for 15 s
+        pending = [s for s in pending if s not in self.job.marker_cache]
         if len(pending) <= PARTS_EARLY:
             self.job.parts_listing()  # the finalizer's listing of parts/, under way while the last shards run
         look = await self.job.tail.look(pending, self.job.held_or_picked())
