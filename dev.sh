@@ -45,7 +45,7 @@ skypilot_venv() {
 
 case "${1:-}" in
   demo)
-    venv transcribe
+    venv local
     shift
     exec "$VENV/bin/bucketrun" "$@" demo
     ;;
