@@ -61,3 +61,30 @@ async def create_once(bucket, key: str, data: bytes, content_type: str = JSON) -
         except ConditionalConflict:
             await asyncio.sleep(random.uniform(0, min(1.0, 0.05 * 2 ** n)))
     raise StorageError(f"{key}: conditional write kept conflicting ({CONFLICT_RETRIES} tries)")
+
+
+async def create_own(bucket, key: str, data: bytes, content_type: str = JSON) -> None:
+    """For a key only this writer may write (a part of its own lease generation): a 412 means a retried
+    request of ours landed, or something else sits there. The bytes are compared, and anything else is
+    replaced by ours, so what the marker then vouches for is what the key holds."""
+    for n in range(CONFLICT_RETRIES):
+        try:
+            await bucket.create(key, data, content_type)
+            return
+        except ConditionalConflict:
+            await asyncio.sleep(random.uniform(0, min(1.0, 0.05 * 2 ** n)))
+            continue
+        except PreconditionFailed:
+            pass
+        try:
+            there = await bucket.get(key)
+        except NotFound:
+            continue  # gone again (deleted as an orphan by a finalizer that saw no marker): create anew
+        if there.data == data:
+            return
+        try:
+            await bucket.replace(key, data, there.etag, content_type)
+            return
+        except (ConditionalConflict, PreconditionFailed):
+            await asyncio.sleep(random.uniform(0, min(1.0, 0.05 * 2 ** n)))
+    raise StorageError(f"{key}: conditional write kept conflicting ({CONFLICT_RETRIES} tries)")

@@ -296,3 +296,42 @@ def test_fleet_completes_through_s3_faults(s3_endpoint, tmp_path, rate):
     assert stats["items"] == n and stats["rows"] == n
     for info in bucket.list(keys.fleet_done_prefix(job)):  # nothing torn: every marker parses whole
         assert codec.loads(bucket.get(info.key).data)["shard"] == keys.fleet_shard_of(info.key, keys.fleet_done_prefix(job))
+
+
+
+def test_a_part_changed_after_its_commit_fails_the_job_naming_it(bucket_url, bucket, tmp_path):
+    """Parts are write-once and their marker holds their bytes. One that no longer matches (changed by hand, or
+    lost by a store) will not heal, so the finalizer fails the job at once, naming the part, instead of waiting
+    in a loop of retries while the job says `running`. One worker, both shards ending in a slow item: the first
+    part is changed while the second shard runs, before the finalizer lists parts/."""
+    put_items(bucket, 100)
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    slow = {"item-000049": 3, "item-000099": 3}
+    job = harness.start_job(bucket_url, fleet(shard_size=50, processor={
+        "entry_point": "fleet_probe:make", "options": {"slow_items": slow}}))
+    proc = spawn(bucket_url, job, ["solo"], {"FLEET_PROBE_DIR": str(probe)}, tmp_path / "w.log")
+    parts = keys.fleet_output_prefix(job, None) + "parts/"
+    first = wait_for(lambda: next(iter(bucket.list(parts)), None), timeout=60, every=0.02)
+    bucket.put(first.key, b"not the rows its marker vouches for")
+    result = harness.wait_finished(bucket_url, job, timeout_s=60)
+    proc.wait(timeout=30)
+    assert result["state"] == "failed", result
+    error = result["detail"]["error"]
+    assert error["class"] == "code_error" and first.key in error["message"], error
+    assert "is 35 bytes, its marker says" in error["message"], error
+
+
+def test_a_part_key_already_holding_other_bytes_gets_the_shards_rows(bucket_url, bucket, tmp_path):
+    """A worker's create of its part meets a 412: a retried request of its own landed, or the key holds something
+    else. Only the bytes tell: here the key already holds junk, and the worker must replace it with its rows, or
+    its marker would vouch for bytes the bucket does not hold (seen as a fleet stuck `running` under faults)."""
+    put_items(bucket, 100)
+    job = harness.start_job(bucket_url, fleet(shard_size=50))
+    junk = keys.fleet_part_key(keys.fleet_output_prefix(job, None), keys.shard_id(0, 50), 1)
+    bucket.put(junk, b"junk at the first generation's key")
+    proc = spawn(bucket_url, job, ["solo"], log=tmp_path / "w.log")
+    result = finish(bucket_url, job, [proc], timeout_s=60)
+    stats = harness.verify(bucket_url, result["dataset"])  # every part read back, row by row, against its sha256
+    assert stats["items"] == 100 and stats["rows"] == 100
+    assert bucket.get(junk).data[:4] == b"PAR1"

@@ -67,7 +67,7 @@ async def commit_shard(bucket, job_id: str, output_prefix: str, lease: claims.Sh
         if problems:
             raise RowsDoNotCheck(f"the rows of shard {shard} do not check: " + "; ".join(problems[:5]))
         part["checked"] = True
-        await aconditional.create_once(bucket, part_key, data, PARQUET)  # one writer per generation
+        await aconditional.create_own(bucket, part_key, data, PARQUET)  # one writer per generation
     for a, b, *counts in children:  # offered before the marker that names them, so a listing never misses one
         deaths, kills = counts or (lease.deaths, 0)
         await claims.offer(bucket, job_id, keys.shard_id(a, b), deaths=deaths, kills=kills)
@@ -137,6 +137,22 @@ async def _part_sizes(bucket, output_prefix: str, cov: Coverage, markers: dict[s
     return sizes
 
 
+async def _confirm_sizes(bucket, cov: Coverage, sizes: dict[str, int]) -> None:
+    """Every committed part at its marker's bytes. A part that differs is looked up afresh once (a listing or
+    a lookup may be older than the part); one that still differs is corrupt for good, since parts are
+    write-once: CorruptObject names it, and the finalizer fails the job rather than wait for it to heal."""
+    odd = [m["part"] for m in cov.committed if sizes.get(m["part"]["key"]) != m["part"]["bytes"]]
+    for part in odd:
+        try:
+            sizes[part["key"]] = (await bucket.head(part["key"])).size
+        except NotFound:
+            sizes.pop(part["key"], None)
+    for part in odd:
+        if sizes.get(part["key"]) != part["bytes"]:
+            found = "is missing" if part["key"] not in sizes else f"is {sizes[part['key']]} bytes"
+            raise CorruptObject(f"part {part['key']} {found}, its marker says {part['bytes']}")
+
+
 async def read_markers(bucket, job_id: str, shards, cache: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Every done marker's body; markers are write-once, so a cached one never needs reading again."""
     sem = asyncio.Semaphore(READ_CONCURRENCY)
@@ -203,10 +219,7 @@ async def build_dataset(bucket, job_id: str, plan: Plan, output_prefix: str, wri
     except BaseException:
         parts.cancel()
         raise
-    for m in cov.committed:
-        if sizes.get(m["part"]["key"]) != m["part"]["bytes"]:
-            raise CorruptObject(f"part {m['part']['key']} lists as {sizes.get(m['part']['key'])} bytes, "
-                                   f"its marker says {m['part']['bytes']}")
+    await _confirm_sizes(bucket, cov, sizes)
     body = dataset_body(job_id, plan, cov, writer)
     # Row by row before anything is committed: a part its marker vouches for (checked at commit, bound to its
     # sha256, and listed above at its bytes) counts its covered range without a read; any other part is read.

@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from bucketrun.events import keys
+from bucketrun.events.errors import CorruptObject
 from bucketrun.events.fleet import claims
 
 from .commit import build_dataset
@@ -35,6 +36,10 @@ async def finalize(w: Any) -> str | None:
     try:
         cov, dataset = await build_dataset(w.bucket, w.job.job_id, w.job.plan, w.job.output_prefix,
                                            w.id, w.job.marker_cache, w.job.ledgers_seen, w.job.parts_listing())
+    except CorruptObject as exc:  # write-once objects that do not check never will: say so, do not wait
+        await w.job.fail_code(f"dataset check failed: {exc}")
+        w.job.finished.set()
+        return "finished"
     finally:
         w.roles.pop(key, None)
     if key in w.lost:
