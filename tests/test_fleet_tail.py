@@ -180,3 +180,41 @@ def test_an_early_parts_listing_looks_up_later_parts_and_an_orphan_after_a_take_
     assert counting.listed.count("out2/parts/") == 1  # not listed again after the take-over
     assert counting.calls.get("head") == 3  # c's part (generation 2), and generations 1 (the orphan) and 3
     assert dataset["orphan_parts_deleted"] == 1 and parts == sorted(s["key"] for s in dataset["shards"])
+
+
+def test_a_part_the_listing_gets_wrong_is_looked_up_afresh_and_one_that_stays_wrong_is_named(bucket_url):
+    """The finalizer's listing of parts/ starts early and is kept. A size in it that disagrees with a marker is
+    looked up again by HEAD before anything is called corrupt (an HTTP proxy that answered HEAD with
+    Content-Length 0 once left a fleet `running` for good); a part that still differs is named."""
+    import pytest
+
+    from bucketrun.events.errors import CorruptObject
+    from bucketrun.events.storage.base import ObjectInfo
+    from bucketrun.images.fleet.commit import list_parts_early
+
+    plan = Plan(4, 2, "k", "d" * 64, None, {})
+
+    class Lying(Counting):
+        def list(self, prefix: str = "", start_after=None):
+            async def gen():
+                async for info in self.inner.list(prefix, start_after):
+                    yield ObjectInfo(info.key, info.etag, 0, info.last_modified)  # every size said as 0
+            return gen()
+
+    async def go(job: str, out: str, spoil: bool):
+        async with open_async_bucket(bucket_url) as bk:
+            for lo in (0, 2):
+                lease = await claims.claim_fresh(bk, keys.fleet_lease_key(job, keys.shard_id(lo, lo + 2)), "w", 30.0)
+                assert (await commit_shard(bk, job, out, lease, "w", (lo, lo + 2), rows(lo, lo + 2), SCHEMA)).won
+            if spoil:
+                await bk.put(keys.fleet_part_key(out, keys.shard_id(2, 4), 1), b"short")
+            lying = Lying(bk)
+            early = list_parts_early(lying, out)
+            return await build_dataset(lying, job, plan, out, "finalizer", {}, early=early), lying
+
+    (cov, dataset), lying = asyncio.run(go("J1", "out1/", spoil=False))
+    assert dataset is not None and dataset["items_covered"] == 4
+    assert lying.calls.get("head") == 2  # each part the listing got wrong, looked up once
+    with pytest.raises(CorruptObject, match=r"part out2/parts/000000002-000000004-g0001.parquet is 5 bytes, its "
+                                            r"marker says \d+"):
+        asyncio.run(go("J2", "out2/", spoil=True))
