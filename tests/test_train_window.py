@@ -337,7 +337,10 @@ def test_a_stalled_window_fails_as_a_stall_through_the_agent(hosts, bucket_url):
     with Fleet(bucket_url, {"host-a": roots["host-a"]}) as f:
         _, out = f.run(m)
     assert out["state"] == "failed" and out["detail"]["error"]["class"] == "stall"
-    assert "at step 2" in out["detail"]["error"]["message"]
+    message = out["detail"]["error"]["message"]
+    assert "at step 2" in message
+    assert m["resources"]["max_attempts"] == 1 and out["attempt"] == 1  # so no resume may be promised
+    assert "no attempt is left: `bucketrun retry JOB`" in message and "next attempt" not in message, message
 
 
 def test_resume_after_kill_9_of_the_agent_mid_run(hosts, bucket_url):
@@ -566,6 +569,11 @@ def test_a_download_bar_is_progress_and_a_run_with_no_step_past_first_log_s_is_a
     out, g = _supervise(roots["host-a"], "--download-bar", "4", first_log_s=15.0, stall_s=2.0)
     assert out.reason == "exited" and out.rc == 0 and g["passed"], out
     assert any("model.safetensors" in line for line in out.tail)
+    shutil.rmtree(roots["host-a"] / "runs" / "t")
+    # Training has begun: a `\r` evaluation bar for longer than stall_s, with no newline and no progress-file
+    # change, is still output, so busy, not a stall (counted per line, it was a stall).
+    out, g = _supervise(roots["host-a"], "--eval-bar", "2", "4", first_log_s=15.0, stall_s=2.0)
+    assert out.reason == "exited" and out.rc == 0 and g["passed"], out
     shutil.rmtree(roots["host-a"] / "runs" / "t")  # a fresh run directory: the first run's checkpoint is gone
     out, g = _supervise(roots["host-a"], "--download-bar", "-1", first_log_s=4.0, stall_s=2.0)
     assert out.reason == "first_log_timeout" and not g["passed"], out
