@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from ..errors import InvalidKey
+from ..errors import InvalidKey, NotFound
 
 
 class ObjectInfo:
@@ -122,9 +122,17 @@ class Bucket(abc.ABC):
         dest.write_bytes(blob.data)
         return blob.etag
 
-    def exists(self, key: str) -> bool:
-        from ..errors import NotFound
+    def upload(self, key: str, src: "Path", content_type: str = "application/octet-stream",
+               progress: "Callable[[int], None] | None" = None) -> str:
+        """Put a local file without holding it in memory (backends stream); `progress` is told the bytes of
+        each piece sent, for a bar. A user's media can be gigabytes."""
+        data = src.read_bytes()
+        etag = self.put(key, data, content_type)
+        if progress is not None:
+            progress(len(data))
+        return etag
 
+    def exists(self, key: str) -> bool:
         try:
             self.head(key)
         except NotFound:

@@ -176,6 +176,32 @@ class LocalBucket(Bucket):
             raise StorageError(f"download {key}: {exc.strerror}") from exc
         return '"' + h.hexdigest() + '"'
 
+    def upload(self, key, src, content_type="application/octet-stream", progress=None):
+        path = self._path(key)
+        tmp = self.root / INTERNAL / "tmp" / uuid.uuid4().hex
+        h = hashlib.md5(usedforsecurity=False)
+        try:
+            with open(src, "rb") as fin, open(tmp, "wb") as out:
+                for chunk in iter(lambda: fin.read(1 << 20), b""):
+                    out.write(chunk)
+                    h.update(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+                out.flush()
+                os.fsync(out.fileno())
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_dir():
+                raise InvalidKey(f"key {key!r} clashes with a folder of keys")
+            os.replace(tmp, path)
+        except (NotADirectoryError, IsADirectoryError) as exc:
+            raise InvalidKey(f"key {key!r} clashes with an existing key") from exc
+        except OSError as exc:
+            raise StorageError(f"upload {key}: {exc.strerror}") from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        return '"' + h.hexdigest() + '"'
+
     def head(self, key):
         path = self._path(key)
         try:

@@ -5,22 +5,25 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import boto3
+
+from ..errors import NotFound, PreconditionFailed, StorageError
 from .base import Bucket, ObjectInfo
 from .s3_common import S3Keys, announce_retries, client_config, translate
 
 _LIBRARY_ERRORS: tuple[type[Exception], ...]
 try:
+    from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError
 
     _LIBRARY_ERRORS = (ClientError, BotoCoreError)
 except ImportError:  # pragma: no cover - boto3 is a core dependency
     _LIBRARY_ERRORS = ()
+    S3UploadFailedError = OSError
 
 
 class S3Bucket(Bucket):
     def __init__(self, bucket: str, prefix: str = "", client=None):
-        import boto3
-
         self.k = S3Keys(bucket, prefix)
         self.url = self.k.url
         self.name = bucket
@@ -41,8 +44,6 @@ class S3Bucket(Bucket):
         return self._call("put_object", key, **params)["ETag"]
 
     def replace(self, key, data, etag, content_type="application/octet-stream"):
-        from ..errors import NotFound, PreconditionFailed
-
         params = self.k.put_params(key, data, content_type, if_match=etag)
         try:
             return self._call("put_object", key, **params)["ETag"]
@@ -66,6 +67,20 @@ class S3Bucket(Bucket):
         except _LIBRARY_ERRORS as exc:
             raise translate(exc, "get_object", key, self.k.url) from exc
         return response["ETag"]
+
+    def upload(self, key, src, content_type="application/octet-stream", progress=None):
+        """boto3's managed transfer: multipart past 8 MiB, parts retried on their own."""
+        try:
+            self.client.upload_file(str(src), self.k.bucket, self.full_key(key),
+                                    ExtraArgs={"ContentType": content_type}, Callback=progress)
+        except S3UploadFailedError as exc:
+            cause = exc.__context__ if isinstance(exc.__context__, _LIBRARY_ERRORS) else exc
+            raise translate(cause, "upload", key, self.k.url) from exc
+        except _LIBRARY_ERRORS as exc:
+            raise translate(exc, "upload", key, self.k.url) from exc
+        except OSError as exc:
+            raise StorageError(f"upload {key}: {exc.strerror}") from exc
+        return self.head(key).etag
 
     def head(self, key):
         return self.k.info(key, self._call("head_object", key, **self.k.key_params(key)))
