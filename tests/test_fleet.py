@@ -19,7 +19,8 @@ from bucketrun.events.errors import CorruptObject
 from bucketrun.events.fleet import claims
 from bucketrun.events.fleet.dataset import resolve
 from bucketrun.events.fleet.plan import Plan, items_from_jsonl, PlanError, write_plan
-from bucketrun.events.manifest import ManifestRejected, validate_manifest
+from bucketrun.events.kinds.validate import validate_manifest
+from bucketrun.events.manifest import ManifestRejected
 from bucketrun.events.storage.aio import open_async_bucket
 from bucketrun.handlers.fleet_teardown import decide as teardown_decide
 from bucketrun.events.lifecycle import JobState
@@ -63,7 +64,9 @@ def test_fleet_manifest_defaults_and_examples():
     m = validate_manifest(BASE)
     assert (m.body.shard_size, m.body.heartbeat_s, m.body.workers.count) == (50, 30.0, 1)
     assert m.resources.stall_after_s == 600.0
-    for path in (ROOT / "examples").glob("fleet-*.json"):
+    paths = [*(ROOT / "examples").glob("fleet-*.json"), *(ROOT / "docs" / "examples").glob("fleet-*.json")]
+    assert len(paths) >= 3
+    for path in paths:
         validate_manifest(json.loads(path.read_text()))
 
 

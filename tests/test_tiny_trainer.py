@@ -1,4 +1,4 @@
-"""tests/fixtures/tiny_trainer.py, the real (numpy) trainer the training-window tests supervise: it must train,
+"""examples/train-window/tiny_trainer.py, the real (numpy) trainer the training-window tests supervise: it must train,
 checkpoint atomically, resume only from complete checkpoints, and fail in exactly the ways its fault flags say."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 from conftest import wait_for
 
-TRAINER = Path(__file__).resolve().parent / "fixtures" / "tiny_trainer.py"
+TRAINER = Path(__file__).resolve().parent.parent / "examples" / "train-window" / "tiny_trainer.py"
 _spec = importlib.util.spec_from_file_location("tiny_trainer", TRAINER)
 tiny_trainer = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tiny_trainer)

@@ -1,4 +1,4 @@
-"""Training windows end to end with a real trainer (tests/fixtures/tiny_trainer.py): two host agents on this
+"""Training windows end to end with a real trainer (examples/train-window/tiny_trainer.py): two host agents on this
 machine, each with its own root, stand in for two hosts; the simulation does intake, launch and the sweep.
 Model caches are built in huggingface_hub's own layout from the offline Whisper base files."""
 
@@ -31,7 +31,7 @@ from bucketrun.images.transcribe.model import offline_base_parts
 
 from conftest import jobs_by_inbox_key, wait_for
 
-TRAINER = Path(__file__).parent / "fixtures" / "tiny_trainer.py"
+TRAINER = Path(__file__).resolve().parent.parent / "examples" / "train-window" / "tiny_trainer.py"
 REPO = "openai/whisper-base"
 COMMIT = "a" * 40
 BIN = str(Path(sys.executable).with_name("bucketrun"))

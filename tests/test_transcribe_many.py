@@ -18,8 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from bucketrun.events import codec
-from bucketrun.events.kinds.transcribe import BadItem, Source, parse_item, source_item
-from bucketrun.events.manifest import ManifestRejected, load_job_manifest, validate_manifest
+from bucketrun.events.kinds.transcription import BadItem, Source, parse_item, source_item
+from bucketrun.events.kinds.validate import load_job_manifest, validate_manifest
+from bucketrun.events.manifest import ManifestRejected
 from bucketrun.events.storage import open_bucket
 from bucketrun.images.fleet.run import run_workers
 from bucketrun.local_sim import fleet_harness as harness
@@ -67,7 +68,7 @@ def test_many_sources_become_a_fleet_manifest():
     assert body.processor.options["language"] == "en" and body.processor.options["formats"] == ["srt", "txt"]
     assert m.resources.stall_after_s == 600.0  # the fleet kind's liveness defaults, not a single job's
     assert validate_manifest(m.to_json()).to_json() == m.to_json()  # the stored manifest reads back the same
-    example = validate_manifest(json.loads((ROOT / "examples" / "transcribe-many.json").read_text()))
+    example = validate_manifest(json.loads((ROOT / "docs" / "examples" / "transcribe-many-runpod.json").read_text()))
     assert example.kind == "fleet" and len(example.body.items.inline) == 3
     single = validate_manifest({"kind": "transcribe", "source": {"key": "media/a.ogg"}})
     assert single.kind == "transcribe" and "sources" not in single.to_json() and "fleet" not in single.to_json()
