@@ -146,3 +146,29 @@ def test_a_fleet_worker_that_dies_before_its_first_transition_is_failed_by_the_s
     for w in ("w0000", "w0001"):
         log = logs / f"bucketrun-fleet-{job}-{w}.log"
         assert str(log) in error["message"] and "segfault" in log.read_text()
+
+
+def test_a_transcription_worker_without_faster_whisper_fails_the_job_with_the_pip_line(tmp_path, without,
+                                                                                         monkeypatch, media_dir):
+    """The dispatcher could not tell (its own Python has the extra); the worker's Python lacks it. The attempt
+    ends as config_error naming the extra, not as an internal error."""
+    from bucketrun.handlers.dispatch import DispatchContext, dispatch
+    from bucketrun.handlers.launchers.local import LocalProcessLauncher
+    from bucketrun.local_sim.sim import s3_record
+
+    for k, v in without("faster_whisper").items():
+        if k in ("PYTHONPATH", "TEST_MODULES_GONE"):
+            monkeypatch.setenv(k, v)
+    launcher = LocalProcessLauncher(preload=None, log_path=tmp_path / "worker.log")
+    try:
+        bucket = open_bucket(str(tmp_path / "bucket"))
+        bucket.put("media/speech.wav", (media_dir / "speech.wav").read_bytes())
+        bucket.put("inbox/t.json", codec.dumps({"kind": "transcribe", "source": {"key": "media/speech.wav"}}))
+        job = dispatch({"Records": [s3_record(bucket, bucket.head("inbox/t.json"))]},
+                       DispatchContext(bucket, launcher, "test"))[0].job_id
+        wait_for(lambda: read_view(bucket, job).state.terminal, timeout=120, every=0.3)
+    finally:
+        launcher.close()
+    error = read_view(bucket, job).latest.detail["error"]
+    assert error["class"] == "config_error", error
+    assert "faster_whisper" in error["message"] and "pip install 'bucketrun[transcribe]'" in error["message"], error
