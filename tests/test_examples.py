@@ -1,7 +1,9 @@
-"""The README's tours, run line by line as a newcomer would type them: the dispatcher from "Start a dispatcher",
-then every command of every tour, in a fresh folder, on a fresh default bucket, with nothing but the repository's
-files. `JOB` stands for the id the last `submit` printed; a line ending in `&` runs in the background. Every
-example in examples/ must be one of those lines (but the one that needs the network), and must succeed."""
+"""The newcomer's path, as a test: the README's set-up command (`./dev.sh demo`) into a fresh virtual environment,
+installing from this checkout (pip's cache may be used; nothing beyond the package index), then the README's
+tours line by line as a newcomer types them, with that environment's `bucketrun` on PATH: the dispatcher from
+"Start a dispatcher", then every command of every tour, in a fresh folder, on the fresh default bucket. `JOB`
+stands for the id the last `submit` printed; a line ending in `&` runs in the background. Every example in
+examples/ must be one of those lines (but the one that needs the network), and must succeed."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 from bucketrun.events.lifecycle import read_view
@@ -43,17 +44,22 @@ def test_the_readme_tours_run_offline_and_every_example_succeeds(tmp_path):
     home.mkdir()
     for name in ("examples", "local_sim"):  # the repository's files, as a clone has them; nothing else
         (home / name).symlink_to(ROOT / name)
-    bucket_dir = tmp_path / "bucket"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "BUCKETRUN_BUCKET": str(bucket_dir)}
-    env.pop("PYTHONPATH", None)
+    venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUCKETRUN_", "VIRTUAL_ENV", "PYTHONPATH"))}
+    env.update(XDG_DATA_HOME=str(tmp_path / "data"), BUCKETRUN_VENV=str(venv),
+               PIP_CACHE_DIR=os.environ.get("PIP_CACHE_DIR") or str(Path.home() / ".cache" / "pip"))
+    (two,) = blocks(readme, "Two commands")
+    demo = subprocess.run(two[0], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert two[0] == ["./dev.sh", "demo"] and demo.returncode == 0, demo.stderr[-3000:]
+    assert "--> " in demo.stdout and "/artifacts/001/transcript.srt" in demo.stdout  # the SRT's cues, its keys
+    env["PATH"] = f"{venv / 'bin'}:{env['PATH']}"  # the README's `export PATH=...`, for this venv
+    bucket_dir = tmp_path / "data" / "bucketrun" / "bucket"  # the default bucket, as the demo made it
 
     def run(line: list[str], job: str | None) -> subprocess.CompletedProcess:
         assert "JOB" not in line or job, line
         argv = [job if w == "JOB" else w for w in line]
         return subprocess.run(argv, cwd=home, env=env, capture_output=True, text=True, timeout=600)
 
-    assert run(["bucketrun", "init"], None).returncode == 0
     background = [subprocess.Popen(sim, cwd=home, env=env, stdout=subprocess.DEVNULL,
                                    stderr=open(tmp_path / "sim.log", "wb"))]  # noqa: SIM115
     seen: list[tuple[list[str], str]] = []
