@@ -3,6 +3,10 @@ its labels (index/agents/<label>/), claims each with a create-if-absent object s
 attempt, and runs it in a child process: the attempt runtime for a "run" offer, the host checks for a
 "preflight" one. It heartbeats to index/hosts/<agent>.json, needs only bucket credentials, and never listens.
 
+It runs only the kinds whose modules import here (capabilities.py), says which in its heartbeat, and leaves any
+other offer to an agent that can; when no live agent on the label can, it fails the job as `config_error` with the
+pip line that installs what is missing, so the job never waits on nobody.
+
 SIGTERM: stop claiming, pass the signal to the children (each drains its attempt as `lost`, to be retried),
 wait for them, go offline.
 """
@@ -23,9 +27,16 @@ from typing import Any
 
 from bucketrun.events import codec, keys
 from bucketrun.events.conditional import create_json
-from bucketrun.events.errors import BucketrunError
-from bucketrun.events.lifecycle import JobState, read_view
+from bucketrun.events.errors import BucketrunError, CorruptObject, IllegalTransition, NotFound, StaleAttempt
+from bucketrun.events.failures import FailureClass, error_detail
+from bucketrun.events.hosts import read_hosts, runners
+from bucketrun.events.kinds import kind_names
+from bucketrun.events.lifecycle import JobState, JobView, read_view
+from bucketrun.events.retry import record_failure
 from bucketrun.events.storage import Bucket, open_bucket
+
+from ..fleet.host import version
+from . import capabilities
 
 log = logging.getLogger("bucketrun.agent")
 HEARTBEAT_S = 15.0
@@ -60,12 +71,15 @@ class Agent:
         self.wait_s = poll_s  # doubles while nothing is offered, back to poll_s when something is
         self.tasks: dict[str, Task] = {}
         self.done: set[str] = set()  # offers this agent finished or found stale: not looked at again
+        self.declined: set[str] = set()  # offers of a kind it cannot run, left to another live agent
+        self.cannot: dict[str, dict[str, Any]] | None = None  # kind -> why not (capabilities.probe), once probed
         self.stopping = threading.Event()
         self.last_beat = 0.0
 
     # -- the loop ----------------------------------------------------------------------------------------
     def run(self, once: bool = False) -> None:
         """`once`: look at the offers one time, run what was claimed to its end, and return."""
+        self.probe()
         self.beat("online", force=True)
         looked = False
         try:
@@ -97,7 +111,7 @@ class Agent:
             except BucketrunError as exc:
                 log.warning("listing offers for %s failed: %s", label, exc)
                 continue
-            seen = seen or any(k not in self.done for k in offers)
+            seen = seen or any(k not in self.done and k not in self.declined for k in offers)
             for key in offers:
                 if key in self.done or key in self.tasks or len(self.tasks) >= self.max_tasks:
                     continue
@@ -117,7 +131,12 @@ class Agent:
             return  # the launcher puts its offers before it writes `launched`: look again at the next poll
         if view.attempt != attempt or view.state not in (JobState.LAUNCHED, JobState.RUNNING):
             self.done.add(key)  # the job moved on: the offer is stale, and whoever launched it cleans up
+            self.declined.discard(key)
             self.bucket.delete(key)
+            return
+        kind = self.kind_of(key, job_id)
+        if kind is not None and kind in self.probe():
+            self.decline(key, label, job_id, attempt, role, kind, view)
             return
         claim = {"agent": self.id, "host": socket.gethostname(), "pid": os.getpid(), "label": label,
                  "role": role, "attempt": attempt, "claimed_at": codec.iso(codec.now())}
@@ -127,6 +146,50 @@ class Agent:
             return
         log.info("%s: claimed %s attempt %d (%s on %s)", self.id, job_id, attempt, role, label)
         self.tasks[key] = Task(job_id, attempt, label, role, key, self.spawn(job_id, attempt, label, role))
+        self.beat("online", force=True)  # what it runs now is in the heartbeat at once (`bucketrun agents`)
+
+    def probe(self) -> dict[str, dict[str, Any]]:
+        """The kinds this host cannot run, and why; probed once (an agent restarted after an install sees it)."""
+        if self.cannot is None:
+            found = capabilities.probe()
+            self.cannot = {kind: why for kind, why in found.items() if why is not None}
+            for kind, why in self.cannot.items():
+                log.warning("%s: cannot run %s: %s", self.id, kind, capabilities.missing_line(why))
+        return self.cannot
+
+    def kind_of(self, key: str, job_id: str) -> str | None:
+        """The offer names its kind (the launcher writes it); an older offer's kind is in the job's manifest."""
+        try:
+            kind = codec.loads(self.bucket.get(key).data).get("kind")
+            return kind or codec.loads(self.bucket.get(keys.manifest_key(job_id)).data).get("kind")
+        except (NotFound, CorruptObject, AttributeError):
+            return None  # unknown here: claim it, and the attempt runtime records whatever it finds
+
+    def decline(self, key: str, label: str, job_id: str, attempt: int, role: str, kind: str, view: JobView) -> None:
+        """Leave an offer this host cannot run to a live agent on the label that can; with none, fail the job as
+        `config_error`, naming what is missing and the pip line that installs it."""
+        if self.bucket.exists(keys.agent_claim_key(job_id, attempt, label, role)):
+            self.done.add(key)  # an agent that can run it took it: its fate is that agent's (and the sweep's)
+            self.declined.discard(key)
+            return
+        others = runners(read_hosts(self.bucket), label, kind, besides=self.id)
+        why = capabilities.missing_line(self.cannot[kind])
+        if others:
+            if key not in self.declined:
+                log.info("%s: left %s to %s: this host cannot run %s: %s", self.id, key, ", ".join(others), kind, why)
+            self.declined.add(key)
+            return
+        error = error_detail(FailureClass.CONFIG_ERROR, f"no live agent on label {label} can run {kind}: on "
+                             f"{self.id} (host {socket.gethostname()}) {why}", where=f"agent/{label}")["error"]
+        try:
+            record_failure(self.bucket, job_id, error, writer=f"agent:{self.id}", attempt=attempt, max_attempts=1,
+                           view=view)
+            log.error("%s: failed %s: %s", self.id, job_id, error["message"])
+        except (IllegalTransition, StaleAttempt) as exc:
+            log.info("%s: %s moved on before it could be failed: %s", self.id, job_id, exc)
+        self.done.add(key)
+        self.declined.discard(key)
+        self.bucket.delete(key)
 
     def spawn(self, job_id: str, attempt: int, label: str, role: str) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "bucketrun.images.runtime.agent_task", "--bucket", self.bucket.url,
@@ -144,6 +207,7 @@ class Agent:
                      task.role, rc)
             del self.tasks[key]
             self.done.add(key)
+            self.beat("online", force=True)
             try:
                 self.bucket.delete(key)
             except BucketrunError as exc:
@@ -166,8 +230,11 @@ class Agent:
     def beat(self, state: str, force: bool = False) -> None:
         if not force and time.monotonic() - self.last_beat < HEARTBEAT_S:
             return
+        cannot = self.probe()
         body = {"agent": self.id, "host": socket.gethostname(), "labels": self.labels, "state": state,
                 "pid": os.getpid(), "root": str(self.root), "at": codec.iso(codec.now()), "instance": instance(),
+                "version": version(), "kinds": sorted(set(kind_names()) - set(cannot)),
+                "cannot_run": {kind: capabilities.missing_line(why) for kind, why in sorted(cannot.items())},
                 "tasks": [{"job_id": t.job_id, "attempt": t.attempt, "role": t.role, "label": t.label}
                           for t in self.tasks.values()]}
         try:
