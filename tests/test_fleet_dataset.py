@@ -309,7 +309,7 @@ def test_a_marker_leaving_a_gap_is_refused():
 
 def test_get_refuses_a_forged_dataset_and_keeps_none_of_its_parts(tmp_path):
     from bucketrun.handlers.cli.common import CliError
-    from bucketrun.handlers.cli.jobs import _get_dataset
+    from bucketrun.handlers.cli.get import Fetch, _get_dataset
 
     f = standard(tmp_path / "bucket")
     f.finalize()
@@ -318,7 +318,7 @@ def test_get_refuses_a_forged_dataset_and_keeps_none_of_its_parts(tmp_path):
     out = tmp_path / "got"
     out.mkdir()
     with pytest.raises(CliError, match=re.escape(f"item 6 ('it6') appears twice (ordinal 0) in part {C}")):
-        _get_dataset(f.bucket, dataset, out)
+        _get_dataset(Fetch(f.bucket, out, quiet=True), dataset)
     assert list((out / "parts").iterdir()) == []
 
 
@@ -338,7 +338,7 @@ def test_averify_reports_progress_in_the_manifests_order(tmp_path):
 def test_get_keeps_each_rows_file_when_an_item_has_several_rows(tmp_path):
     """A processor's per-item files (`<name>_key` + `<name>_sha256`): the item's first row's as
     items/<index>.<name>, its further rows' as items/<index>-<ordinal>.<name>, none overwriting another."""
-    from bucketrun.handlers.cli.jobs import _get_dataset
+    from bucketrun.handlers.cli.get import Fetch, _get_dataset
 
     schema = schema_of(type("Files", (), {"columns": {"txt_key": pa.string(), "txt_sha256": pa.string()}})())
     f = Fleet(tmp_path / "bucket", 2, 2)
@@ -354,7 +354,7 @@ def test_get_keeps_each_rows_file_when_an_item_has_several_rows(tmp_path):
                         "dead": [], "items_failed": 0, "part": f.put_part(part_key(0, 2), rows, schema)}
     out = tmp_path / "got"
     out.mkdir()
-    _get_dataset(f.bucket, f.finalize(), out)
+    _get_dataset(Fetch(f.bucket, out, quiet=True), f.finalize())
     got = {p.name: p.read_text() for p in (out / "items").iterdir()}
     assert got == {"000000000.txt": "item 0 row 0", "000000000-1.txt": "item 0 row 1",
                    "000000001.txt": "item 1 row 0", "000000001-1.txt": "item 1 row 1"}
