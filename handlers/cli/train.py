@@ -6,12 +6,17 @@ from __future__ import annotations
 import json
 import sys
 
+from bucketrun.events import codec, keys
+from bucketrun.events.errors import NotFound
+from bucketrun.images.runtime.agent import main
+
+from .agents import print_unit
 from .common import CliError, bucket_of
 
 
 def cmd_agent(args) -> int:
-    from bucketrun.images.runtime.agent import main
-
+    if args.print_unit:
+        return print_unit(args)
     labels = [x.strip() for x in args.labels.split(",") if x.strip()]
     try:
         return main(bucket_of(args).url, labels, args.root, args.id, args.poll, once=args.once,
@@ -22,6 +27,7 @@ def cmd_agent(args) -> int:
 
 def cmd_fingerprint(args) -> int:
     """Print a fingerprint to paste into a manifest, made from a known-good copy."""
+    # late: huggingface_hub (heavy, the agent extra) only for `bucketrun fingerprint`
     from bucketrun.images.train_window.fingerprint import FingerprintError, fingerprint_dataset, fingerprint_hf_cache
 
     try:
@@ -44,9 +50,6 @@ def cmd_fingerprint(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from bucketrun.events import codec, keys
-    from bucketrun.events.errors import NotFound
-
     bucket = bucket_of(args)
     try:
         if args.json:
@@ -67,6 +70,8 @@ def register(add) -> None:
     p.add_argument("--poll", type=float, default=2.0, help="seconds between looks while work is offered")
     p.add_argument("--poll-max", type=float, default=30.0, help="the longest wait between looks while idle")
     p.add_argument("--once", action="store_true", help="look once, wait for what was claimed, and exit")
+    p.add_argument("--print-unit", choices=["systemd", "launchd"], help="print a service unit that keeps this "
+                   "agent running (a systemd .service or a launchd plist) and exit")
     p = add("fingerprint", cmd_fingerprint, "fingerprint a known-good dataset or Hugging Face cache")
     p.add_argument("what", choices=["dataset", "hf-cache"])
     p.add_argument("path")
