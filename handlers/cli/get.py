@@ -5,7 +5,6 @@ beside its own and renamed only once it checks, so an interrupted get never leav
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -20,6 +19,7 @@ from bucketrun.events.fleet.dataset import verify_dataset
 from bucketrun.events.lifecycle import JobState
 from bucketrun.events.status import job_status
 
+from .bucket import sha256_of
 from .common import CliError, bucket_of
 from .loadcheck import LoadError, load_check
 
@@ -76,7 +76,7 @@ def fetch(bucket, key: str, target: Path, sha256: str, size: int | None) -> None
             bucket.download(key, tmp)
         except NotFound:
             raise Mismatch(f"{key} is missing from the bucket") from None
-        got, digest = tmp.stat().st_size, _sha256(tmp)
+        got, digest = tmp.stat().st_size, sha256_of(tmp)
         if digest != sha256 or (size is not None and got != size):
             raise Mismatch(f"{key} does not match its recorded sha256/bytes ({got} B, sha256 {digest[:16]}; "
                            f"recorded {size} B, {sha256[:16]}); not trusting it")
@@ -93,14 +93,6 @@ def write_checked(target: Path, data: bytes) -> None:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def cmd_get(args) -> int:
