@@ -183,19 +183,42 @@ def test_an_interrupted_download_leaves_no_file_under_its_final_name(window, tmp
 
 def test_get_json_of_a_transcription_lists_each_artifact_verified(tmp_path):
     bucket = open_bucket(str(tmp_path / "b"))
+    job = keys.new_job_id()
     arts = []
     for name, data in (("transcript.txt", b"hello\n"), ("transcript.json", b'{"segments": []}')):
-        key = keys.artifact_key("j", 1, name)
+        key = keys.artifact_key(job, 1, name)
         bucket.put(key, data)
         arts.append({"key": key, "format": name.split(".")[1], "bytes": len(data),
                      "sha256": hashlib.sha256(data).hexdigest()})
     for s in (JobState.SUBMITTED, JobState.QUEUED, JobState.LAUNCHED, JobState.RUNNING):
-        append_transition(bucket, "j", s, writer="t")
-    append_transition(bucket, "j", JobState.SUCCEEDED, writer="t", detail={"artifacts": arts})
-    done = get(bucket.url, "j", "--out", str(tmp_path / "o"), "--json")
+        append_transition(bucket, job, s, writer="t")
+    append_transition(bucket, job, JobState.SUCCEEDED, writer="t", detail={"artifacts": arts})
+    done = get(bucket.url, job, "--out", str(tmp_path / "o"), "--json")
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout)
     assert (got["verified"], got["total"], got["errors"]) == (2, 2, [])
     assert [(f["key"], f["verified"], f["loaded"]) for f in got["files"]] == [
         (arts[0]["key"], True, None), (arts[1]["key"], True, "json")]
     assert (tmp_path / "o" / "transcript.json").read_bytes() == b'{"segments": []}'
+
+
+def test_get_json_of_a_fleet_lists_the_dataset_its_parts_and_rows(tmp_path):
+    from test_fleet_dataset import OUT, standard
+
+    f = standard(tmp_path / "bucket")
+    f.finalize()
+    key = keys.fleet_dataset_key(OUT)
+    data = f.bucket.get(key).data
+    job = keys.new_job_id()
+    for s in (JobState.SUBMITTED, JobState.QUEUED, JobState.LAUNCHED, JobState.RUNNING):
+        append_transition(f.bucket, job, s, writer="t")
+    append_transition(f.bucket, job, JobState.SUCCEEDED, writer="t", detail={"artifacts": [
+        {"key": key, "format": "dataset", "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}]})
+    done = get(f.bucket.url, job, "--out", str(tmp_path / "o"), "--json")
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    parts = [x for x in got["files"] if x["loaded"] == "parquet"]
+    assert len(parts) == got["dataset"]["parts"] == 4 and got["dataset"]["items"] == 12
+    assert (got["verified"], got["total"], got["errors"]) == (5, 5, [])  # dataset.json and its four parts
+    for x in parts:
+        assert hashlib.sha256(Path(x["path"]).read_bytes()).hexdigest() == x["sha256"]

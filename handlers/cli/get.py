@@ -161,9 +161,15 @@ def _get_dataset(got: Fetch, dataset: dict) -> None:
         raise CliError("bucketrun: reading a fleet dataset needs pyarrow: pip install 'bucketrun[fleet]'")
     parts = got.out / "parts"
     parts.mkdir(exist_ok=True)
+
+    def keep(entry: dict[str, Any], data: bytes) -> None:  # a part whose bytes, digest and parquet checked
+        target = parts / Path(entry["key"]).name
+        write_checked(target, data)
+        got.files.append({"key": entry["key"], "path": str(target), "bytes": entry["bytes"],
+                          "sha256": entry["sha256"], "verified": True, "loaded": "parquet", "error": None})
+
     try:
-        stats = verify_dataset(got.bucket, dataset,
-                               sink=lambda s, data: write_checked(parts / Path(s["key"]).name, data))
+        stats = verify_dataset(got.bucket, dataset, sink=keep)
     except CorruptObject as exc:
         for f in parts.iterdir():  # nothing of a dataset that does not verify is left to be trusted
             f.unlink()
