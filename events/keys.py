@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from datetime import datetime
+from datetime import datetime, timezone
 
 from .codec import now
 
@@ -28,6 +28,11 @@ def new_job_id(at: datetime | None = None) -> str:
 
 def is_job_id(text: str) -> bool:
     return bool(JOB_ID_RE.match(text))
+
+
+def job_time(job_id: str) -> datetime:
+    """When a job was named (its id begins with the UTC millisecond): ages without reading anything."""
+    return datetime.strptime(job_id[:18], "%Y%m%dT%H%M%S%f").replace(tzinfo=timezone.utc)
 
 
 def is_inbox_manifest(key: str) -> bool:

@@ -1,0 +1,117 @@
+"""`bucketrun ls`: every job with its kind, state and where it came from, jobs still waiting in the inbox
+included; filtered by state, kind and age (ids begin with their UTC time, so `--since` costs no read)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import posixpath
+from typing import Any
+
+from bucketrun.events import codec, keys
+from bucketrun.events.errors import CorruptObject, NotFound
+from bucketrun.events.lifecycle import JobState, JobView, list_job_ids, read_view
+from bucketrun.events.status import WAITING
+
+from .common import bucket_of
+from .maintenance import age
+
+
+def _source(view: JobView) -> str:
+    first = view.history[0].detail if view.history else {}
+    if first.get("request_id"):
+        return f"request:{first['request_id']}"
+    return (first.get("inbox") or {}).get("key") or "-"
+
+
+def _kind(bucket, view: JobView) -> str:
+    """From the submitted transition (written since kinds were recorded there), else the stored manifest."""
+    first = view.history[0].detail if view.history else {}
+    if first.get("kind"):
+        return first["kind"]
+    try:
+        return str(codec.loads(bucket.get(keys.manifest_key(view.job_id)).data).get("kind") or "-")
+    except (NotFound, CorruptObject, AttributeError):  # not a JSON object: a job whose intake rejected it
+        return "-"
+
+
+def _waiting(bucket, taken: set[str]) -> list[dict[str, Any]]:
+    """Manifests in the inbox that no dispatcher has taken in: named by their own job id (as `submit` names
+    them), or any other name whose intake index entry is missing."""
+    rows = []
+    for info in bucket.list(keys.INBOX):
+        if not keys.is_inbox_manifest(info.key):
+            continue
+        name = posixpath.basename(info.key)[: -len(".json")]
+        if keys.is_job_id(name) and name in taken:
+            continue
+        try:
+            manifest = codec.loads(bucket.get(info.key).data)
+        except (NotFound, CorruptObject):
+            manifest = None
+        manifest = manifest if isinstance(manifest, dict) else {}
+        if not keys.is_job_id(name):  # taken in under another id if its intake identity is claimed
+            rid = manifest.get("request_id")
+            token = keys.request_token(rid) if isinstance(rid, str) else keys.object_token(info.key, info.etag)
+            if bucket.exists(keys.idempotency_key(token)):
+                continue
+        kind = str(manifest.get("kind") or "-")
+        at = info.last_modified.isoformat().replace("+00:00", "Z") if info.last_modified else "-"
+        rows.append({"job_id": name if keys.is_job_id(name) else None, "state": WAITING, "kind": kind,
+                     "attempt": 0, "updated_at": at, "source": info.key})
+    return rows
+
+
+def cmd_ls(args) -> int:
+    bucket = bucket_of(args)
+    since = codec.now() - args.since if args.since else None
+    ids = list_job_ids(bucket)
+    rows: list[dict[str, Any]] = []
+    for job_id in ids:
+        if since is not None and keys.job_time(job_id) < since:
+            continue
+        try:
+            view = read_view(bucket, job_id)
+        except CorruptObject as exc:  # one bad object must not hide every other job
+            rows.append({"job_id": job_id, "state": "corrupt", "kind": "-", "attempt": 0, "updated_at": "-",
+                         "source": "-", "error": str(exc)})
+            continue
+        if view.state is None:
+            continue
+        rows.append({"job_id": job_id, "state": view.state.value, "kind": _kind(bucket, view),
+                     "attempt": view.attempt, "updated_at": view.latest.at, "source": _source(view)})
+    if args.state in (None, WAITING):
+        rows += [r for r in _waiting(bucket, set(ids))
+                 if since is None or r["updated_at"] == "-" or codec.parse_iso(r["updated_at"]) >= since]
+    rows = [r for r in rows if (args.state is None or r["state"] == args.state)
+            and (args.kind is None or r["kind"] == args.kind)]
+    rows.sort(key=lambda r: keys.job_time(r["job_id"]) if r["job_id"] else codec.parse_iso(r["updated_at"]))
+    if args.limit is not None:
+        rows = rows[-args.limit:] if args.limit > 0 else []
+    if args.json:
+        print(json.dumps(rows, sort_keys=True))
+        return 0
+    for r in rows:
+        extra = f"  {r['error']}" if r.get("error") else ""
+        print(f"{r['job_id'] or '(not yet named)':<26}  {r['state']:<10} {r['kind']:<12} attempt {r['attempt']}  "
+              f"{r['updated_at']}  {r['source']}{extra}", flush=True)
+    return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--limit must be 1 or more, got {n}")
+    return n
+
+
+def register(add) -> None:
+    p = add("ls", cmd_ls, "list jobs, oldest first: kind, state, attempt, where each came from (and the waiting)")
+    p.add_argument("--state", choices=[s.value for s in JobState] + [WAITING])
+    p.add_argument("--kind", help="only jobs of this kind (transcribe, fleet, train_window)")
+    p.add_argument("--limit", type=_positive, default=None, metavar="N", help="only the newest N")
+    p.add_argument("--since", type=age, default=None, metavar="AGE", help="only jobs submitted within AGE: 2h, 7d")
+    p.add_argument("--json", action="store_true", help="one JSON array, for scripts")
