@@ -3,16 +3,15 @@ media gets into one (a bucket key is what a transcription's manifest names)."""
 
 from __future__ import annotations
 
-import hashlib
 import mimetypes
 import posixpath
-import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from bucketrun.events import keys
+from bucketrun.events.digest import sha256_file
 from bucketrun.events.errors import InvalidKey
 from bucketrun.events.storage import Bucket
 
@@ -31,14 +30,6 @@ def cmd_init(args) -> int:
     return 0
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def put_file(bucket: Bucket, path: Path, key: str | None = None, addressed: bool = False) -> tuple[str, int, str]:
     """Upload a local file (streamed, with a bar past BAR_FROM); returns (key, bytes, sha256). `addressed`: the
     default key carries the content's digest, so two files of one name never replace each other."""
@@ -46,7 +37,7 @@ def put_file(bucket: Bucket, path: Path, key: str | None = None, addressed: bool
         size = path.stat().st_size
         if not path.is_file():
             raise CliError(f"bucketrun: {path} is not a file")
-        digest = sha256_of(path)
+        digest = sha256_file(path)
     except OSError as exc:
         raise CliError(f"bucketrun: cannot read {path}: {exc.strerror}") from exc
     key = key or MEDIA + (f"{digest[:12]}-" if addressed else "") + path.name
@@ -69,14 +60,26 @@ def put_file(bucket: Bucket, path: Path, key: str | None = None, addressed: bool
 
 
 def cmd_put(args) -> int:
-    key, size, digest = put_file(bucket_of(args), Path(args.file), args.key)
-    print(f"{key}  {size} B  sha256 {digest}")
+    """A file to KEY (default media/<name>), or a folder's files under PREFIX/ (default <folder name>/)."""
+    bucket, src = bucket_of(args), Path(args.file)
+    if not src.is_dir():
+        key, size, digest = put_file(bucket, src, args.key)
+        print(f"{key}  {size} B  sha256 {digest}")
+        return 0
+    prefix = (args.key or src.resolve().name).rstrip("/") + "/"
+    files = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise CliError(f"bucketrun: {src} holds no files")
+    for path in files:
+        key, size, digest = put_file(bucket, path, prefix + path.relative_to(src).as_posix())
+        print(f"{key}  {size} B  sha256 {digest}")
     return 0
 
 
 def register(add) -> None:
     add("init", cmd_init, "create a folder bucket (or check that an s3:// bucket is reachable)")
-    p = add("put", cmd_put, "upload a file to the bucket (default key: media/<name>); prints its sha256")
-    p.add_argument("file", help="a local file, such as the media a transcription names by its key")
-    p.add_argument("key", nargs="?", default=None, help="the bucket key (default media/<file name>; "
-                                                        "one ending in / takes the file name)")
+    p = add("put", cmd_put, "upload a file (or a folder's files) to the bucket; prints each key and sha256")
+    p.add_argument("file", help="a local file, such as the media a transcription names by its key, or a folder")
+    p.add_argument("key", nargs="?", default=None, help="the bucket key (default media/<file name>; one ending in "
+                                                        "/ takes the file name); for a folder, the key prefix "
+                                                        "(default <folder name>/)")

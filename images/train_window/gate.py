@@ -19,7 +19,6 @@ from bucketrun.events.storage import Bucket
 
 from .supervise import PIDFILE, read_step
 
-CHUNK = 1 << 20
 
 
 def required_files(ck: Checkpoint, step: int) -> list[str]:
@@ -43,14 +42,6 @@ def gate(run_dir: Path, ck: Checkpoint, target_step: int) -> dict[str, Any]:
     elif step != target_step:
         problems.insert(0, f"{ck.progress_file} reads step {step}, the target is {target_step}")
     return {"passed": not problems, "step": step, "required": files, "problems": problems}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def selected(run_dir: Path, mirror: Mirror) -> list[str]:

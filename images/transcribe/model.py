@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bucketrun.events.digest import sha256_file  # noqa: F401 - the media hash, as callers know it
 from bucketrun.events.failures import FailureClass, JobFailure
 
 log = logging.getLogger("bucketrun.worker")
@@ -39,12 +40,6 @@ def cache_dir() -> Path:
     return Path(base) / "bucketrun" / "models"
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _package_data(name: str) -> Path:
@@ -113,7 +108,7 @@ def _drop_legacy_copy() -> None:
 
 def cuda_available() -> bool:
     try:
-        import ctranslate2
+        import ctranslate2  # late: ctranslate2 (heavy) stays off the dispatch path
 
         return ctranslate2.get_cuda_device_count() > 0
     except Exception:  # noqa: BLE001 - any failure to probe CUDA means CPU
@@ -150,7 +145,7 @@ def load(choice: ModelChoice):
         if choice in _models:
             return _models[choice]
         try:
-            from faster_whisper import WhisperModel
+            from faster_whisper import WhisperModel  # late: faster-whisper (heavy) only when a model loads
         except ImportError as exc:
             raise JobFailure(FailureClass.MODEL_ERROR, "faster-whisper is not installed; install bucketrun[transcribe]",
                              where="model") from exc
@@ -181,7 +176,7 @@ _pipelines: dict[int, object] = {}
 
 def batched(whisper):
     """faster-whisper's BatchedInferencePipeline over a loaded model, made once per model."""
-    from faster_whisper import BatchedInferencePipeline
+    from faster_whisper import BatchedInferencePipeline  # late: faster-whisper (heavy) only when a model runs
 
     with _lock:
         if id(whisper) not in _pipelines:
