@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from bucketrun.events import codec
+from bucketrun.events.digest import sha256_file
 from bucketrun.events.errors import CorruptObject, NotFound
 from bucketrun.events.fleet.dataset import verify_dataset
 from bucketrun.events.lifecycle import JobState
 from bucketrun.events.status import job_status
 
-from .bucket import sha256_of
 from .common import CliError, bucket_of
 from .loadcheck import LoadError, load_check
 
@@ -76,7 +76,7 @@ def fetch(bucket, key: str, target: Path, sha256: str, size: int | None) -> None
             bucket.download(key, tmp)
         except NotFound:
             raise Mismatch(f"{key} is missing from the bucket") from None
-        got, digest = tmp.stat().st_size, sha256_of(tmp)
+        got, digest = tmp.stat().st_size, sha256_file(tmp)
         if digest != sha256 or (size is not None and got != size):
             raise Mismatch(f"{key} does not match its recorded sha256/bytes ({got} B, sha256 {digest[:16]}; "
                            f"recorded {size} B, {sha256[:16]}); not trusting it")
