@@ -59,11 +59,15 @@ class Fetch:
         return rec
 
     @property
+    def verified(self) -> int:
+        return sum(f["verified"] for f in self.files)
+
+    @property
     def errors(self) -> list[str]:
         return [f["error"] for f in self.files if f["error"]]
 
     def tally(self) -> str:
-        return f"verified {sum(f['verified'] for f in self.files)}/{len(self.files)}, errors {len(self.errors)}"
+        return f"verified {self.verified}/{len(self.files)}, errors {len(self.errors)}"
 
 
 def fetch(bucket, key: str, target: Path, sha256: str, size: int | None) -> None:
@@ -117,7 +121,7 @@ def cmd_get(args) -> int:
         raise CliError(f"bucketrun: cannot write into {out}: {exc.strerror or exc}") from exc
     if args.json:
         print(json.dumps({"job_id": args.job, "out": str(out), "files": got.files, **got.extra,
-                          "verified": sum(f["verified"] for f in got.files), "total": len(got.files),
+                          "verified": got.verified, "total": len(got.files),
                           "errors": got.errors}, sort_keys=True))
     else:
         print(f"{out}/: {got.tally()}")
