@@ -71,7 +71,7 @@ def seed_old_inbox(bucket, store, bucket_name: str, n: int) -> None:
     """`n` manifests dropped 30 days ago under unordered names, each with the objects its ended job left."""
     from bucketrun.events import codec, keys
     from bucketrun.events.lifecycle import JobState, Transition
-    from bucketrun.events.manifest import parse_manifest
+    from bucketrun.events.kinds.validate import parse_manifest
 
     then = codec.now() - timedelta(days=30)
     raw = codec.dumps(MANIFEST)

@@ -97,7 +97,7 @@ TRANSCRIPTS = {"srt": (_SRT, "application/x-subrip"), "vtt": (_VTT, "text/vtt"),
 
 def manifest_body() -> dict[str, Any]:
     from bucketrun.events import codec
-    from bucketrun.events.manifest import parse_manifest
+    from bucketrun.events.kinds.validate import parse_manifest
 
     raw = codec.dumps({"kind": "transcribe", "source": {"key": "media/talk.ogg"},
                        "options": {"language": "en", "formats": list(TRANSCRIPTS)}})

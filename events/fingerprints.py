@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .manifest import Strict
+from .envelope import Strict
 
 SHA256_RE = r"^[0-9a-f]{64}$"
 COMMIT_RE = r"^[0-9a-f]{40}$"

@@ -1,6 +1,6 @@
-"""The manifest envelope every kind shares (`kind`, `request_id`, `resources`, `launch`, `notify`) and the
-checks that come before any kind sees the input: size, nesting, credentials. Each kind's own fields live in
-events/kinds/; `parse_manifest` joins the two into one typed `JobManifest`.
+"""A manifest as the bucket holds it: the checks that come before any kind sees the input (size, nesting,
+credentials), the typed `JobManifest` (the envelope of events/envelope.py plus a kind's body), and the rejection
+that names each bad field. events/kinds/validate.py joins the envelope and a kind's body (`parse_manifest`).
 
 Validation is strict (a JSON string is never a number, 1 is never true), and a rejection names each bad field
 without ever echoing the input's values.
@@ -11,17 +11,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ValidationError
 
 from . import codec
 from .codec import DecodeError
-
-MAX_MANIFEST_BYTES = 1 << 20
-MAX_DEPTH = 32  # no manifest field nests deeper; a deeper document is an attack or a bug
-MAX_FIELD_ERRORS = 20
-MAX_LOC_CHARS = 200
+from .envelope import (MAX_DEPTH, MAX_FIELD_ERRORS, MAX_LOC_CHARS, MAX_MANIFEST_BYTES, Envelope, LaunchOptions, Notify,
+                       Resources)
 
 # Field names that look like credentials; values are never echoed back.
 _SECRET_NAME = re.compile(
@@ -30,101 +26,6 @@ _SECRET_NAME = re.compile(
     re.IGNORECASE,
 )
 _SECRET_VALUE = re.compile(r"^(AKIA|ASIA)[0-9A-Z]{16}$|^rpa_[0-9A-Za-z]{20,}$|^-----BEGIN [A-Z ]*PRIVATE KEY")
-
-
-class Strict(BaseModel):
-    """Unknown fields are refused (a typo must not be silently ignored) and types are never coerced."""
-
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, strict=True)
-
-
-class Resources(Strict):
-    """Liveness, stall detection and retries: what every kind and every backend share."""
-
-    heartbeat_s: float = Field(10.0, ge=1, le=600, description="progress is rewritten at least this often")
-    stall_after_s: float = Field(120.0, ge=5, le=86400, description="silent this long = stalled")
-    max_attempts: int = Field(3, ge=1, le=10)
-
-    @model_validator(mode="after")
-    def _stall_after_heartbeat(self) -> "Resources":
-        if self.stall_after_s < 2 * self.heartbeat_s:
-            raise ValueError("stall_after_s must be at least twice heartbeat_s")
-        return self
-
-
-class RunpodPolicy(Strict):
-    """Runpod's own job policy, sent with /run; only the Runpod launcher reads it."""
-
-    execution_timeout_s: int = Field(3600, ge=10, le=7 * 86400, description="Runpod policy.executionTimeout")
-    ttl_s: int = Field(86400, ge=60, le=7 * 86400, description="Runpod policy.ttl")
-
-
-class AgentTarget(Strict):
-    """Which host agents may run the job (`bucketrun agent --labels ...`): any agent with one of the labels."""
-
-    labels: list[str] = Field(min_length=1, max_length=16)
-
-    _labels = field_validator("labels")(classmethod(lambda cls, v: check_labels(v)))
-
-
-def check_labels(labels: list[str]) -> list[str]:
-    """Host labels name keys (index/agents/<label>/), so they are short, lowercase and never repeat."""
-    from .keys import LABEL_RE
-
-    for label in labels:
-        if not LABEL_RE.match(label):
-            raise ValueError(f"label {label[:40]!r}: lowercase letters, digits, '_', '.', '-'")
-    if len(set(labels)) != len(labels):
-        raise ValueError("labels repeat")
-    return labels
-
-
-class LaunchOptions(Strict):
-    """Backend-specific settings, one section per launch backend; a backend ignores the others' sections."""
-
-    runpod: RunpodPolicy = Field(default_factory=RunpodPolicy)
-    agent: AgentTarget | None = None
-
-
-class Notify(Strict):
-    """Where to POST a signed notice on every terminal state (see events/webhook.py)."""
-
-    webhook: str = Field(min_length=8, max_length=2048, description="an http(s) URL")
-
-    @field_validator("webhook")
-    @classmethod
-    def _http_url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http(s) URL with a host")
-        if parts.username or parts.password:
-            raise ValueError("must not carry credentials; deliveries are signed with the deployment's secret")
-        return v
-
-
-class Envelope(Strict):
-    kind: str = Field(min_length=1, max_length=64)
-    request_id: str | None = Field(None, min_length=1, max_length=256)
-    resources: Resources = Field(default_factory=Resources)
-    launch: LaunchOptions = Field(default_factory=LaunchOptions)
-    notify: Notify | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _legacy_runpod_policy(cls, data: Any) -> Any:
-        """Manifests from before `launch` kept Runpod's policy in `resources`; move it where it belongs."""
-        if isinstance(data, dict) and isinstance(data.get("resources"), dict):
-            legacy = {k: data["resources"][k] for k in ("execution_timeout_s", "ttl_s") if k in data["resources"]}
-            if legacy and isinstance(data.get("launch", {}), dict):
-                launch = dict(data.get("launch") or {})
-                runpod = launch.get("runpod") if isinstance(launch.get("runpod"), dict) else {}
-                launch["runpod"] = {**legacy, **runpod}
-                resources = {k: v for k, v in data["resources"].items() if k not in legacy}
-                data = {**data, "resources": resources, "launch": launch}
-        return data
-
-
-ENVELOPE_FIELDS = frozenset(Envelope.model_fields)
 
 
 @dataclass(frozen=True)
@@ -238,52 +139,3 @@ def decode_manifest(raw: bytes) -> dict[str, Any]:
             [{"loc": loc, "msg": "looks like a secret; remove it"} for loc in secrets[:MAX_FIELD_ERRORS]],
         )
     return obj
-
-
-def parse_manifest(raw: bytes) -> JobManifest:
-    """Bytes to a typed manifest, or ManifestRejected naming every bad field; never echoes input values."""
-    return validate_manifest(decode_manifest(raw))
-
-
-def validate_manifest(obj: dict[str, Any], _expanded_from: str | None = None) -> JobManifest:
-    """The typed manifest. A kind may hand a manifest to another kind (`KindSpec.expand`: a transcribe manifest
-    with many sources becomes a fleet's); the result is the other kind's manifest, validated as that kind."""
-    from .kinds import get_kind, kind_names
-
-    kind = obj.get("kind")
-    spec = get_kind(kind) if isinstance(kind, str) else None
-    if spec is None:
-        what = "missing 'kind'" if kind is None else "unknown kind"
-        raise ManifestRejected(what, [{"loc": "kind", "msg": f"must be one of: {', '.join(kind_names())}"}])
-    head = {k: v for k, v in obj.items() if k in ENVELOPE_FIELDS}
-    if isinstance(head.get("resources", {}), dict):
-        head["resources"] = {**spec.default_resources, **head.get("resources", {})}
-    rest = {k: v for k, v in obj.items() if k not in ENVELOPE_FIELDS}
-    errors: list[dict[str, Any]] = []
-    envelope = body = None
-    try:
-        envelope = Envelope.model_validate(head)
-    except ValidationError as exc:
-        errors += field_errors(exc)
-    try:
-        body = spec.body.model_validate(rest)
-    except ValidationError as exc:
-        errors += field_errors(exc)
-    if errors or envelope is None or body is None:
-        errors = errors[:MAX_FIELD_ERRORS]
-        raise ManifestRejected(f"invalid {spec.name} manifest: {summarize(errors)}", errors)
-    expanded = spec.expand(body, obj) if spec.expand is not None and _expanded_from is None else None
-    if expanded is not None:
-        try:
-            return validate_manifest(expanded, _expanded_from=spec.name)
-        except ManifestRejected as exc:  # the checks above should have caught it; say which form failed
-            raise ManifestRejected(f"{spec.name} manifest as a {expanded.get('kind')}: {exc.message}",
-                                   exc.fields) from exc
-    return JobManifest(envelope, body)
-
-
-def load_job_manifest(bucket, job_id: str) -> JobManifest:
-    """The job's validated manifest as written at intake (jobs/<id>/manifest.json)."""
-    from . import keys
-
-    return validate_manifest(codec.loads(bucket.get(keys.manifest_key(job_id)).data))

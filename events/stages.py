@@ -9,8 +9,9 @@ from typing import Any
 from . import codec, keys
 from .conditional import create_once
 from .kinds.train_window import next_stage
+from .kinds.validate import load_job_manifest, parse_manifest
 from .lifecycle import JobState, read_view
-from .manifest import JobManifest, load_job_manifest, parse_manifest
+from .manifest import JobManifest
 from .storage import Bucket
 
 

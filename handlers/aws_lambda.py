@@ -12,6 +12,8 @@ import os
 import threading
 from typing import Any
 
+import boto3
+
 from bucketrun.events import webhook
 from bucketrun.events.errors import ConfigError
 from bucketrun.events.lifecycle import default_writer
@@ -48,7 +50,6 @@ def secret_from_env(name: str, arn_var: str, parameter_var: str) -> str | None:
     named in `parameter_var`; the value is never logged."""
     if os.environ.get(name):
         return os.environ[name]
-    import boto3
 
     _quiet.reading.on = True
     try:

@@ -8,8 +8,8 @@ from typing import Any
 
 from bucketrun.events import codec, keys
 from bucketrun.events.errors import PreconditionFailed
+from bucketrun.events.kinds.validate import parse_manifest
 from bucketrun.events.lifecycle import read_view
-from bucketrun.events.manifest import parse_manifest
 from bucketrun.events.status import job_status
 from bucketrun.events.storage import Bucket
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from bucketrun.events import stages
 from bucketrun.events.errors import IllegalTransition, NotFound, UnknownJob
+from bucketrun.events.kinds.validate import load_job_manifest
 from bucketrun.events.lifecycle import JobState, Transition, append_transition, read_view, require_view
-from bucketrun.events.manifest import load_job_manifest
 from bucketrun.events.status import waiting_in_inbox
 from bucketrun.events.storage import Bucket
 
 from .launch import backend_id_of, cancel_backend
-from .launchers.base import Launcher, Routes
+from .launchers.base import Launcher
+from .launchers.routes import Routes
 from .notify import arm as arm_notice
 
 

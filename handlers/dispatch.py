@@ -7,11 +7,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from bucketrun.events import keys
-from bucketrun.events.errors import BucketrunError
+from bucketrun.events.errors import BucketrunError, IllegalTransition, UnknownJob
+from bucketrun.events.lifecycle import JobState, read_view
 from bucketrun.events.storage import Bucket
 
+from .control import cancel
 from .intake import IntakeOutcome, intake
-from .launchers.base import Launcher, Routes
+from .launch import backend_id_of, cancel_backend
+from .launchers.base import Launcher
+from .launchers.routes import Routes
 from .records import ObjectRecord, parse_records
 
 log = logging.getLogger("bucketrun.dispatch")
@@ -68,12 +72,6 @@ def dispatch(event: dict[str, Any], ctx: DispatchContext) -> list[IntakeOutcome]
 def _cancel(ctx: DispatchContext, key: str, job_id: str) -> IntakeOutcome:
     """A cancel request object: idempotent, so a redelivery or an already-ended job is not an error.
     A job the command line already cancelled still gets its backend job cancelled here."""
-    from bucketrun.events.errors import IllegalTransition, UnknownJob
-    from bucketrun.events.lifecycle import JobState, read_view
-
-    from .control import cancel
-    from .launch import backend_id_of, cancel_backend
-
     try:
         t = cancel(ctx.bucket, job_id, ctx.writer, ctx.launchers, reason=f"cancel requested by {key}")
         return IntakeOutcome(key, job_id, t.state.value)

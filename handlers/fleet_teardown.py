@@ -12,12 +12,14 @@ from typing import Any
 
 from bucketrun.events import codec, keys
 from bucketrun.events.errors import BucketrunError, NotFound
+from bucketrun.events.fleet.instances import fleet_cost, read_instances
+from bucketrun.events.kinds.validate import load_job_manifest
 from bucketrun.events.lifecycle import JobState, read_view
-from bucketrun.events.manifest import load_job_manifest
 from bucketrun.events.storage import Bucket
 
-from .launchers.base import Launcher, Routes, as_routes
-from .launchers.fleet import FleetLauncher, _safe, read_instances
+from .launchers.base import Launcher
+from .launchers.fleet import FleetLauncher, terminate
+from .launchers.routes import Routes, as_routes
 
 log = logging.getLogger("bucketrun.fleet")
 
@@ -35,36 +37,6 @@ def decide(state: JobState | None, instances: list[dict[str, Any]], heartbeat_ag
         if up_s > stall_s and silent > stall_s:
             out.append((inst, f"worker {inst['worker']} silent for {silent:.0f} s (stall limit {stall_s:.0f} s)"))
     return out
-
-
-def terminate(bucket: Bucket, job_id: str, inst: dict[str, Any], backend, reason: str) -> dict[str, Any]:
-    try:
-        backend.terminate(inst["instance_id"])
-    except BucketrunError as exc:
-        log.error("fleet %s: terminating %s failed (the next sweep tries again): %s", job_id, inst["instance_id"], exc)
-        return inst
-    ended = codec.now()
-    hours = max(0.0, (ended - codec.parse_iso(inst["started_at"])).total_seconds() / 3600)
-    price = inst.get("price_per_hour")
-    body = {**inst, "terminated_at": codec.iso(ended), "reason": reason, "hours": round(hours, 4),
-            "cost_usd": round(price * hours, 4) if price is not None else None}
-    bucket.put(keys.fleet_instance_key(job_id, _safe(inst["instance_id"])), codec.dumps(body), "application/json")
-    log.info("fleet %s: stopped %s (%s)", job_id, inst["instance_id"], reason)
-    return body
-
-
-def fleet_cost(instances: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
-    """$/h of each instance and the total so far (running ones counted up to now)."""
-    rows, total = [], 0.0
-    for inst in instances:
-        end = codec.parse_iso(inst["terminated_at"]) if inst.get("terminated_at") else now
-        hours = max(0.0, (end - codec.parse_iso(inst["started_at"])).total_seconds() / 3600)
-        cost = (inst.get("price_per_hour") or 0.0) * hours
-        total += cost
-        rows.append({"instance_id": inst["instance_id"], "worker": inst["worker"], "provider": inst["provider"],
-                     "price_per_hour": inst.get("price_per_hour"), "hours": round(hours, 4),
-                     "cost_usd": round(cost, 4), "running": not inst.get("terminated_at")})
-    return {"instances": rows, "total_usd": round(total, 4), "at": codec.iso(now)}
 
 
 def heartbeat_ages(bucket: Bucket, job_id: str, now: datetime) -> dict[str, float]:

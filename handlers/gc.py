@@ -17,9 +17,9 @@ from datetime import datetime
 from enum import Enum
 
 from bucketrun.events import codec, keys
+from bucketrun.events.envelope import MAX_MANIFEST_BYTES
 from bucketrun.events.errors import CorruptObject, NotFound
 from bucketrun.events.lifecycle import JobState, Transition
-from bucketrun.events.manifest import MAX_MANIFEST_BYTES
 from bucketrun.events.storage import Bucket, ObjectInfo
 
 from .intake import decide_intake

@@ -14,8 +14,10 @@ from bucketrun.events.errors import BucketrunError, NotFound
 from bucketrun.events.lifecycle import read_view
 from bucketrun.events.storage import Bucket
 
-from .launchers.base import Launcher, Routes, as_routes
+from .launchers.base import Launcher
+from .launchers.fleet import FleetLauncher
 from .launchers.fleet_base import EFFECTS
+from .launchers.routes import Routes, as_routes
 
 log = logging.getLogger("bucketrun.sweep")
 
@@ -71,7 +73,6 @@ def _one(bucket: Bucket, key: str, launchers: Routes | Launcher) -> dict[str, An
     inst, action = request["instance"], request.get("action", "terminate")
     record_key = keys.host_teardown_record_key(job_id)
     record = {**request, "action": action, "why": why, "at": codec.iso(codec.now())}
-    from .launchers.fleet import FleetLauncher
 
     fleet = as_routes(launchers).for_kind("fleet")
     if verdict in ("go", "ask") and not isinstance(fleet, FleetLauncher):

@@ -13,14 +13,17 @@ from typing import Any
 
 from bucketrun.events import codec, keys, stages
 from bucketrun.events.conditional import create_json, create_once, replace_json
+from bucketrun.events.envelope import MAX_MANIFEST_BYTES
 from bucketrun.events.errors import IllegalTransition, NotFound, StorageError
 from bucketrun.events.failures import FailureClass, error_detail
+from bucketrun.events.kinds.validate import parse_manifest
 from bucketrun.events.lifecycle import JobState, JobView, append_transition, read_view
-from bucketrun.events.manifest import MAX_MANIFEST_BYTES, JobManifest, ManifestRejected, parse_manifest
+from bucketrun.events.manifest import JobManifest, ManifestRejected
 from bucketrun.events.storage import Bucket
 
 from .launch import launch_attempt
-from .launchers.base import Launcher, Routes
+from .launchers.base import Launcher
+from .launchers.routes import Routes
 from .notify import arm as arm_notice
 
 log = logging.getLogger("bucketrun.intake")

@@ -8,12 +8,14 @@ from bucketrun.events import codec, keys
 from bucketrun.events.conditional import create_json
 from bucketrun.events.errors import BucketrunError, IllegalTransition
 from bucketrun.events.failures import error_detail
+from bucketrun.events.kinds.validate import load_job_manifest
 from bucketrun.events.lifecycle import JobState, JobView, append_transition, read_view
-from bucketrun.events.manifest import JobManifest, load_job_manifest
+from bucketrun.events.manifest import JobManifest
 from bucketrun.events.retry import record_failure
 from bucketrun.events.storage import Bucket
 
-from .launchers.base import Launcher, LaunchError, Routes, as_routes
+from .launchers.base import Launcher, LaunchError
+from .launchers.routes import Routes, as_routes
 
 log = logging.getLogger("bucketrun.launch")
 

@@ -22,8 +22,9 @@ from bucketrun.events import codec, keys, webhook
 from bucketrun.events.backoff import WEBHOOK, parse_retry_after
 from bucketrun.events.conditional import create_json, create_once, replace_json
 from bucketrun.events.errors import NotFound
+from bucketrun.events.kinds.validate import load_job_manifest
 from bucketrun.events.lifecycle import JobView, read_view
-from bucketrun.events.manifest import JobManifest, load_job_manifest
+from bucketrun.events.manifest import JobManifest
 from bucketrun.events.status import job_status
 from bucketrun.events.storage import Bucket
 

@@ -10,17 +10,22 @@ from enum import Enum
 from typing import Any
 
 from bucketrun.events import codec, keys, stages
+from bucketrun.events.envelope import Resources
 from bucketrun.events.errors import BucketrunError, IllegalTransition, NotFound, StaleAttempt
 from bucketrun.events.failures import FailureClass, error_detail
+from bucketrun.events.kinds.validate import load_job_manifest
 from bucketrun.events.lifecycle import JobState, JobView, append_transition, live_jobs, read_view, unmark_live
-from bucketrun.events.manifest import ManifestRejected, Resources, load_job_manifest
+from bucketrun.events.manifest import ManifestRejected
 from bucketrun.events.progress import read_progress
 from bucketrun.events.retry import record_failure
 from bucketrun.events.storage import Bucket, ObjectInfo
 
+from .fleet_teardown import sweep_fleets
+from .host_teardown import sweep_hosts
 from .intake import advance, intake
 from .launch import backend_id_of
-from .launchers.base import BackendStatus, Launcher, Routes, as_routes
+from .launchers.base import BackendStatus, Launcher
+from .launchers.routes import Routes, as_routes
 from .notify import Notifier, notify_job
 from .notify import arm as arm_notice
 
@@ -180,10 +185,8 @@ def sweep(bucket: Bucket, launchers: Routes | Launcher, writer: str, now: dateti
             outcome = {"job_id": job_id, "error": str(exc)}
         if outcome:
             outcomes.append(outcome)
-    from .fleet_teardown import sweep_fleets
 
     outcomes += sweep_fleets(bucket, launchers)
-    from .host_teardown import sweep_hosts
 
     outcomes += sweep_hosts(bucket, launchers)
     for job_id in stages.watched(bucket):  # a next stage its agent did not live to drop

@@ -8,8 +8,12 @@ import time
 from typing import Any
 
 from bucketrun.events import codec, keys
+from bucketrun.events.fleet.dataset import verify_dataset
 from bucketrun.events.lifecycle import read_view
 from bucketrun.events.storage import open_bucket
+from bucketrun.handlers.client import submit
+from bucketrun.handlers.intake import intake
+from bucketrun.handlers.launchers.base import BackendStatus
 
 
 class ManualLauncher:
@@ -21,8 +25,6 @@ class ManualLauncher:
         return f"manual-{job_id}-{attempt}"
 
     def status(self, backend_id: str):
-        from bucketrun.handlers.launchers.base import BackendStatus
-
         return BackendStatus.IN_PROGRESS
 
     def cancel(self, backend_id: str) -> None:
@@ -31,9 +33,6 @@ class ManualLauncher:
 
 def start_job(bucket_url: str, manifest: dict[str, Any]) -> str:
     """Submit and take the job through intake to `launched`, as the dispatcher would; returns the job id."""
-    from bucketrun.handlers.client import submit
-    from bucketrun.handlers.intake import intake
-
     bucket = open_bucket(bucket_url)
     job_id, _ = submit(bucket, codec.dumps(manifest))
     out = intake(bucket, keys.inbox_key(f"{job_id}.json"), ManualLauncher(), "harness")
@@ -67,6 +66,4 @@ def wait_finished(bucket_url: str, job_id: str, timeout_s: float = 600.0, poll_s
 
 
 def verify(bucket_url: str, dataset: dict[str, Any]) -> dict[str, Any]:
-    from bucketrun.events.fleet.dataset import verify_dataset
-
     return verify_dataset(open_bucket(bucket_url), dataset)

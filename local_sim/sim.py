@@ -16,11 +16,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
+import watchfiles
+
 from bucketrun.events import codec, keys
+from bucketrun.events.lifecycle import default_writer, live_jobs
 from bucketrun.events.storage import Bucket, ObjectInfo
 from bucketrun.events.storage.local import LocalBucket
 from bucketrun.handlers.dispatch import DispatchContext, dispatch
 from bucketrun.handlers.launchers import Launcher, Routes
+from bucketrun.handlers.launchers.agent import AgentLauncher
+from bucketrun.handlers.launchers.fleet import FleetLauncher
+from bucketrun.handlers.launchers.fleet_local import LocalFleetBackend
+from bucketrun.handlers.sweep import sweep
 
 log = logging.getLogger("bucketrun.sim")
 
@@ -62,17 +69,10 @@ class Simulation:
                  sweep_s: float | None = 5.0, poll_max_s: float = 10.0, sweep_max_s: float = 30.0):
         """`poll_s`/`sweep_s`: the interval while manifests arrive / jobs are live; `*_max_s`: the most either
         backs off to while idle (equal to the base: no backoff)."""
-        from bucketrun.events.lifecycle import default_writer
-
         self.bucket = bucket
         self._fleets = None
         if not isinstance(launcher, Routes):  # one process launcher for every kind; fleets get local processes
-            from bucketrun.handlers.launchers.fleet import FleetLauncher
-            from bucketrun.handlers.launchers.fleet_local import LocalFleetBackend
-
             self._fleets = FleetLauncher({"local": LocalFleetBackend()})
-            from bucketrun.handlers.launchers.agent import AgentLauncher
-
             launcher = Routes(default=launcher, by_kind={"fleet": self._fleets, "train_window": AgentLauncher()})
         self.ctx = DispatchContext(bucket, launcher, writer or default_writer("sim"))
         self.poll_pacing = Pacing(poll_s, poll_max_s)
@@ -127,9 +127,6 @@ class Simulation:
         """One sweep pass, if there is anything to sweep; True if jobs are live, so the pacing knows whether to
         back off. Idle, the probe costs five listings (live jobs, owed notices and next stages, fleets and hosts to
         tear down)."""
-        from bucketrun.events.lifecycle import live_jobs
-        from bucketrun.handlers.sweep import sweep
-
         live = bool(live_jobs(self.bucket))
         if live or any(next(iter(self.bucket.list(prefix)), None) is not None
                        for prefix in (keys.NOTIFY_WATCH, keys.THEN_WATCH, keys.FLEET_INDEX, keys.TEARDOWN)):
@@ -174,8 +171,6 @@ class Simulation:
     def _watch(self, bucket: LocalBucket) -> None:
         """Reconcile once the watcher is live (its first timeout), so nothing dropped meanwhile is missed,
         then again every `reconcile_s` as a safety net for events the OS dropped."""
-        import watchfiles
-
         inbox = bucket.root / keys.INBOX.rstrip("/")
         inbox.mkdir(parents=True, exist_ok=True)
         last_reconcile = None

@@ -17,8 +17,9 @@ from bucketrun.events import codec, keys
 from bucketrun.events.conditional import create_json
 from bucketrun.events.errors import PreconditionFailed
 from bucketrun.events.failures import FailureClass, JobFailure
+from bucketrun.events.kinds.validate import parse_manifest
 from bucketrun.events.lifecycle import JobState, append_transition, list_job_ids, read_view
-from bucketrun.events.manifest import ManifestRejected, parse_manifest
+from bucketrun.events.manifest import ManifestRejected
 from bucketrun.events.storage import Bucket, open_bucket
 from bucketrun.handlers import client
 from bucketrun.handlers.dispatch import DispatchContext, dispatch

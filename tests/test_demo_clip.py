@@ -16,8 +16,8 @@ import time
 import pytest
 
 from bucketrun.events import codec, keys
+from bucketrun.events.kinds.validate import parse_manifest
 from bucketrun.events.lifecycle import JobState, append_transition, read_view
-from bucketrun.events.manifest import parse_manifest
 from bucketrun.events.storage import open_bucket
 from bucketrun.images.runtime import heartbeat
 from bucketrun.images.runtime.attempt import run_attempt

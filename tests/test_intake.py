@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from bucketrun.events import codec, keys
+from bucketrun.events.envelope import MAX_MANIFEST_BYTES
 from bucketrun.events.errors import CorruptObject
 from bucketrun.events.lifecycle import JobState, list_job_ids, read_view
-from bucketrun.events.manifest import MAX_MANIFEST_BYTES
 from bucketrun.events.storage import open_bucket
 from bucketrun.handlers.dispatch import DispatchContext, dispatch
 from bucketrun.local_sim.sim import s3_record

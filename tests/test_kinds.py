@@ -10,11 +10,13 @@ import pytest
 from pydantic import Field
 
 from bucketrun.events import codec, keys
+from bucketrun.events.envelope import Strict
 from bucketrun.events.failures import FailureClass
 from bucketrun.events.kinds import KindSpec, get_kind, kind_names, register
 from bucketrun.events.kinds.transcribe import TranscribeBody
+from bucketrun.events.kinds.validate import parse_manifest
 from bucketrun.events.lifecycle import JobState, read_view
-from bucketrun.events.manifest import ManifestRejected, Strict, parse_manifest
+from bucketrun.events.manifest import ManifestRejected
 from bucketrun.handlers import client
 from bucketrun.handlers.dispatch import DispatchContext, dispatch
 from bucketrun.handlers.launchers import LaunchError, Routes, endpoint_env, routes_from_env

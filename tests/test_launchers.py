@@ -12,8 +12,8 @@ import urllib.request
 import pytest
 
 from bucketrun.events import codec, keys
+from bucketrun.events.kinds.validate import parse_manifest
 from bucketrun.events.lifecycle import JobState, append_transition, read_view
-from bucketrun.events.manifest import parse_manifest
 from bucketrun.events.storage import open_bucket
 from bucketrun.handlers.launch import launch_attempt
 from bucketrun.handlers.launchers import BackendStatus, Launcher

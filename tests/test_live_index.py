@@ -8,8 +8,8 @@ from datetime import timedelta
 
 from bucketrun.events import codec, keys
 from bucketrun.events.conditional import create_json
+from bucketrun.events.kinds.validate import parse_manifest
 from bucketrun.events.lifecycle import JobState, Transition, append_transition, live_jobs, mark_live, read_view
-from bucketrun.events.manifest import parse_manifest
 from bucketrun.handlers.sweep import INTAKE_GRACE_S, sweep
 
 S = JobState

@@ -11,8 +11,8 @@ from datetime import timedelta
 import pytest
 
 from bucketrun.events import codec, keys, webhook
+from bucketrun.events.kinds.validate import parse_manifest
 from bucketrun.events.lifecycle import JobState, append_transition, read_view
-from bucketrun.events.manifest import parse_manifest
 from bucketrun.handlers.control import retry
 from bucketrun.handlers.dispatch import DispatchContext, dispatch
 from bucketrun.handlers.notify import MAX_DELIVERIES, Notifier

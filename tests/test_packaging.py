@@ -129,3 +129,128 @@ def test_the_readmes_set_up_installs_what_every_kind_runs_on():
                         "fleet": {"aioboto3", "pyarrow", "jiwer"}, "train_window": {"psutil", "huggingface_hub"}}.items():
         assert needs <= got, f"{kind} needs {sorted(needs - got)}, which `./dev.sh demo` does not install"
     assert f"`bucketrun[{demo[1]}]`" in (ROOT / "README.md").read_text()
+
+
+LAYERS = ("events", "handlers", "images", "local_sim")
+
+
+def _module_name(path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(["bucketrun", *parts])
+
+
+def _import_graph():
+    """Every bucketrun module under the four layers, the bucketrun modules each imports (at module level or inside a
+    function alike), and each function-local import as (module, line, source, whether a comment says why)."""
+    import ast
+    import io
+    import tokenize
+
+    sources = {_module_name(p): p for layer in LAYERS for p in (ROOT / layer).rglob("*.py")}
+    graph: dict[str, set[str]] = {name: set() for name in sources}
+    local: list[tuple[str, int, str, bool]] = []
+
+    def resolve(name: str) -> str | None:  # the module itself, else the package a name is taken from
+        while name and name not in sources:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    for module, path in sources.items():
+        text = path.read_text()
+        lines = text.splitlines()
+        commented = {tok.start[0] for tok in tokenize.generate_tokens(io.StringIO(text).readline)
+                     if tok.type == tokenize.COMMENT}
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        tree = ast.parse(text, str(path))
+
+        def visit(node, in_function: bool) -> None:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, (ast.Import, ast.ImportFrom)):
+                    if in_function:
+                        said = bool({child.lineno, child.lineno - 1} & commented)  # on its line, or the one above
+                        local.append((module, child.lineno, lines[child.lineno - 1].strip(), said))
+                    if isinstance(child, ast.Import):
+                        targets = [alias.name for alias in child.names]
+                    else:
+                        base = child.module or ""
+                        if child.level:
+                            anchor = package.split(".")
+                            anchor = anchor[:len(anchor) - (child.level - 1)]
+                            base = ".".join(anchor + ([base] if base else []))
+                        targets = [f"{base}.{alias.name}" for alias in child.names]
+                    for target in targets:
+                        if target.startswith("bucketrun.") and (found := resolve(target)) and found != module:
+                            graph[module].add(found)
+                visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+        visit(tree, False)
+    return graph, local
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle path (first module repeated at the end) for each strongly connected group of modules."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[set[str]] = []
+
+    def connect(node: str) -> None:  # Tarjan; the graph is a few hundred modules, recursion is fine
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                connect(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = set()
+            while True:
+                member = stack.pop()
+                group.add(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(group)
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+
+    cycles = []
+    for group in groups:  # a shortest way back to the group's first module, by breadth-first search inside it
+        start = min(group)
+        came_from: dict[str, str] = {}
+        frontier = [start]
+        while frontier and start not in came_from:
+            ahead = []
+            for node in frontier:
+                for nxt in sorted(graph[node] & group):
+                    if nxt not in came_from:
+                        came_from[nxt] = node
+                        ahead.append(nxt)
+            frontier = ahead
+        path = [start]
+        while (path[-1] != start or len(path) == 1):
+            path.append(came_from[path[-1]])
+        cycles.append(path[::-1])
+    return cycles
+
+
+def test_no_module_import_cycle_even_through_function_local_imports():
+    """The layers import downwards and no two modules import each other, not even behind a function-local import
+    (those once hid four cycles: manifest <-> kinds, the fleet kind <-> the transcribe kind, fleet_teardown <->
+    launchers.fleet, launchers.agent <-> launchers.base)."""
+    graph, _ = _import_graph()
+    assert "bucketrun.events.kinds.fleet" in graph and graph["bucketrun.handlers.dispatch"]
+    assert [" -> ".join(cycle) for cycle in _cycles(graph)] == []
+
+
+def test_function_local_imports_say_why_they_are_late():
+    """A function-local import is only there to keep a heavy dependency off the dispatch path, and says so."""
+    _, local = _import_graph()
+    assert local, "no function-local import found: the walk is broken"
+    silent = [f"{module}:{line}: {text}" for module, line, text, said in local if not said]
+    assert silent == []

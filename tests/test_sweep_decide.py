@@ -10,8 +10,10 @@ from datetime import timedelta
 import pytest
 
 from bucketrun.events import codec, keys
+from bucketrun.events.envelope import Resources
+from bucketrun.events.kinds.validate import parse_manifest
 from bucketrun.events.lifecycle import JobState, JobView, Transition, append_transition, read_view
-from bucketrun.events.manifest import ManifestRejected, Resources, parse_manifest
+from bucketrun.events.manifest import ManifestRejected
 from bucketrun.events.storage import open_bucket
 from bucketrun.handlers.launchers.base import BackendStatus
 from bucketrun.handlers.sweep import Step, decide, last_sign_of_life, sweep, sweep_job

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import io
 import itertools
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -210,7 +211,7 @@ class PartCheck:
 def read_part(entry: dict[str, Any], data: bytes | None) -> PartCheck:
     """Check a part's bytes against its entry, decode its row columns and check them (CPU: run it in a thread
     from async code). `data` None: the object is missing."""
-    import pyarrow as pa
+    import pyarrow as pa  # late: pyarrow (heavy, the fleet extra) stays off the dispatch path and the CLI
     import pyarrow.parquet as pq
 
     key = entry.get("key")
@@ -251,8 +252,6 @@ class DatasetCheck:
     part or dead letter, nothing outside the plan, the row total. `finish` returns the totals or raises."""
 
     def __init__(self, dataset: dict[str, Any]):
-        from array import array
-
         self.dataset = dataset
         self.total = int(dataset["items_total"])
         self.shards = dataset["shards"]
@@ -273,8 +272,6 @@ class DatasetCheck:
             self.more += 1
 
     def add(self, n: int, part: PartCheck) -> None:
-        from array import array
-
         entry = self.shards[n]
         key = entry.get("key")
         self.parts += 1

@@ -75,7 +75,7 @@ def items_from_jsonl(data: bytes, key: str) -> list[str]:
 
 
 def items_from_parquet(data: bytes, key: str) -> list[str]:
-    import pyarrow as pa
+    import pyarrow as pa  # late: pyarrow (heavy, the fleet extra) stays off the dispatch path (intake plans)
     import pyarrow.parquet as pq
 
     try:

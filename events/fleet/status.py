@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import codec, keys
 from ..errors import NotFound
+from ..kinds.validate import load_job_manifest
 from ..lifecycle import read_view
 
 
@@ -54,8 +55,6 @@ def _get(bucket, key: str) -> dict[str, Any] | None:
 
 
 def fleet_status(bucket, job_id: str, now: datetime | None = None) -> dict[str, Any]:
-    from ..manifest import load_job_manifest
-
     now = now or codec.now()
     body = load_job_manifest(bucket, job_id).body
     view = read_view(bucket, job_id)

@@ -9,19 +9,16 @@ images/fleet/.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, ValidationError, field_validator, model_validator
 
-from ..manifest import Strict
+from ..envelope import Strict
 from . import KindSpec
+from .transcription import TranscribeOptions, item_problem
 
-# Built-in processors, by name: (options model, "module:function" of the factory in the worker image).
-PROCESSORS: dict[str, str] = {
-    "noop": "bucketrun.images.fleet.processors.noop:make",
-    "transcript_check": "bucketrun.images.fleet.processors.transcript_check:make",
-    "transcribe": "bucketrun.images.fleet.processors.transcribe:make",
-}
 MAX_INLINE_ITEMS = 10_000
 MAX_ITEM_CHARS = 4096  # events/fleet/plan.py holds items files to the same bound
 ENTRY_POINT_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -82,19 +79,29 @@ class TranscriptCheckOptions(Strict):
     silence_db: float = Field(-40.0, ge=-90, le=0, description="frames quieter than this count as silence")
 
 
-def _transcribe_options() -> type[Strict]:
-    from .transcribe import TranscribeOptions  # imported late: the transcribe kind imports this module
+@dataclass(frozen=True)
+class BuiltinProcessor:
+    """What intake knows of a built-in processor: its options, checked with each field named, and, when its items
+    are read a known way, why an inline item cannot be one; the worker image's factory runs it."""
 
-    return TranscribeOptions
+    factory: str  # "module:function" of the factory in the worker image
+    options: type[Strict]
+    item_problem: Callable[[str], str | None] | None = None
 
 
-# Each built-in's options model, or a function that returns it.
-_OPTIONS = {"noop": NoopOptions, "transcript_check": TranscriptCheckOptions, "transcribe": _transcribe_options}
+# Built-in processors, by name.
+PROCESSORS: dict[str, BuiltinProcessor] = {
+    "noop": BuiltinProcessor("bucketrun.images.fleet.processors.noop:make", NoopOptions),
+    "transcript_check": BuiltinProcessor("bucketrun.images.fleet.processors.transcript_check:make",
+                                         TranscriptCheckOptions),
+    "transcribe": BuiltinProcessor("bucketrun.images.fleet.processors.transcribe:make", TranscribeOptions,
+                                   item_problem),
+}
 
 
 def options_model(name: str) -> type[Strict] | None:
-    found = _OPTIONS.get(name)
-    return found() if found is not None and not isinstance(found, type) else found
+    found = PROCESSORS.get(name)
+    return found.options if found is not None else None
 
 
 class Processor(Strict):
@@ -123,7 +130,7 @@ class Processor(Strict):
 
     @property
     def factory(self) -> str:
-        return PROCESSORS[self.name] if self.name else str(self.entry_point)
+        return PROCESSORS[self.name].factory if self.name else str(self.entry_point)
 
 
 class Workers(Strict):
@@ -200,12 +207,12 @@ class FleetBody(FleetRun):
     @model_validator(mode="after")
     def _items_fit_the_processor(self) -> "FleetBody":
         """Inline items are known at intake, so a processor that reads its items a known way has them checked
-        here (a transcribe item is a source: events/kinds/transcribe.py `parse_item`)."""
-        if self.processor.name == "transcribe" and self.items.inline:
-            from .transcribe import item_problem
-
+        here (a transcribe item is a source: events/kinds/transcription.py `parse_item`)."""
+        builtin = PROCESSORS.get(self.processor.name) if self.processor.name else None
+        check = builtin.item_problem if builtin is not None else None
+        if check is not None and self.items.inline:
             for i, item in enumerate(self.items.inline):
-                problem = item_problem(item)
+                problem = check(item)
                 if problem:
                     raise ValueError(f"items.inline[{i}]: {problem}")
         return self

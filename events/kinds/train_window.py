@@ -13,11 +13,13 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ..envelope import Strict, check_labels
 from ..fingerprints import CacheFingerprint, DatasetFingerprint
-from ..manifest import Strict, check_labels
+from ..manifest import ManifestRejected, summarize
 from . import KindSpec
+from .validate import validate_manifest
 
-PLACEHOLDERS = frozenset({"target_step", "window", "start_step", "run_dir", "workdir"})
+PLACEHOLDERS = frozenset({"target_step", "window", "start_step", "run_dir", "workdir", "python"})
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
@@ -207,8 +209,6 @@ class TrainWindowBody(Strict):
     def _then_is_manifest(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         if v is None:
             return v
-        from ..manifest import ManifestRejected, summarize, validate_manifest
-
         probe = substitute(v, next_stage_values("20260101T000000000Z-aaaaaa", {
             "prefix": "jobs/x/mirror/001-step000000001/", "manifest": "jobs/x/mirror/001-step000000001.json",
             "step": 1}))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .base import Blob, Bucket, ObjectInfo
+from .local import LocalBucket
 
 __all__ = ["Blob", "Bucket", "ObjectInfo", "open_bucket", "default_bucket_url", "resolve_bucket_url"]
 
@@ -37,13 +38,12 @@ def open_bucket(url: str | None = None, create: bool = True) -> Bucket:
     `create=False` a folder bucket must already exist (S3 buckets are never created here)."""
     url = resolve_bucket_url(url)
     if url.startswith("s3://"):
-        from .s3 import S3Bucket
+        from .s3 import S3Bucket  # late: boto3 (heavy) only for an s3:// bucket, never for a folder
 
         name, prefix = split_s3_url(url)
         return S3Bucket(name, prefix)
     if "://" in url and not url.startswith("file://"):
         raise ConfigError(f"unsupported bucket URL {url!r}: use a folder path, file://PATH or s3://BUCKET/PREFIX")
-    from .local import LocalBucket
 
     path = url[len("file://"):] if url.startswith("file://") else url
     return LocalBucket(Path(path).expanduser(), create=create)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 
 from . import open_bucket, resolve_bucket_url, split_s3_url
 from .base import Blob, Bucket, ObjectInfo
+from .s3_async import AsyncS3Bucket
 
 
 def _take(it: Iterator[ObjectInfo], n: int) -> list[ObjectInfo]:
@@ -75,8 +76,6 @@ def open_async_bucket(url: str | None = None):
     """Use as `async with open_async_bucket(url) as bucket:`."""
     url = resolve_bucket_url(url)
     if url.startswith("s3://"):
-        from .s3_async import AsyncS3Bucket
-
         name, prefix = split_s3_url(url)
         return AsyncS3Bucket(name, prefix)
     return AsyncLocalBucket(url)

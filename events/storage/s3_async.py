@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..errors import NotFound, PreconditionFailed
 from .base import Blob, ObjectInfo
 from .s3_common import S3Keys, client_config, translate
 
@@ -21,7 +24,7 @@ class AsyncS3Bucket:
         self.client = None
 
     async def __aenter__(self):
-        import aioboto3
+        import aioboto3  # late: aioboto3 (heavy, the async extra) only once a fleet worker opens S3
 
         # one pool for every worker task of the process: each may have a claim, a commit, a renewal and a
         # heartbeat in flight, and a renewal must not queue behind the others' reads
@@ -33,8 +36,6 @@ class AsyncS3Bucket:
         await self._ctx.__aexit__(*exc)
 
     async def _call(self, op: str, key: str, **params):
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
             return await getattr(self.client, op)(**params)
         except (ClientError, BotoCoreError) as exc:
@@ -48,8 +49,6 @@ class AsyncS3Bucket:
         return (await self._call("put_object", key, **params))["ETag"]
 
     async def replace(self, key: str, data: bytes, etag: str, content_type: str = "application/octet-stream") -> str:
-        from ..errors import NotFound, PreconditionFailed
-
         params = self.k.put_params(key, data, content_type, if_match=etag)
         try:
             return (await self._call("put_object", key, **params))["ETag"]
@@ -57,8 +56,6 @@ class AsyncS3Bucket:
             raise PreconditionFailed(f"put_object {key}: precondition failed (no such key)") from exc
 
     async def get(self, key: str) -> Blob:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         response = await self._call("get_object", key, **self.k.key_params(key))
         try:
             async with response["Body"] as stream:

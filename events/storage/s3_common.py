@@ -12,6 +12,8 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from botocore.config import Config
+
 from ..errors import ConditionalConflict, NotFound, PreconditionFailed, StorageError
 from .base import Blob, ObjectInfo, check_key
 
@@ -23,8 +25,6 @@ NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 
 def client_config(max_pool_connections: int = 10):
     """Standard botocore settings only; checksums 'when_required' keeps R2 and older MinIO happy."""
-    from botocore.config import Config
-
     addressing = os.environ.get("BUCKETRUN_S3_ADDRESSING_STYLE", "auto")
     return Config(
         max_pool_connections=max_pool_connections,

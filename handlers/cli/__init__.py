@@ -8,6 +8,8 @@ import importlib.metadata
 import os
 import sys
 
+import argcomplete
+
 from bucketrun.events.errors import BucketrunError, NotFound
 from bucketrun.events.manifest import ManifestRejected
 
@@ -86,10 +88,6 @@ def _quiet_stdout() -> None:
 def _complete(parser: argparse.ArgumentParser) -> None:
     """Shell completion through argcomplete, when the shell asks (see README: `register-python-argcomplete`)."""
     if "_ARGCOMPLETE" not in os.environ:
-        return
-    try:
-        import argcomplete
-    except ImportError:
         return
     argcomplete.autocomplete(parser)
 

@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
 from bucketrun.events.lifecycle import JobState
 from bucketrun.events.storage import Bucket, default_bucket_url, open_bucket, resolve_bucket_url
 
@@ -29,9 +32,6 @@ def bucket_of(args: argparse.Namespace, create: bool = False) -> Bucket:
 
 def progress_printer():
     """A rich progress bar on stderr, fed by job_status dicts."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
                         TextColumn("{task.fields[eta]}"), console=Console(stderr=True), transient=False)
     task = progress.add_task("dropped", total=100, eta="")

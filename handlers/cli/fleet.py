@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import sys
 
+from bucketrun.events.fleet.status import fleet_status
+from bucketrun.events.kinds.validate import load_job_manifest
+
 from .common import CliError, bucket_of
 
 
@@ -34,9 +37,6 @@ def _rate(st) -> str:
 
 
 def cmd_fleet(args) -> int:
-    from bucketrun.events.fleet.status import fleet_status
-    from bucketrun.events.manifest import load_job_manifest
-
     bucket = bucket_of(args)
     if load_job_manifest(bucket, args.job).kind != "fleet":
         raise CliError(f"job {args.job} is not a fleet")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import importlib.util
 import json
 import sys
 import time
@@ -12,6 +13,7 @@ from typing import Any
 
 from bucketrun.events import codec, keys
 from bucketrun.events.errors import CorruptObject, NotFound, UnknownJob
+from bucketrun.events.fleet.dataset import verify_dataset
 from bucketrun.events.lifecycle import JobState, JobView, default_writer, list_job_ids, read_view
 from bucketrun.events.conditional import create_once
 from bucketrun.events.status import WAITING, host_teardown, job_status, waiting_in_inbox
@@ -202,11 +204,6 @@ def cmd_get(args) -> int:
 
 def _get_dataset(bucket, dataset: dict, out: Path) -> None:
     """A fleet's dataset: every part is checked (bytes, sha256, each item exactly once) before any is kept."""
-    from bucketrun.events.errors import CorruptObject
-    from bucketrun.events.fleet.dataset import verify_dataset
-
-    import importlib.util
-
     if importlib.util.find_spec("pyarrow") is None:
         raise CliError("reading a fleet dataset needs pyarrow: pip install 'bucketrun[fleet]'")
     parts = out / "parts"
@@ -226,7 +223,7 @@ def _get_item_files(bucket, part_files: list[Path], out: Path) -> None:
     """A processor's per-item files (the transcribe processor's transcripts): each row's `<name>_key` column
     with a `<name>_sha256` beside it, fetched and checked, as items/<item index>.<name> (the item's first row)
     or items/<item index>-<item_row>.<name> (its further rows, when a processor returns several per item)."""
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # late: pyarrow (heavy, the fleet extra) only to read a fleet's dataset
 
     wanted = []
     for path in part_files:

@@ -100,7 +100,7 @@ def safetensors_header(path: Path) -> dict[str, dict]:
 
 def _numpy(path: Path, suffix: str) -> str:
     try:
-        import numpy as np
+        import numpy as np  # late: numpy (heavy, not a core dependency) only to open .npy/.npz files
     except ImportError:
         return "not opened: numpy is not installed (pip install numpy)"
     try:

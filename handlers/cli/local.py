@@ -6,15 +6,16 @@ import argparse
 import logging
 import sys
 
+from bucketrun.events import keys
 from bucketrun.events.storage import resolve_bucket_url
+from bucketrun.handlers.launchers.local import LocalProcessLauncher
+from bucketrun.local_sim.demo import run_demo
+from bucketrun.local_sim.sim import Simulation
 
 from .common import bucket_of, finish, progress_printer
 
 
 def cmd_sim(args) -> int:
-    from bucketrun.handlers.launchers.local import LocalProcessLauncher
-    from bucketrun.local_sim.sim import Simulation
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):  # "Found credentials in ..." on every start
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -35,9 +36,6 @@ def cmd_sim(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from bucketrun.events import keys
-    from bucketrun.local_sim.demo import run_demo
-
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     url = resolve_bucket_url(args.bucket)
     print(f"bucket: {url}", file=sys.stderr)

@@ -10,8 +10,13 @@ import os
 from collections.abc import Callable
 
 from bucketrun.events.failures import FailureClass
+from bucketrun.events.kinds import get_kind
 
-from .base import BackendStatus, Launcher, LaunchError, Routes, as_routes
+from .agent import AgentLauncher
+from .base import BackendStatus, Launcher, LaunchError
+from .fleet import FleetLauncher, cloud_backend
+from .routes import Routes, as_routes
+from .runpod import RunpodLauncher
 
 __all__ = ["BackendStatus", "Launcher", "LaunchError", "Routes", "as_routes", "routes_from_env"]
 
@@ -23,29 +28,21 @@ def endpoint_env(kind_suffix: str) -> str:
 def routes_from_env(runpod_api_key: Callable[[], str], vast_api_key: Callable[[], str | None] | None = None) -> Routes:
     """The cloud's routing: each kind goes to BUCKETRUN_LAUNCHER_<KIND> (else its spec's backend); a Runpod
     kind to its own endpoint, RUNPOD_ENDPOINT_ID_<KIND> (RUNPOD_ENDPOINT_ID serves kinds without their own)."""
-    from bucketrun.events.kinds import get_kind
-
     def make(kind: str) -> Launcher:
         spec = get_kind(kind)
         if spec is None:
             raise LaunchError(f"unknown kind {kind!r}", FailureClass.CONFIG_ERROR)
         backend = os.environ.get(f"BUCKETRUN_LAUNCHER_{spec.env_suffix}") or spec.launcher
         if backend == "runpod":
-            from .runpod import RunpodLauncher
-
             endpoint = os.environ.get(endpoint_env(spec.env_suffix)) or os.environ.get("RUNPOD_ENDPOINT_ID", "")
             if not endpoint:
                 raise LaunchError(f"no Runpod endpoint for kind {kind!r}: set {endpoint_env(spec.env_suffix)}",
                                   FailureClass.CONFIG_ERROR)
             return RunpodLauncher(endpoint, api_key=runpod_api_key())
         if backend == "fleet":
-            from .fleet import FleetLauncher, cloud_backend
-
             # each fleet's manifest names its cloud (runpod, vast, skypilot); keys are read when first needed
             return FleetLauncher(factory=lambda name: cloud_backend(name, runpod_api_key, vast_api_key))
         if backend == "agent":
-            from .agent import AgentLauncher
-
             return AgentLauncher()  # host agents claim the offers it writes; no provider key is involved
         raise LaunchError(f"launch backend {backend!r} (kind {kind!r}) is not available in this deployment",
                           FailureClass.CONFIG_ERROR)

@@ -9,6 +9,7 @@ from datetime import datetime
 from bucketrun.events import codec, keys
 from bucketrun.events.errors import NotFound
 from bucketrun.events.failures import FailureClass
+from bucketrun.events.kinds.validate import load_job_manifest
 from bucketrun.events.manifest import JobManifest
 from bucketrun.events.storage import Bucket, open_bucket
 
@@ -64,8 +65,6 @@ class AgentLauncher:
 
     def cancel(self, backend_id: str) -> None:
         """Agents follow the job's state and stop their attempt when it leaves it; only the offers go."""
-        from bucketrun.events.manifest import load_job_manifest
-
         _, bucket_url, job_id, attempt = backend_id.split("|")
         bucket = self._open(bucket_url)
         for label, role in offers_for(load_job_manifest(bucket, job_id)):

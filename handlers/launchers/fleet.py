@@ -10,12 +10,17 @@ from typing import Any
 
 from bucketrun.events import codec, keys
 from bucketrun.events.conditional import create_once
-from bucketrun.events.errors import BucketrunError, NotFound
+from bucketrun.events.errors import BucketrunError
 from bucketrun.events.failures import FailureClass
+from bucketrun.events.fleet import instances as records
+from bucketrun.events.fleet.instances import read_instances
 from bucketrun.events.storage import open_bucket
 
 from .base import BackendStatus, LaunchError
 from .fleet_base import FleetBackend, Instance
+from .runpod_pods import RunpodPodsBackend
+from .skypilot import SkyPilotBackend
+from .vast import VastBackend
 
 log = logging.getLogger("bucketrun.fleet")
 SEP = "|"
@@ -31,28 +36,12 @@ def cloud_backend(name: str, runpod_api_key: Callable[[], str] | None = None,
     """The deployment's backends, built on first use; keys from the callables (the cloud's secret stores),
     else from the standard provider environments."""
     if name == "runpod":
-        from .runpod_pods import RunpodPodsBackend
-
         return RunpodPodsBackend(api_key=runpod_api_key() if runpod_api_key else None)
     if name == "vast":
-        from .vast import VastBackend
-
         return VastBackend(api_key=(vast_api_key() if vast_api_key else None) or None)
     if name == "skypilot":
-        from .skypilot import SkyPilotBackend
-
         return SkyPilotBackend()
     raise LaunchError(f"fleet backend {name!r} is not available here", FailureClass.CONFIG_ERROR)
-
-
-def read_instances(bucket, job_id: str) -> list[dict[str, Any]]:
-    out = []
-    for info in bucket.list(keys.fleet_instances_prefix(job_id)):
-        try:
-            out.append(codec.loads(bucket.get(info.key).data))
-        except NotFound:
-            continue
-    return out
 
 
 class FleetLauncher:
@@ -101,8 +90,6 @@ class FleetLauncher:
         return BackendStatus.UNKNOWN
 
     def cancel(self, backend_id: str) -> None:
-        from bucketrun.handlers.fleet_teardown import terminate
-
         name, bucket_url, job_id = self._parse(backend_id)
         bucket = open_bucket(bucket_url)
         for inst in read_instances(bucket, job_id):
@@ -117,13 +104,20 @@ class FleetLauncher:
 
 
 def record_instance(bucket, job_id: str, inst: Instance, attempt: int) -> None:
-    body = {**inst.to_json(), "attempt": attempt, "started_at": codec.iso(codec.now()), "terminated_at": None}
     try:
-        bucket.put(keys.fleet_instance_key(job_id, _safe(inst.instance_id)), codec.dumps(body), "application/json")
+        records.record_instance(bucket, job_id, inst.to_json(), attempt)
     except BucketrunError as exc:  # the instance runs regardless; the sweep's listing would miss it
         log.error("instance %s of %s not recorded: %s", inst.instance_id, job_id, exc)
         raise
 
 
-def _safe(instance_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in instance_id)[:200]
+def terminate(bucket, job_id: str, inst: dict[str, Any], backend: FleetBackend, reason: str) -> dict[str, Any]:
+    """Stop one instance and record it stopped, with its cost; a provider's failure leaves it to the next sweep."""
+    try:
+        backend.terminate(inst["instance_id"])
+    except BucketrunError as exc:
+        log.error("fleet %s: terminating %s failed (the next sweep tries again): %s", job_id, inst["instance_id"], exc)
+        return inst
+    body = records.record_stopped(bucket, job_id, inst, reason)
+    log.info("fleet %s: stopped %s (%s)", job_id, inst["instance_id"], reason)
+    return body

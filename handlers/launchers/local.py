@@ -12,6 +12,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from bucketrun.events.kinds import kind_names
+
 from .base import BackendStatus, LaunchError
 
 log = logging.getLogger("bucketrun.sim")
@@ -23,8 +25,6 @@ class LocalProcessLauncher:
     def __init__(self, preload: str | list[str] | None = "default", log_path: Path | None = None):
         """`preload`: kinds to warm before the first job; "default" warms every registered kind."""
         if preload == "default":
-            from bucketrun.events.kinds import kind_names
-
             preload = kind_names()
         self.preload = [preload] if isinstance(preload, str) else list(preload or [])
         self.log_path = log_path or Path(tempfile.gettempdir()) / f"bucketrun-local-worker-{os.getpid()}.log"

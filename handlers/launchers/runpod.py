@@ -21,8 +21,9 @@ from urllib3.util.retry import Retry
 
 from bucketrun.events import keys
 from bucketrun.events.backoff import RUNPOD_HTTP, Backoff, parse_retry_after
+from bucketrun.events.envelope import RunpodPolicy
 from bucketrun.events.failures import FailureClass
-from bucketrun.events.manifest import JobManifest, RunpodPolicy
+from bucketrun.events.manifest import JobManifest
 
 from .base import BackendStatus, LaunchError
 

@@ -73,7 +73,7 @@ class RunpodPodsBackend:
         if not self._api_key:
             raise LaunchError("no Runpod API key: set RUNPOD_API_KEY", FailureClass.CONFIG_ERROR)
         try:
-            import runpod
+            import runpod  # late: the runpod SDK (heavy) stays out of the dispatch path
         except ImportError as exc:
             raise LaunchError("the runpod SDK is not installed (pip install 'bucketrun[runpod]')",
                               FailureClass.CONFIG_ERROR) from exc
@@ -91,7 +91,7 @@ class RunpodPodsBackend:
 
     def _call(self, what: str, fn: Callable[[Any], Any]) -> Any:
         """Run fn(runpod) and turn the SDK's and HTTP's errors into LaunchError with a failure class."""
-        import requests  # the SDK's HTTP client
+        import requests  # late: the runpod SDK's HTTP client, installed with it (the runpod extra)
 
         with self._sdk() as runpod:
             try:

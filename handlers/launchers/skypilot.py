@@ -78,7 +78,7 @@ class SkyPilotBackend:
     def _sky(self) -> Any:
         if self._sky_module is None:
             try:
-                import sky
+                import sky  # late: SkyPilot (heavy, an environment of its own) only when a fleet uses it
             except ImportError as exc:
                 raise LaunchError("SkyPilot is not installed (pip install 'bucketrun[skypilot]')",
                                   FailureClass.CONFIG_ERROR) from exc

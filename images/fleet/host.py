@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from typing import Any
 
 
@@ -19,9 +20,7 @@ def gpu() -> dict[str, Any] | None:
 
 
 def version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
-        return version("bucketrun")
-    except PackageNotFoundError:
+        return importlib.metadata.version("bucketrun")
+    except importlib.metadata.PackageNotFoundError:
         return "unknown"

@@ -20,15 +20,17 @@ from bucketrun.events.errors import BucketrunError, IllegalTransition, NotFound,
 from bucketrun.events.failures import FailureClass, error_detail
 from bucketrun.events.fleet.plan import (Plan, PlanError, list_items, load_items, plan_source, read_items_file,
                                          read_plan, write_plan)
+from bucketrun.events.kinds import get_kind
 from bucketrun.events.kinds.fleet import FleetBody
+from bucketrun.events.kinds.validate import load_job_manifest
 from bucketrun.events.lifecycle import JobState, JobView, append_transition, read_view
-from bucketrun.events.manifest import JobManifest, load_job_manifest
+from bucketrun.events.manifest import JobManifest
 from bucketrun.events.retry import record_failure
 from bucketrun.events.storage import open_bucket
 from bucketrun.events.storage.aio import open_async_bucket
 
-from .processors import Processor, ProcessorContext, ProcessorError, make_processor, schema_of
 from .commit import PartsListing, list_parts_early, read_ledgers
+from .processors import Processor, ProcessorContext, ProcessorError, make_processor, schema_of
 from .quarantine import Quarantine
 from .tail import TailLook
 
@@ -282,8 +284,6 @@ class FleetJob:
             return False
 
     def spec_verify(self, result: dict[str, Any]) -> list[str]:
-        from bucketrun.events.kinds import get_kind
-
         return get_kind("fleet").verify(self.manifest, result)
 
     async def fail_code(self, message: str, where: str = "finalize") -> None:

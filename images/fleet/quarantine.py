@@ -30,6 +30,10 @@ import orjson
 
 from bucketrun.events import codec
 from bucketrun.events.errors import BucketrunError
+from bucketrun.events.storage import open_bucket
+from bucketrun.events.storage.aio import open_async_bucket
+
+from .processors import CURRENT_WORKER, ProcessorContext, make_processor
 
 log = logging.getLogger("bucketrun.fleet")
 PR_SET_PDEATHSIG = 1
@@ -157,11 +161,6 @@ def _die_with_parent(parent_pid: int) -> None:
 
 async def _child(spec: dict[str, Any]) -> None:
     """Make the processor once, then run each shard read from stdin, recording each item, then `done`."""
-    from bucketrun.events.storage import open_bucket
-    from bucketrun.events.storage.aio import open_async_bucket
-
-    from .processors import CURRENT_WORKER, ProcessorContext, make_processor
-
     loop = asyncio.get_running_loop()
     async with open_async_bucket(spec["source_url"]) as source:
         with tempfile.TemporaryDirectory(prefix="bucketrun-quarantine-") as tmp:

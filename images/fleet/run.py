@@ -15,6 +15,8 @@ import sys
 from typing import Any
 
 from bucketrun.events.errors import BucketrunError
+from bucketrun.events.failures import FailureClass, JobFailure
+from bucketrun.events.lifecycle import JobState, read_view
 
 from .job import FleetJob, FleetStopped
 from .progress import ProgressDuty
@@ -121,9 +123,6 @@ def attempt_work(ctx) -> dict[str, Any]:
     """The fleet as one attempt of the generic runtime (a host agent, the local process launcher): one worker
     in this process. The worker that finishes the dataset writes `succeeded` itself; the runtime's own
     terminal write then finds it written and stands down."""
-    from bucketrun.events.failures import FailureClass, JobFailure
-    from bucketrun.events.lifecycle import JobState, read_view
-
     worker = f"w-{os.uname().nodename}-{os.getpid()}"
     outcomes = asyncio.run(run_workers(ctx.bucket.url, ctx.job_id, [worker], install_signals=False))
     view = read_view(ctx.bucket, ctx.job_id)

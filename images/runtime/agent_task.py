@@ -8,13 +8,15 @@ import json
 import logging
 import sys
 
+from bucketrun.events import stages
+from bucketrun.events.storage import open_bucket
+
+from .attempt import install_drain_handler, run_attempt
+
 
 def submit_next_stage(bucket_url: str, job_id: str) -> str | None:
     """A window's `then` stage goes in right after `succeeded` is written, with the verified checkpoint named; the
     sweep drops it instead if this process dies in between (events/stages.py)."""
-    from bucketrun.events import stages
-    from bucketrun.events.storage import open_bucket
-
     return stages.submit_next_stage(open_bucket(bucket_url), job_id).get("inbox")
 
 
@@ -28,8 +30,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.role == "run":
-        from .attempt import install_drain_handler, run_attempt
-
         install_drain_handler()
         out = run_attempt(args.bucket, args.job, args.attempt, writer=f"agent:{args.label}")
         if out.get("status") == "succeeded":
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - the window itself succeeded; the log says why no next stage
                 logging.getLogger("bucketrun.agent").error("next stage not submitted: %s", exc)
     else:
-        from bucketrun.events.storage import open_bucket
+        # late: psutil and huggingface_hub (heavy, the agent extra) only for a window's preflight
         from bucketrun.images.train_window.preflight import run_preflight
 
         out = run_preflight(open_bucket(args.bucket), args.job, args.attempt, args.label)

@@ -5,7 +5,9 @@ listing each artifact's key, bytes and sha256. A kind supplies only its work: `w
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import gc
 import io
 import logging
 import os
@@ -21,8 +23,9 @@ from bucketrun.events import keys
 from bucketrun.events.errors import BucketrunError, IllegalTransition, StaleAttempt
 from bucketrun.events.failures import FailureClass, JobFailure, error_detail
 from bucketrun.events.kinds import get_kind
+from bucketrun.events.kinds.validate import load_job_manifest
 from bucketrun.events.lifecycle import JobState, JobView, append_transition, default_writer, read_view
-from bucketrun.events.manifest import JobManifest, load_job_manifest
+from bucketrun.events.manifest import JobManifest
 from bucketrun.events.retry import record_failure
 from bucketrun.events.storage import Bucket, open_bucket
 
@@ -223,9 +226,6 @@ def run_attempt(bucket_url: str, job_id: str, attempt: int, writer: str | None =
 def release_memory() -> None:
     """Hand the heap an attempt freed back to the OS (glibc keeps it otherwise), so a warm worker idles at what it
     holds, not at its largest job's high-water mark. After the terminal transition: nobody waits on it."""
-    import ctypes
-    import gc
-
     gc.collect()
     try:
         trim = ctypes.CDLL(None).malloc_trim  # the process's own symbols: no library search, no subprocess

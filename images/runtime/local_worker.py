@@ -12,12 +12,13 @@ import logging
 import sys
 
 from bucketrun.events.errors import BucketrunError
+from bucketrun.events.kinds import get_kind, load_entry_point
+
+from .attempt import draining, install_drain_handler, run_attempt
 
 
 def preload(kinds: list[str]) -> None:
     """Run each kind's warm-up (its `preload` entry point); a failure is reported per job instead."""
-    from bucketrun.events.kinds import get_kind, load_entry_point
-
     for name in kinds:
         spec = get_kind(name)
         if spec is None or not spec.preload:
@@ -34,7 +35,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="warm this kind before the first job (repeatable)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s worker %(message)s")
-    from .attempt import draining, install_drain_handler, run_attempt
 
     install_drain_handler()
     preload(args.preload)

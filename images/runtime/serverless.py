@@ -15,6 +15,7 @@ from typing import Any
 from bucketrun.events.errors import BucketrunError
 
 from .attempt import draining, install_drain_handler, run_attempt, stop_after_drain
+from .local_worker import preload
 
 
 def handler(job: dict[str, Any]) -> dict[str, Any]:
@@ -32,9 +33,7 @@ def handler(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(kinds: list[str]) -> None:
-    import runpod
-
-    from .local_worker import preload
+    import runpod  # late: the runpod SDK (heavy) only in the serverless worker itself
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     install_drain_handler()

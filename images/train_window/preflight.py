@@ -14,7 +14,7 @@ from typing import Any
 from bucketrun.events import codec, keys
 from bucketrun.events.errors import BucketrunError, NotFound
 from bucketrun.events.kinds.train_window import TrainWindowBody
-from bucketrun.events.manifest import load_job_manifest
+from bucketrun.events.kinds.validate import load_job_manifest
 from bucketrun.events.storage import Bucket
 
 from ..runtime.agent import host_path

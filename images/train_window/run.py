@@ -15,7 +15,8 @@ from bucketrun.events import codec, keys
 from bucketrun.events.failures import FailureClass, JobFailure
 from bucketrun.events.kinds.train_window import Smoke, TrainWindowBody
 
-from ..runtime.agent import host_path
+from ..runtime.agent import host_path, instance
+from .audit import audit
 from .gate import clear_dir, gate, local_checkpoint, mirror_run_dir, newest_mirror, prepare_resume
 from .preflight import check_host, findings_of, read_preflight, write_verdict
 from .report import write_report
@@ -206,8 +207,6 @@ class Window:
     def request_teardown(self, mirror: dict[str, Any]) -> list[str]:
         """Ask the sweep (which holds the provider keys) to stop this host; it does so only once the mirror this
         names is verified in the bucket and the host runs nothing else."""
-        from ..runtime.agent import instance
-
         plan = self.body.teardown_plan
         inst = instance()
         if inst is None:
@@ -223,8 +222,6 @@ class Window:
         return []
 
     def disk_problem(self) -> str | None:
-        from .audit import audit
-
         env = audit(self.run_dir, {"min_free_disk_gb": 0.01, "min_free_inodes": 100})
         return "; ".join(f["message"] for f in env.findings) or None
 

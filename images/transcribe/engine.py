@@ -6,8 +6,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
+
+from faster_whisper.transcribe import restore_speech_timestamps
 
 from bucketrun.events import codec
 from bucketrun.events.failures import FailureClass, JobFailure
@@ -61,8 +64,6 @@ def run_model(whisper, decoding: settings.Decoding, audio, opts: Any, vad: bool,
 def run_speech(whisper, decoding: settings.Decoding, window: speech.SpeechWindow, opts: Any, language: str | None):
     """One window of speech chunks through the batched pipeline, given the chunks it would have cut itself, and
     timestamps mapped back to the media, as the pipeline maps a whole file's."""
-    from faster_whisper.transcribe import restore_speech_timestamps
-
     # clip_timestamps are seconds the pipeline turns back into samples with int(): a quarter sample over keeps
     # int() on the intended sample despite float error.
     clips = [{"start": (a + 0.25) / SAMPLE_RATE, "end": (b + 0.25) / SAMPLE_RATE} for a, b in window.clips]
@@ -94,8 +95,6 @@ def transcribe_file(path, whisper, choice: model.ModelChoice, decoding: settings
     the transcript is the whole file's. Sequential: windows are cut in silences (stream.py) and times shifted by
     each window's offset. The language is detected on the first window and kept, as a whole-file run detects it
     once. `check` raises to stop between segments."""
-    from contextlib import nullcontext
-
     def stage(name: str):
         return stages(name) if stages is not None else nullcontext()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from bucketrun.events.destinations import Resolver, allowed_schemes, resolved_problem, system_resolver, url_problem
 from bucketrun.events.errors import NotFound, StorageError
 from bucketrun.events.failures import FailureClass, JobFailure
+from bucketrun.events.result_cache import media_id
 from bucketrun.events.storage import Bucket
 
 
@@ -29,8 +30,6 @@ class UrlSession:
 
     @property
     def media_id(self) -> str | None:
-        from bucketrun.events.result_cache import media_id
-
         return media_id(self.info)
 
     def download(self) -> Path:
@@ -48,7 +47,7 @@ class UrlSession:
 
 @contextlib.contextmanager
 def _translated() -> Iterator[None]:
-    from yt_dlp.utils import DownloadError, UnsupportedError
+    from yt_dlp.utils import DownloadError, UnsupportedError  # late: yt-dlp (heavy) only when a URL is fetched
 
     try:
         yield
@@ -66,7 +65,7 @@ def _translated() -> Iterator[None]:
 def url_session(url: str, workdir: Path, on_progress: Callable[[float], None] | None = None) -> Iterator[UrlSession]:
     check_url(url)
     try:
-        import yt_dlp
+        import yt_dlp  # late: yt-dlp (heavy) only when a URL is fetched
     except ImportError as exc:
         raise JobFailure(FailureClass.CODE_ERROR, "yt-dlp is not installed; install bucketrun[transcribe]") from exc
 

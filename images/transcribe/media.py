@@ -12,7 +12,7 @@ SAMPLE_RATE = 16000
 
 
 def decode(path: Path) -> np.ndarray:
-    import av
+    import av  # late: PyAV and faster-whisper (heavy) only when media is decoded
     from faster_whisper.audio import decode_audio
 
     try:

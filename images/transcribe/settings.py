@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from .gpu import batch_override, batch_size_for, free_vram_bytes
 from .model import ModelChoice
 
 # CPU default (bench/cpu_settings.py; README "Benchmark"): faster-whisper's batched pipeline at beam 5, the
@@ -48,11 +49,8 @@ def resolve(beam_size: int | None, choice: ModelChoice, vad: bool = True) -> Dec
     the batch is CPU_BATCH; BUCKETRUN_BATCH_SIZE overrides either. The batched pipeline cuts its batches at VAD
     speech spans, so without VAD a job runs sequentially."""
     if choice.device == "cuda":
-        from .gpu import batch_size_for, free_vram_bytes
-
         batch = batch_size_for(free_vram_bytes(), choice.name, choice.compute_type) if vad else None
         return Decoding(beam_size or GPU_BEAM, batch, *GPU_WINDOW)
-    from .gpu import batch_override
 
     batch = (batch_override(os.environ) or CPU_BATCH) if vad else None
     return Decoding(beam_size or CPU_BEAM, batch, *CPU_WINDOW)

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from bucketrun.events import codec, keys
+from bucketrun.events.kinds.validate import parse_manifest
 from bucketrun.events.lifecycle import JobState, append_transition, read_view
 from bucketrun.events.storage import open_bucket
 
@@ -31,7 +32,7 @@ def youtube_support() -> tuple[dict | None, str | None]:
     """The JavaScript runtime yt-dlp itself finds (with the default options fetch.py uses: deno, looked for next
     to this Python, then on PATH) and the yt-dlp-ejs version. yt-dlp has no public API for this; `_js_runtimes`
     is what its own YouTube challenge solver asks, so the answer is yt-dlp's, not a guess of ours."""
-    import yt_dlp
+    import yt_dlp  # late: yt-dlp (heavy) only for the JavaScript runtime check
     from yt_dlp.dependencies import yt_dlp_ejs
 
     with yt_dlp.YoutubeDL({"quiet": True, "no_warnings": True}) as ydl:
@@ -73,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     bucket.put(CLIP_KEY, CLIP.read_bytes(), "audio/ogg")
     job_id = keys.new_job_id()
     manifest = {"kind": "transcribe", "source": {"key": CLIP_KEY}, "options": {"language": "en"}}
-    from bucketrun.events.manifest import parse_manifest
 
     bucket.create(keys.manifest_key(job_id), codec.dumps(parse_manifest(codec.dumps(manifest)).to_json()))
     for state in (JobState.SUBMITTED, JobState.QUEUED, JobState.LAUNCHED):

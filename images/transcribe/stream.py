@@ -36,7 +36,7 @@ def _bad(message: str, exc: BaseException | None = None) -> JobFailure:
 
 def _open(path: Path | str):
     """Open the container and check it has audio, classifying failures as media.decode does."""
-    import av
+    import av  # late: PyAV (heavy) only when media is decoded
 
     try:
         container = av.open(str(path), mode="r", metadata_errors="ignore")
@@ -66,7 +66,7 @@ def decode_stream(path: Path | str, chunk_s: float = 30.0) -> Iterator[np.ndarra
     """16 kHz mono float32 chunks of exactly chunk_s (the last one shorter), equal sample for sample when joined
     to faster_whisper.audio.decode_audio(path): the same resampler, frames without pts, invalid frames skipped.
     Holds about one chunk plus GROUP_S of decoded audio. Errors surface on the first next()."""
-    import av
+    import av  # late: PyAV (heavy) only when media is decoded
 
     chunk_n = max(1, round(chunk_s * SAMPLE_RATE))
     container = _open(path)
@@ -101,7 +101,7 @@ def _to_float(samples: np.ndarray) -> np.ndarray:
 
 def _resampled(container, resampler) -> Iterator[np.ndarray]:
     """The first audio stream as int16 arrays, resampled GROUP_S at a time (a call per frame is 4x slower)."""
-    import av
+    import av  # late: PyAV (heavy) only when media is decoded
 
     fifo = av.AudioFifo()
     frames = container.decode(audio=0)

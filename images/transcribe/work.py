@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any
 
+from bucketrun.events import keys
 from bucketrun.events.result_cache import options_digest
 from bucketrun.images.runtime.attempt import Attempt
 
@@ -90,8 +91,6 @@ def transcribe(ctx: Attempt) -> dict[str, Any]:
 
 def _serve(ctx: Attempt, entry, formats: list[str], digest: str) -> dict[str, Any] | None:
     """The cached result under this job, or None (and a warning) if the entry turns out broken."""
-    from bucketrun.events import keys
-
     try:
         with ctx.stages("write"):
             cache.serve(ctx, entry, formats)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -75,16 +77,12 @@ class ScratchFolders:
         self.workdir, self.prefix, self.live = workdir, prefix, set()
 
     def new(self) -> Path:
-        import tempfile
-
         self.workdir.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix=self.prefix, dir=self.workdir))
         self.live.add(folder)
         return folder
 
     def discard(self, folder: Path | None) -> None:
-        import shutil
-
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
             self.live.discard(folder)

@@ -1,4 +1,4 @@
-"""The transcribe processor: each item is one source (a bucket key or a URL, events/kinds/transcribe.py
+"""The transcribe processor: each item is one source (a bucket key or a URL, events/kinds/transcription.py
 `parse_item`), transcribed with the transcribe kind's own core (images/transcribe/engine.py) and settings, its
 requested formats written as per-item files under the fleet's output prefix, and one row per source naming them.
 
@@ -22,7 +22,11 @@ import pyarrow as pa
 from bucketrun.events import keys
 from bucketrun.events.errors import BucketrunError
 from bucketrun.events.failures import JobFailure
-from bucketrun.events.kinds.transcribe import FORMATS, BadItem, TranscribeOptions, parse_item
+from bucketrun.events.kinds.transcription import FORMATS, BadItem, TranscribeOptions, parse_item
+from bucketrun.events.result_cache import options_digest
+from bucketrun.events.storage import open_bucket
+from bucketrun.images.transcribe import cache, engine, fetch, settings
+from bucketrun.images.transcribe.model import choose, load, sha256_file
 
 from . import ProcessorContext, ProcessorError, ScratchFolders
 
@@ -71,9 +75,6 @@ class Transcribe:
     # --- fetch: the source -> a per-item folder ---------------------------------------------------------------
 
     async def fetch(self, item: str) -> Fetched:
-        from bucketrun.images.transcribe import fetch
-        from bucketrun.images.transcribe.model import sha256_file
-
         try:
             source = parse_item(item)
         except BadItem as exc:
@@ -96,8 +97,6 @@ class Transcribe:
     def _items_bucket(self):
         """The items' bucket, synchronous, for a streamed download (media can be hours; never one bytes object)."""
         if self._source_bucket is None:
-            from bucketrun.events.storage import open_bucket
-
             self._source_bucket = getattr(self.ctx.source, "sync", None) or open_bucket(self.ctx.source.url)
         return self._source_bucket
 
@@ -108,8 +107,6 @@ class Transcribe:
         on CPU, large-v3 on CUDA). A model that cannot load is the processor's failure, not the source's."""
         with self._lock:
             if self._model is None:
-                from bucketrun.images.transcribe.model import choose, load
-
                 try:
                     choice = choose(self.options.model)
                     self._model = (load(choice), choice)
@@ -124,9 +121,6 @@ class Transcribe:
             self.scratch.discard(payload.folder)
 
     def _row(self, item: str, got: Fetched) -> dict[str, Any]:
-        from bucketrun.events.result_cache import options_digest
-        from bucketrun.images.transcribe import engine, settings
-
         opts, started = self.options, time.monotonic()
         whisper, choice = self.model()
         vad = True if opts.vad is None else opts.vad
@@ -162,8 +156,6 @@ class Transcribe:
     def _from_cache(self, digest: str, media_sha256: str) -> tuple[dict[str, tuple[bytes, str]], dict] | None:
         """The requested formats of a cached result for this media under these options, checked as a job's are
         (cache.read_files); None if there is none, or it is broken."""
-        from bucketrun.images.transcribe import cache
-
         entry = cache.lookup(self.ctx.output, digest, media_sha256)
         if entry is None:
             return None
@@ -175,8 +167,6 @@ class Transcribe:
 
     def _store(self, digest: str, media_sha256: str, resolved: dict[str, Any],
                rendered: dict[str, tuple[bytes, str]], summary: dict[str, Any]) -> None:
-        from bucketrun.images.transcribe import cache
-
         try:
             cache.store(self.ctx.output, self.ctx.job_id, self.ctx.attempt, digest, media_sha256, None, resolved,
                         rendered, summary)

@@ -17,10 +17,14 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import jiwer
 import numpy as np
 import pyarrow as pa
 
+from bucketrun.events.failures import JobFailure
 from bucketrun.events.kinds.fleet import TranscriptCheckOptions
+from bucketrun.images.transcribe.media import decode
+from bucketrun.images.transcribe.model import choose, load
 
 from . import ProcessorContext, ProcessorError, ScratchFolders
 
@@ -59,8 +63,6 @@ def normalise(text: str) -> str:
 
 
 def error_rates(reference: str, hypothesis: str) -> tuple[float, float]:
-    import jiwer
-
     ref, hyp = normalise(reference), normalise(hypothesis)
     if not ref and not hyp:
         return 0.0, 0.0
@@ -168,9 +170,6 @@ class TranscriptCheck:
         that cannot load is the processor's failure, not the item's: ProcessorError stops the worker."""
         with self._model_lock:
             if self._model is None:
-                from bucketrun.events.failures import JobFailure
-                from bucketrun.images.transcribe.model import choose, load
-
                 try:
                     self._model = load(choose(self.options.model))
                 except JobFailure as exc:
@@ -191,8 +190,6 @@ class TranscriptCheck:
             row["segment_error"] = "no audio"
             return row
         try:
-            from bucketrun.images.transcribe.media import decode
-
             audio = decode(path)
         except Exception as exc:  # noqa: BLE001 - any decoder failure is this segment's, not the item's
             row["segment_error"] = f"audio does not decode: {getattr(exc, 'message', None) or exc}"
