@@ -151,7 +151,7 @@ class Agent:
     def probe(self) -> dict[str, dict[str, Any]]:
         """The kinds this host cannot run, and why; probed once (an agent restarted after an install sees it)."""
         if self.cannot is None:
-            found = capabilities.probe()
+            found = capabilities.probe(bucket_url=self.bucket.url)
             self.cannot = {kind: why for kind, why in found.items() if why is not None}
             for kind, why in self.cannot.items():
                 log.warning("%s: cannot run %s: %s", self.id, kind, capabilities.missing_line(why))

@@ -25,17 +25,17 @@ print("null")
 """
 
 
-def modules_of(kind: str) -> list[str]:
-    """What a host imports to run `kind`: the needs table's modules first (so the one missing is named), then the
-    kind's work module."""
+def modules_of(kind: str, bucket_url: str | None = None) -> list[str]:
+    """What a host imports to run `kind` on this bucket: the needs table's modules first (so the one missing is
+    named), then the kind's work module."""
     spec = get_kind(kind)
-    return [*needs.needs(kind), *([spec.work.partition(":")[0]] if spec is not None else [])]
+    return [*needs.needs(kind, bucket_url=bucket_url), *([spec.work.partition(":")[0]] if spec is not None else [])]
 
 
-def probe(kinds: list[str] | None = None) -> dict[str, dict[str, Any] | None]:
+def probe(kinds: list[str] | None = None, bucket_url: str | None = None) -> dict[str, dict[str, Any] | None]:
     """{kind: None when it runs here, else {module, error, install}}; the kinds' probes run side by side."""
     kinds = kinds if kinds is not None else kind_names()
-    procs = {k: subprocess.Popen([sys.executable, "-c", _PROBE, *modules_of(k)], stdout=subprocess.PIPE,
+    procs = {k: subprocess.Popen([sys.executable, "-c", _PROBE, *modules_of(k, bucket_url)], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True) for k in kinds}
     return {kind: _verdict(kind, proc) for kind, proc in procs.items()}
 
