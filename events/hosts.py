@@ -10,7 +10,7 @@ from . import codec, keys
 from .errors import CorruptObject, NotFound
 from .storage import Bucket
 
-HOST_SILENT_S = 120.0  # an agent whose heartbeat is older holds nothing (handlers/launchers/agent.py's lost attempt)
+HOST_SILENT_S = 120.0  # an agent whose heartbeat is older holds nothing: the launcher calls its attempt lost
 
 
 def read_hosts(bucket: Bucket) -> list[dict[str, Any]]:

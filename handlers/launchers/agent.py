@@ -9,13 +9,12 @@ from datetime import datetime
 from bucketrun.events import codec, keys
 from bucketrun.events.errors import NotFound
 from bucketrun.events.failures import FailureClass
+from bucketrun.events.hosts import HOST_SILENT_S
 from bucketrun.events.kinds.validate import load_job_manifest
 from bucketrun.events.manifest import JobManifest
 from bucketrun.events.storage import Bucket, open_bucket
 
 from .base import BackendStatus, LaunchError
-
-HOST_SILENT_S = 120.0  # an agent whose heartbeat is older holds nothing: its attempt is lost
 
 
 def offers_for(manifest: JobManifest) -> list[tuple[str, str]]:
