@@ -169,8 +169,10 @@ def _transition_for(action: Action, decision: IntakeDecision | None) -> tuple[Jo
         assert decision is not None and decision.rejection is not None
         return JobState.REJECTED, {**decision.rejection, "inbox": inbox}
     detail: dict[str, Any] = {"inbox": inbox}
-    if decision and decision.manifest and decision.manifest.request_id:
-        detail["request_id"] = decision.manifest.request_id  # where the job came from, for `bucketrun ls`
+    if decision and decision.manifest:
+        detail["kind"] = decision.manifest.kind  # `bucketrun ls` shows and filters by it without a manifest read
+        if decision.manifest.request_id:
+            detail["request_id"] = decision.manifest.request_id  # where the job came from, for `bucketrun ls`
     return JobState.SUBMITTED, detail
 
 

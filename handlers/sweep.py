@@ -165,10 +165,24 @@ def _ask_backend(bucket: Bucket, view: JobView, launcher: Launcher | None, write
             launcher.cancel(backend_id)  # a silent worker is stopped before its attempt is retried
         except BucketrunError as exc:
             log.warning("cancel of stalled %s failed: %s", backend_id, exc)
-    error = error_detail(cls, f"{message}; {decision.why}", where="sweep")["error"]
+    logs = _logs(launcher, backend_id) if status is not BackendStatus.IN_PROGRESS else []
+    where = f"; its log: {', '.join(logs[:4])}{' ...' if len(logs) > 4 else ''}" if logs else ""
+    error = error_detail(cls, f"{message}; {decision.why}{where}", where="sweep")["error"]
     t = record_failure(bucket, view.job_id, error, writer=writer, attempt=view.attempt,
                        max_attempts=resources.max_attempts, view=view, extra={"backend_status": status.value})
     return {"backend": status.value, "state": t.state.value, "class": cls.value}
+
+
+def _logs(launcher: Launcher | None, backend_id: str | None) -> list[str]:
+    """A launcher that knows where its workers write (local processes) says so: the failure names the file."""
+    logs = getattr(launcher, "logs", None)
+    if logs is None or not backend_id:
+        return []
+    try:
+        return list(logs(backend_id))
+    except BucketrunError as exc:
+        log.warning("logs of %s not found: %s", backend_id, exc)
+        return []
 
 
 def sweep(bucket: Bucket, launchers: Routes | Launcher, writer: str, now: datetime | None = None,

@@ -13,10 +13,11 @@ import argcomplete
 from bucketrun.events.errors import BucketrunError, NotFound
 from bucketrun.events.manifest import ManifestRejected
 
-from . import bucket, fleet, jobs, local, maintenance, train
-from .common import CliError, Parser
+from . import agents, bucket, fleet, get, jobs, local, logs, ls, maintenance, train
+from . import jobref
+from .common import CliError, Parser, bucket_of
 
-COMMAND_GROUPS = (jobs, fleet, train, bucket, maintenance, local)
+COMMAND_GROUPS = (jobs, ls, logs, get, fleet, train, agents, bucket, maintenance, local)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bucket", help="bucket URL: a folder, file://PATH or s3://BUCKET/PREFIX "
                                          "(default: $BUCKETRUN_BUCKET, else a local folder)")
     parser.add_argument("--version", action="version", version=f"bucketrun {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
 
     def add(name: str, fn, help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
@@ -34,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     for group in COMMAND_GROUPS:  # each module registers its own commands
         group.register(add)
+    complete_job = jobref.completer(bucket_of)
+    for p in sub.choices.values():  # every JOB argument: a whole id, the start of one, or `last`; tab completes
+        for action in p._actions:
+            if action.dest == "job" and not action.option_strings:
+                action.completer = complete_job
+                action.help = action.help or "a job id, the start of one, or `last` (the newest)"
     return parser
 
 
@@ -49,9 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         _complete(parser)
         args = parser.parse_args(argv)
+        if args.command is None:  # bare `bucketrun`: what it can do
+            parser.print_help()
+            return 0
+        if isinstance(getattr(args, "job", None), str):
+            args.job = jobref.resolve(bucket_of(args), args.job)
         return args.fn(args)
     except CliError as exc:
-        print(str(exc), file=sys.stderr)
+        print(_one_line(str(exc)), file=sys.stderr)
         return 2
     except ManifestRejected as exc:
         fields = "; ".join(f"{f['loc']}: {f['msg']}" for f in exc.fields) if exc.fields else ""
@@ -74,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bucketrun: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
               "(please report it)", file=sys.stderr)
         return 1
+
+
+def _one_line(message: str) -> str:
+    """Every error starts `bucketrun:` (a command's own errors name it next: `bucketrun: submit: ...`)."""
+    if message.startswith("bucketrun:"):
+        return message
+    return "bucketrun: " + message.removeprefix("bucketrun ")
 
 
 def _quiet_stdout() -> None:

@@ -14,6 +14,10 @@ from bucketrun.events.lifecycle import JobState
 from bucketrun.events.storage import Bucket, default_bucket_url, open_bucket, resolve_bucket_url
 
 
+NO_DISPATCHER = ("is a dispatcher running? Start one with `bucketrun sim` (it watches this bucket), or deploy "
+                 "template.yaml for an S3 bucket")
+
+
 class CliError(Exception):
     """A usage problem, reported as one line with exit code 2."""
 
@@ -30,10 +34,11 @@ def bucket_of(args: argparse.Namespace, create: bool = False) -> Bucket:
     return open_bucket(url, create=create or url == default_bucket_url())
 
 
-def progress_printer():
-    """A rich progress bar on stderr, fed by job_status dicts."""
+def progress_printer(enabled: bool = True):
+    """A rich progress bar on stderr, fed by job_status dicts (none with `enabled=False`: `--json` output)."""
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-                        TextColumn("{task.fields[eta]}"), console=Console(stderr=True), transient=False)
+                        TextColumn("{task.fields[eta]}"), console=Console(stderr=True), transient=False,
+                        disable=not enabled)
     task = progress.add_task("dropped", total=100, eta="")
 
     def update(status: dict[str, Any]) -> None:
@@ -47,14 +52,24 @@ def progress_printer():
     return progress, update
 
 
-def finish(status: dict[str, Any]) -> int:
+GAVE_UP = 3  # `submit --wait --timeout`: the job did not end in time (it goes on); 1 means it ended badly
+
+
+def finish(status: dict[str, Any], quiet: bool = False) -> int:
+    """The exit code of a wait: 0 succeeded (its artifact keys printed), 1 ended otherwise, 3 still going."""
     if status["state"] == JobState.SUCCEEDED.value:
-        for a in status["artifacts"]:
-            print(a["key"])
+        if not quiet:
+            for a in status["artifacts"]:
+                print(a["key"])
         return 0
+    ended = status["state"] in {s.value for s in JobState if s.terminal}
+    if not ended:
+        print(f"bucketrun: gave up waiting; job {status['job_id']} is {status['state']} and goes on "
+              f"(bucketrun status {status['job_id']})", file=sys.stderr)
+        return GAVE_UP
     err = status.get("error") or {}
-    reason = f"{err.get('class', 'error')}: {err.get('message', '')}" if err else "timed out waiting"
-    print(f"job {status['job_id']} {status['state']}: {reason}", file=sys.stderr)
+    reason = f"{err.get('class', 'error')}: {err.get('message', '')}" if err else "no error recorded"
+    print(f"bucketrun: job {status['job_id']} {status['state']}: {reason}", file=sys.stderr)
     return 1
 
 

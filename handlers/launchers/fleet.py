@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from bucketrun.events import codec, keys
+from bucketrun.events import codec, keys, needs
 from bucketrun.events.conditional import create_once
 from bucketrun.events.errors import BucketrunError
 from bucketrun.events.failures import FailureClass
@@ -60,6 +60,10 @@ class FleetLauncher:
     def launch(self, bucket_url: str, job_id: str, attempt: int, manifest) -> str:
         spec = manifest.body.workers
         backend = self.backend(spec.backend)
+        if getattr(backend, "runs_here", False):  # workers on this machine: refuse now what they could not run
+            gone = needs.missing("fleet", manifest.body, bucket_url)
+            if gone:
+                raise LaunchError(needs.refusal("fleet", gone), FailureClass.CONFIG_ERROR)
         bucket = open_bucket(bucket_url)
         # Indexed before anything starts, so a launcher dying mid-way still leaves the fleet to the sweep.
         create_once(bucket, keys.fleet_index_key(job_id), codec.dumps({"job_id": job_id, "backend": spec.backend}))
@@ -88,6 +92,12 @@ class FleetLauncher:
             if backend.alive(inst["instance_id"]) is not False:
                 return BackendStatus.IN_PROGRESS
         return BackendStatus.UNKNOWN
+
+    def logs(self, backend_id: str) -> list[str]:
+        """Where the instances' own output is, for a failure the sweep writes (local workers log to a file)."""
+        _, bucket_url, job_id = self._parse(backend_id)
+        return [inst["detail"]["log"] for inst in read_instances(open_bucket(bucket_url), job_id)
+                if (inst.get("detail") or {}).get("log")]
 
     def cancel(self, backend_id: str) -> None:
         name, bucket_url, job_id = self._parse(backend_id)

@@ -15,6 +15,7 @@ from .fleet_base import FleetWorkers, Instance, worker_command
 
 class LocalFleetBackend:
     name = "local"
+    runs_here = True  # workers are children with this Python: needs.py answers for them
 
     def __init__(self, log_dir: Path | None = None, extra_env: dict[str, str] | None = None):
         self.log_dir = log_dir or Path(tempfile.gettempdir())
@@ -25,7 +26,8 @@ class LocalFleetBackend:
         started = []
         for worker in workers:
             cmd = [sys.executable, *worker_command(bucket_url, job_id, worker)[1:]]
-            log = open(self.log_dir / f"bucketrun-fleet-{job_id}-{worker}.log", "ab")  # noqa: SIM115
+            log_path = self.log_dir / f"bucketrun-fleet-{job_id}-{worker}.log"
+            log = open(log_path, "ab")  # noqa: SIM115
             try:
                 proc = subprocess.Popen(cmd, stdout=log, stderr=log, env={**os.environ, **self.extra_env},
                                         start_new_session=True)
@@ -36,7 +38,7 @@ class LocalFleetBackend:
             finally:
                 log.close()
             self.procs[str(proc.pid)] = proc
-            started.append(Instance(f"local-{proc.pid}", worker, "local", 0.0, {"pid": proc.pid}))
+            started.append(Instance(f"local-{proc.pid}", worker, "local", 0.0, {"pid": proc.pid, "log": str(log_path)}))
         return started
 
     @staticmethod

@@ -12,6 +12,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from bucketrun.events import needs
+from bucketrun.events.failures import FailureClass
 from bucketrun.events.kinds import kind_names
 
 from .base import BackendStatus, LaunchError
@@ -74,7 +76,13 @@ class LocalProcessLauncher:
     def wait_ready(self, timeout: float = 120) -> bool:
         return self._ready.wait(timeout)
 
+    runs_here = True  # its worker is a child on this machine, with this Python: needs.py can answer for it
+
     def launch(self, bucket_url: str, job_id: str, attempt: int, manifest=None) -> str:
+        if manifest is not None:
+            gone = needs.missing(manifest.kind, manifest.body, bucket_url)
+            if gone:  # refused now, with the line to run, instead of a worker dying of an ImportError
+                raise LaunchError(needs.refusal(manifest.kind, gone), FailureClass.CONFIG_ERROR)
         with self._lock:
             proc = self._ensure()
             line = json.dumps({"bucket": bucket_url, "job_id": job_id, "attempt": attempt})
@@ -90,6 +98,9 @@ class LocalProcessLauncher:
     def _pid_of(self, backend_id: str) -> int | None:
         parts = backend_id.split("-")
         return int(parts[1]) if len(parts) == 3 and parts[0] == "local" and parts[1].isdigit() else None
+
+    def logs(self, backend_id: str) -> list[str]:
+        return [str(self.log_path)]
 
     def status(self, backend_id: str) -> BackendStatus:
         """A live worker with that pid may still be on the job; a dead one has lost it."""

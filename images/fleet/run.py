@@ -14,13 +14,23 @@ import signal
 import sys
 from typing import Any
 
+from bucketrun.events import needs
 from bucketrun.events.errors import BucketrunError
-from bucketrun.events.failures import FailureClass, JobFailure
+from bucketrun.events.failures import FailureClass, JobFailure, error_detail
+from bucketrun.events.kinds.validate import load_job_manifest
 from bucketrun.events.lifecycle import JobState, read_view
+from bucketrun.events.retry import record_failure
+from bucketrun.events.storage import open_bucket
 
-from .job import FleetJob, FleetStopped
-from .progress import ProgressDuty
-from .worker import GRACE_S, Stop, Worker
+try:  # pyarrow (and aioboto3) come with the fleet extra: without them main() fails the job, not just this process
+    from .job import FleetJob, FleetStopped
+    from .progress import ProgressDuty
+    from .worker import GRACE_S, Stop, Worker
+except ImportError as _exc:
+    MISSING: ImportError | None = _exc
+    GRACE_S = 20.0
+else:
+    MISSING = None
 
 log = logging.getLogger("bucketrun.fleet")
 
@@ -110,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         print("bucketrun-fleet-worker: --bucket and --job are required", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if MISSING is not None:
+        return refuse(args.bucket, args.job, MISSING, workers)
     try:
         outcomes = asyncio.run(run_workers(args.bucket, args.job, workers, args.device, args.grace))
     except BucketrunError as exc:
@@ -117,6 +129,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     log.info("workers done: %s", outcomes)
     return 0
+
+
+def refuse(bucket_url: str, job_id: str, exc: ImportError, workers: list[str]) -> int:
+    """This Python lacks what a fleet worker imports: the job fails with config_error and the pip line, written
+    as a transition anyone can read, rather than a traceback in this process's log alone."""
+    extra = needs.extra_of(exc.name) or "fleet"
+    message = needs.refusal("fleet", {exc.name or str(exc): extra})
+    print(f"bucketrun-fleet-worker: {message}", file=sys.stderr)
+    try:
+        bucket = open_bucket(bucket_url)
+        view = read_view(bucket, job_id)
+        error = error_detail(FailureClass.CONFIG_ERROR, message, where=f"fleet worker {','.join(workers)}")["error"]
+        record_failure(bucket, job_id, error, writer=f"fleet:{','.join(workers)[:64]}", attempt=view.attempt,
+                       max_attempts=load_job_manifest(bucket, job_id).resources.max_attempts, view=view)
+    except BucketrunError as record_exc:  # a second worker may have recorded it first; the job moved on
+        log.warning("failure not recorded: %s", record_exc)
+    return 1
 
 
 def attempt_work(ctx) -> dict[str, Any]:

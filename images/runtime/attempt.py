@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bucketrun.events import keys
+from bucketrun.events import keys, needs
 from bucketrun.events.errors import BucketrunError, IllegalTransition, StaleAttempt
 from bucketrun.events.failures import FailureClass, JobFailure, error_detail
 from bucketrun.events.kinds import get_kind
@@ -195,6 +195,11 @@ def run_attempt(bucket_url: str, job_id: str, attempt: int, writer: str | None =
             return {"job_id": job_id, "attempt": attempt, "status": "superseded"}
         except Drained:
             error = error_detail(FailureClass.LOST, "the worker was stopped (SIGTERM) mid-attempt",
+                                 where="worker")["error"]
+        except ImportError as exc:  # a kind's stack not installed where it ran: what to install, not a bug
+            log.exception("import failed")
+            cls = FailureClass.CONFIG_ERROR if needs.extra_of(exc.name) else FailureClass.CODE_ERROR
+            error = error_detail(cls, f"{type(exc).__name__}: {exc}{needs.import_advice(exc)}"[:500],
                                  where="worker")["error"]
         except Exception as exc:  # noqa: BLE001 - the job must end in a state, whatever broke
             log.exception("unexpected error")

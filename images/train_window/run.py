@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import shlex
 import time
 from pathlib import Path
@@ -45,7 +46,8 @@ class Window:
 
     def values(self, run_dir: Path, target_step: int, size: int) -> dict[str, Any]:
         return {"target_step": target_step, "window": size, "start_step": target_step - size,
-                "run_dir": str(run_dir), "workdir": str(self.workdir or "")}
+                "run_dir": str(run_dir), "workdir": str(self.workdir or ""),
+                "python": sys.executable}  # the agent's own interpreter: a venv's packages, whatever is on PATH
 
     # -- preflight ---------------------------------------------------------------------------------------
     def preflight(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
+from bucketrun.events import needs
 from bucketrun.events.kinds import load_entry_point
 
 # Every row carries these, whatever the processor: which item it belongs to, its ordinal among that item's rows
@@ -96,7 +97,8 @@ def make_processor(factory: str, options: dict[str, Any], ctx: ProcessorContext)
     try:
         make = load_entry_point(factory)
     except (ImportError, AttributeError, ValueError) as exc:
-        raise ProcessorError(f"processor {factory!r} is not in this worker image: {exc}") from exc
+        advice = needs.import_advice(exc) if isinstance(exc, ImportError) else ""
+        raise ProcessorError(f"processor {factory!r} is not in this worker image: {exc}{advice}") from exc
     return make(options, ctx)
 
 
