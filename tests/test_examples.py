@@ -79,6 +79,9 @@ def test_the_readme_tours_run_offline_and_every_example_succeeds(tmp_path):
                     seen.append((line, job))
                 if line[:2] == ["bucketrun", "get"]:
                     assert "verified" in done.stdout, (line, done.stdout)
+                    assert (home / job).is_dir() and any((home / job).iterdir()), line  # ./JOB, as the README says
+                if line[:2] == ["bucketrun", "agents"]:
+                    assert "host-a" in done.stdout and "host-b" in done.stdout and "alive" in done.stdout, done.stdout
     finally:
         for proc in reversed(background):
             proc.terminate()
