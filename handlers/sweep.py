@@ -165,7 +165,7 @@ def _ask_backend(bucket: Bucket, view: JobView, launcher: Launcher | None, write
             launcher.cancel(backend_id)  # a silent worker is stopped before its attempt is retried
         except BucketrunError as exc:
             log.warning("cancel of stalled %s failed: %s", backend_id, exc)
-    logs = _logs(launcher, backend_id) if status is not BackendStatus.IN_PROGRESS else []
+    logs = _logs(launcher, backend_id)
     where = f"; its log: {', '.join(logs[:4])}{' ...' if len(logs) > 4 else ''}" if logs else ""
     error = error_detail(cls, f"{message}; {decision.why}{where}", where="sweep")["error"]
     t = record_failure(bucket, view.job_id, error, writer=writer, attempt=view.attempt,

@@ -361,6 +361,9 @@ def test_resume_after_kill_9_of_the_agent_mid_run(hosts, bucket_url):
         f.start_agent("host-a")
         out = f.wait(job, timeout=180)
     assert out["state"] == "succeeded" and out["attempt"] == 2, out
+    retried = next(t.detail["retry"]["error"] for t in read_view(f.bucket, job).history if t.detail.get("retry"))
+    assert retried["class"] in ("lost", "stall") and "on host " in retried["message"], retried  # where it ran
+    assert keys.log_key(job, 1) in retried["message"], retried  # and where the attempt's own log is
     resume = out["detail"]["resume"]
     assert resume["from"] == "host" and resume["step"] >= killed_at
     log = b"".join(f.bucket.get(i.key).data for i in f.bucket.list(keys.train_log_prefix(job, 2))).decode()

@@ -46,13 +46,24 @@ class AgentLauncher:
             bucket.put(keys.agent_offer_key(label, job_id, attempt, role), body, "application/json")
         return f"agent|{bucket_url}|{job_id}|{attempt}"
 
+    def _claims(self, bucket: Bucket, job_id: str, attempt: str) -> list[dict]:
+        return [codec.loads(bucket.get(i.key).data) for i in bucket.list(f"{keys.job_prefix(job_id)}agents/")
+                if i.key.rsplit("/", 1)[-1].startswith(f"{int(attempt):03d}-") and i.key.endswith("-run.json")]
+
+    def logs(self, backend_id: str) -> list[str]:
+        """Where to look when the agent running it went silent: its own output on its host, and the attempt's
+        worker log in the bucket (`bucketrun logs JOB --worker`), which the run writes as it goes."""
+        _, bucket_url, job_id, attempt = backend_id.split("|")
+        found = [f"agent {c.get('agent')} on host {c.get('host')} (pid {c.get('pid')}): its own stderr there"
+                 for c in self._claims(self._open(bucket_url), job_id, attempt)]
+        return found + [keys.log_key(job_id, int(attempt)) + " in the bucket (bucketrun logs JOB --worker)"]
+
     def status(self, backend_id: str) -> BackendStatus:
         """IN_QUEUE until an agent claims the run; IN_PROGRESS while that agent heartbeats; UNKNOWN (lost) once
         it went silent."""
         _, bucket_url, job_id, attempt = backend_id.split("|")
         bucket = self._open(bucket_url)
-        claims = [codec.loads(bucket.get(i.key).data) for i in bucket.list(f"{keys.job_prefix(job_id)}agents/")
-                  if i.key.rsplit("/", 1)[-1].startswith(f"{int(attempt):03d}-") and i.key.endswith("-run.json")]
+        claims = self._claims(bucket, job_id, attempt)
         if not claims:
             return BackendStatus.IN_QUEUE
         try:
