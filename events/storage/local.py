@@ -36,6 +36,17 @@ def _file_etag(path: str | Path) -> str:
     return '"' + h.hexdigest() + '"'
 
 
+def _copy(src, out, progress=None) -> str:
+    """Stream one file into another in 1 MiB pieces; returns the ETag (MD5) of what was copied."""
+    h = hashlib.md5(usedforsecurity=False)
+    for chunk in iter(lambda: src.read(1 << 20), b""):
+        out.write(chunk)
+        h.update(chunk)
+        if progress is not None:
+            progress(len(chunk))
+    return '"' + h.hexdigest() + '"'
+
+
 def _mtime(st: os.stat_result) -> datetime:
     return datetime.fromtimestamp(st.st_mtime_ns / 1e9, timezone.utc)
 
@@ -164,29 +175,20 @@ class LocalBucket(Bucket):
 
     def download(self, key, dest):
         path = self._path(key)
-        h = hashlib.md5(usedforsecurity=False)
         try:
             with open(path, "rb") as src, open(dest, "wb") as out:
-                for chunk in iter(lambda: src.read(1 << 20), b""):
-                    h.update(chunk)
-                    out.write(chunk)
+                return _copy(src, out)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
             raise NotFound(key) from exc
         except OSError as exc:
             raise StorageError(f"download {key}: {exc.strerror}") from exc
-        return '"' + h.hexdigest() + '"'
 
     def upload(self, key, src, content_type="application/octet-stream", progress=None):
         path = self._path(key)
         tmp = self.root / INTERNAL / "tmp" / uuid.uuid4().hex
-        h = hashlib.md5(usedforsecurity=False)
         try:
             with open(src, "rb") as fin, open(tmp, "wb") as out:
-                for chunk in iter(lambda: fin.read(1 << 20), b""):
-                    out.write(chunk)
-                    h.update(chunk)
-                    if progress is not None:
-                        progress(len(chunk))
+                etag = _copy(fin, out, progress)
                 out.flush()
                 os.fsync(out.fileno())
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -200,7 +202,7 @@ class LocalBucket(Bucket):
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-        return '"' + h.hexdigest() + '"'
+        return etag
 
     def head(self, key):
         path = self._path(key)
