@@ -8,13 +8,14 @@ cd "$(dirname "$0")"
 
 PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
 VENV=${BUCKETRUN_VENV:-.venv}
-DEBS=(espeak-ng ffmpeg sox)
+DEBS=(espeak-ng ffmpeg sox tmux)
 
 need_debs() {
   local missing=()
   command -v espeak-ng >/dev/null || missing+=(espeak-ng)
   command -v ffmpeg >/dev/null || missing+=(ffmpeg)
   command -v sox >/dev/null || missing+=(sox)
+  command -v tmux >/dev/null || missing+=(tmux)  # tests/test_top.py runs `bucketrun top` in a real terminal
   [ ${#missing[@]} -eq 0 ] && return 0
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
