@@ -11,7 +11,7 @@ from bucketrun.events.kinds.validate import load_job_manifest
 from .common import CliError, bucket_of
 
 
-def _age(s: float | None) -> str:
+def age_text(s: float | None) -> str:
     if s is None:
         return "-"
     return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m"
@@ -26,7 +26,7 @@ def wall_text(s: float) -> str:
     return f"{int(s // 3600)}h {int(s % 3600 // 60):02d}m"
 
 
-def _rate(st) -> str:
+def rate_text(st) -> str:
     """The live rate while the fleet runs; once it has ended, its average over the wall time."""
     rate = st["items_per_s"] if st["items_per_s"] is not None else "-"
     if st.get("rate") != "average":
@@ -46,15 +46,15 @@ def cmd_fleet(args) -> int:
         return 0
     total = st["items_total"]
     head = (f"{st['job_id']}  {st['state']}  {st['items_done']}/{total if total is not None else '?'} items"
-            f"  failed {st['items_failed']}  dead-lettered {st['dead_lettered']}" + _rate(st))
+            f"  failed {st['items_failed']}  dead-lettered {st['dead_lettered']}" + rate_text(st))
     if st["eta_s"]:
-        head += f"  ETA {_age(st['eta_s'])}"
+        head += f"  ETA {age_text(st['eta_s'])}"
     print(head)
     print(f"workers: {st['workers_alive']} alive of {len(st['workers'])}; shards {st['shards_done']} done"
           f" of {st['shards_planned'] if st['shards_planned'] is not None else '?'} planned")
     for w in st["workers"]:
         rate = f"{w['items_per_s']:.1f}/s" if w["items_per_s"] is not None else "-"
-        print(f"  {w['worker'] or '-':<14} {w['state']:<8} beat {_age(w['heartbeat_age_s']):>5} ago  "
+        print(f"  {w['worker'] or '-':<14} {w['state']:<8} beat {age_text(w['heartbeat_age_s']):>5} ago  "
               f"shard {w['current_shard'] or '-':<19} {rate:>9}  done {w['items_done']}")
     if st["cost"]:
         print(f"cost: ${st['cost']['total_usd']:.2f} over {len(st['cost']['instances'])} instances")

@@ -24,7 +24,7 @@ def _source(view: JobView) -> str:
     return (first.get("inbox") or {}).get("key") or "-"
 
 
-def _kind(bucket, view: JobView) -> str:
+def kind_of(bucket, view: JobView) -> str:
     """From the submitted transition (written since kinds were recorded there), else the stored manifest."""
     first = view.history[0].detail if view.history else {}
     if first.get("kind"):
@@ -35,7 +35,7 @@ def _kind(bucket, view: JobView) -> str:
         return "-"
 
 
-def _waiting(bucket, taken: set[str]) -> list[dict[str, Any]]:
+def waiting_rows(bucket, taken: set[str]) -> list[dict[str, Any]]:
     """Manifests in the inbox that no dispatcher has taken in: named by their own job id (as `submit` names
     them), or any other name whose intake index entry is missing."""
     rows = []
@@ -78,10 +78,10 @@ def cmd_ls(args) -> int:
             continue
         if view.state is None:
             continue
-        rows.append({"job_id": job_id, "state": view.state.value, "kind": _kind(bucket, view),
+        rows.append({"job_id": job_id, "state": view.state.value, "kind": kind_of(bucket, view),
                      "attempt": view.attempt, "updated_at": view.latest.at, "source": _source(view)})
     if args.state in (None, WAITING):
-        rows += [r for r in _waiting(bucket, set(ids))
+        rows += [r for r in waiting_rows(bucket, set(ids))
                  if since is None or r["updated_at"] == "-" or codec.parse_iso(r["updated_at"]) >= since]
     rows = [r for r in rows if (args.state is None or r["state"] == args.state)
             and (args.kind is None or r["kind"] == args.kind)]

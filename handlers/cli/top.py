@@ -23,9 +23,9 @@ from bucketrun.events.lifecycle import JobView, read_view
 from bucketrun.events.status import WAITING, job_status
 
 from .common import NO_DISPATCHER, bucket_of
-from .fleet import _age, _rate
+from .fleet import age_text, rate_text
 from .logs import render
-from .ls import _kind, _waiting
+from .ls import kind_of, waiting_rows
 
 HEAD = f"  {'KIND':<12} {'STATE':<10} {'AGE':>5} {'ATT':>3}  {'PROGRESS':<14} ID"
 
@@ -70,7 +70,7 @@ class Board:
             elif info.key == keys.progress_key(job_id):
                 stamp[1] = (info.size, info.last_modified)
         rows = [row for job_id, stamp in stamps.items() if (row := self._row(job_id, tuple(stamp)))]
-        rows += [{**r, "key": r["job_id"] or r["source"], "progress": "-"} for r in _waiting(self.bucket, set(stamps))]
+        rows += [{**r, "key": r["job_id"] or r["source"], "progress": "-"} for r in waiting_rows(self.bucket, set(stamps))]
         rows.sort(key=lambda r: keys.job_time(r["job_id"]) if r["job_id"] else codec.parse_iso(r["updated_at"]),
                   reverse=True)  # newest first
         return rows
@@ -83,7 +83,7 @@ class Board:
                 if view.state is None:
                     return None
                 if job_id not in self.kinds:
-                    self.kinds[job_id] = _kind(self.bucket, view)
+                    self.kinds[job_id] = kind_of(self.bucket, view)
                 self.status[job_id] = job_status(self.bucket, job_id, view)
             except CorruptObject as exc:  # one bad object must not hide every other job
                 return {"job_id": job_id, "key": job_id, "state": "corrupt", "kind": "-", "attempt": 0,
@@ -218,7 +218,7 @@ class Screen:
             return out + self._fleet(key, room - len(out))
         p = status.get("progress") or {}
         if p and not status["terminal"] or status["state"] == "succeeded":
-            eta = f"  ETA {_age(p['eta_s'])}" if p.get("eta_s") else ""
+            eta = f"  ETA {age_text(p['eta_s'])}" if p.get("eta_s") else ""
             out.append((f"progress: {p.get('stage')} {p.get('percent') or 0:.0f}%{eta}", ""))
         if status["error"]:
             out.append((f"error: {status['error'].get('class')}: {status['error'].get('message')}", "red"))
@@ -236,7 +236,7 @@ class Screen:
             return [("reading the fleet's workers ...", "")]
         total = st["items_total"]
         out = [(f"{st['items_done']}/{total if total is not None else '?'} items  failed {st['items_failed']}  "
-                f"dead-lettered {st['dead_lettered']}" + _rate(st) + (f"  ETA {_age(st['eta_s'])}" if st["eta_s"]
+                f"dead-lettered {st['dead_lettered']}" + rate_text(st) + (f"  ETA {age_text(st['eta_s'])}" if st["eta_s"]
                                                                        else ""), ""),
                ((f"workers: {st['workers_alive']} alive of {len(st['workers'])}; shards {st['shards_done']} done of "
                  f"{st['shards_planned'] if st['shards_planned'] is not None else '?'} planned"), "")]
@@ -251,7 +251,7 @@ class Screen:
             more = 0
         for w in workers:
             rate = f"{w['items_per_s']:.1f}/s" if w["items_per_s"] is not None else "-"
-            text = (f"  {w['worker'] or '-':<14} {w['state']:<8} {_age(w['heartbeat_age_s']):>5}  "
+            text = (f"  {w['worker'] or '-':<14} {w['state']:<8} {age_text(w['heartbeat_age_s']):>5}  "
                     f"{w['current_shard'] or '-':<19} {rate:>8} {w['items_done']:>7}")
             out.append((text, "" if w["state"] == "alive" else "dim"))
         if more:
