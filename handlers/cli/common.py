@@ -27,6 +27,24 @@ class Parser(argparse.ArgumentParser):
         raise CliError(f"{self.prog}: {message} (see --help)")
 
 
+def number(cast, low: float, high: float, what: str, why: str = ""):
+    """An argparse type: a number (`cast`) from `low` to `high`, or one line saying what was wanted."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {what} from {_plain(low)} to {_plain(high)}{why}, not {text}")
+        return value
+
+    return parse
+
+
+def _plain(x: float) -> str:
+    return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
+
+
 def bucket_of(args: argparse.Namespace, create: bool = False) -> Bucket:
     """The bucket a command works on. Only the default folder (and `sim`, `demo`, `init`, which pass
     create=True) may come into being here; a mistyped --bucket is a one-line error, not a new folder."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
@@ -12,7 +11,7 @@ from bucketrun.handlers.launchers.local import LocalProcessLauncher
 from bucketrun.local_sim.demo import run_demo
 from bucketrun.local_sim.sim import Simulation
 
-from .common import bucket_of, finish, progress_printer
+from .common import bucket_of, finish, number, progress_printer
 
 
 def cmd_sim(args) -> int:
@@ -53,15 +52,8 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _seconds(text: str) -> float:
-    """A positive number of seconds: zero would make the simulation list the bucket in a busy loop."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
-    return value
+# zero would make the simulation list the bucket in a busy loop
+_seconds = number(float, 0.001, 86400.0, "a number of seconds")
 
 
 def register(add) -> None:

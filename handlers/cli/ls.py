@@ -3,7 +3,6 @@ included; filtered by state, kind and age (ids begin with their UTC time, so `--
 
 from __future__ import annotations
 
-import argparse
 import json
 import posixpath
 from typing import Any
@@ -13,7 +12,7 @@ from bucketrun.events.errors import CorruptObject, NotFound
 from bucketrun.events.lifecycle import JobState, JobView, list_job_ids, read_view
 from bucketrun.events.status import WAITING
 
-from .common import bucket_of
+from .common import bucket_of, number
 from .maintenance import age
 
 
@@ -98,20 +97,10 @@ def cmd_ls(args) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--limit must be 1 or more, got {n}")
-    return n
-
-
 def register(add) -> None:
     p = add("ls", cmd_ls, "list jobs, oldest first: kind, state, attempt, where each came from (and the waiting)")
     p.add_argument("--state", choices=[s.value for s in JobState] + [WAITING])
     p.add_argument("--kind", help="only jobs of this kind (transcribe, fleet, train_window)")
-    p.add_argument("--limit", type=_positive, default=None, metavar="N", help="only the newest N")
+    p.add_argument("--limit", type=number(int, 1, 10**9, "a number of jobs"), default=None, metavar="N", help="only the newest N")
     p.add_argument("--since", type=age, default=None, metavar="AGE", help="only jobs submitted within AGE: 2h, 7d")
     p.add_argument("--json", action="store_true", help="one JSON array, for scripts")

@@ -3,7 +3,6 @@ every --refresh seconds; keys come from the terminal in cbreak mode, so it works
 
 from __future__ import annotations
 
-import argparse
 import os
 import select
 import sys
@@ -22,7 +21,7 @@ from bucketrun.events.fleet.status import fleet_status
 from bucketrun.events.lifecycle import JobView, read_view
 from bucketrun.events.status import WAITING, job_status
 
-from .common import NO_DISPATCHER, bucket_of
+from .common import NO_DISPATCHER, bucket_of, number
 from .fleet import age_text, rate_text
 from .logs import render
 from .ls import kind_of, waiting_rows
@@ -344,14 +343,7 @@ def cmd_top(args) -> int:
                     return 0
 
 
-def _seconds(text: str) -> float:
-    try:
-        s = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0.1 <= s <= 3600:
-        raise argparse.ArgumentTypeError(f"--refresh must be from 0.1 to 3600 seconds, got {text}")
-    return s
+_seconds = number(float, 0.1, 3600.0, "a number of seconds")
 
 
 def register(add) -> None:
