@@ -163,3 +163,24 @@ def test_the_worker_column_is_the_heartbeats_worker_id_not_a_writer(tmp_path):
     text = cli_status(url, job)
     assert [r[0] for r in worker_rows(text)] == PROCS["a"] and "fleet:" not in text, text
     assert "6.0 items/s" in text.splitlines()[0] and "wall" not in text  # launched: the live rate, no wall
+
+
+def test_a_worker_whose_last_beat_has_not_come_after_the_end_is_stopping_not_alive(tmp_path):
+    """Right after a fleet ends, a worker that has not yet written its final beat is on its way out: shown as
+    `stopping` (its counts are not final), never as alive beside an ended fleet."""
+    from bucketrun.handlers.control import cancel
+
+    url = open_bucket(str(tmp_path / "bucket")).url
+    bucket = open_bucket(url)
+    bucket.put("items.jsonl", b'"a"\n"b"\n')
+    job = harness.start_job(url, fleet_manifest(0.0, heartbeat_s=60))
+    for w in PROCS["a"]:
+        bucket.put(keys.fleet_heartbeat_key(job, w), codec.dumps({"worker": w, "state": "working",
+                                                                   "at": codec.iso(codec.now()), "items_done": 1}))
+    assert {w["state"] for w in fleet_status(bucket, job)["workers"]} == {"alive"}  # while it runs
+    cancel(bucket, job, "test")
+    st = fleet_status(bucket, job)
+    assert {w["state"] for w in st["workers"]} == {"stopping"} and st["workers_alive"] == 0, st["workers"]
+    assert st["workers_stopping"] == len(PROCS["a"])
+    text = cli_status(url, job)
+    assert f"0 alive of {len(PROCS['a'])} ({len(PROCS['a'])} stopping)" in text, text

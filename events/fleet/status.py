@@ -1,5 +1,6 @@
 """What `bucketrun fleet status` shows, read from the bucket alone: each worker from its heartbeat (alive,
-stale or offline, by the store's Last-Modified), and the totals from the done markers' listing.
+stale or offline, by the store's Last-Modified; `stopping` once the fleet has ended but its last beat has not
+come), and the totals from the done markers' listing.
 
 The rate: while the fleet runs, the sum of its alive workers' recent rates. Once it has ended (succeeded, failed,
 cancelled) its workers are offline and that sum is 0, so it is the fleet's average instead: items done over the
@@ -82,9 +83,13 @@ def fleet_status(bucket, job_id: str, now: datetime | None = None) -> dict[str, 
     if view.state is not None and view.state.value == "succeeded":
         dataset = view.latest.detail.get("dataset")
     items_done = dataset["items_covered"] if dataset else (min(total, covered_items(done)) if total else 0)
-    alive = [w for w in workers if w["state"] == "alive"]
     state = view.state.value if view.state else None
     ended = view.state is not None and view.state.terminal
+    if ended:  # a beat from before the end is not a live worker: it is on its way out, its counts not yet final
+        for w in workers:
+            if w["state"] == "alive":
+                w["state"] = "stopping"
+    alive = [w for w in workers if w["state"] == "alive"]
     started_at, ended_at = wall_clock(view.history)
     wall = max(0.0, _seconds(started_at, ended_at)) if started_at and ended_at else None
     if ended:  # the average over the wall time (None if it never ran); no ETA
@@ -105,5 +110,6 @@ def fleet_status(bucket, job_id: str, now: datetime | None = None) -> dict[str, 
         "rate": "average" if ended else "live",
         "started_at": started_at, "ended_at": ended_at, "wall_s": round(wall, 3) if wall is not None else None,
         "workers": sorted(workers, key=lambda w: w["worker"] or ""),
-        "workers_alive": len(alive), "dataset": dataset, "cost": cost,
+        "workers_alive": len(alive), "workers_stopping": sum(w["state"] == "stopping" for w in workers),
+        "dataset": dataset, "cost": cost,
     }

@@ -50,7 +50,8 @@ def cmd_fleet(args) -> int:
     if st["eta_s"]:
         head += f"  ETA {age_text(st['eta_s'])}"
     print(head)
-    print(f"workers: {st['workers_alive']} alive of {len(st['workers'])}; shards {st['shards_done']} done"
+    stopping = f" ({st['workers_stopping']} stopping)" if st.get("workers_stopping") else ""
+    print(f"workers: {st['workers_alive']} alive of {len(st['workers'])}{stopping}; shards {st['shards_done']} done"
           f" of {st['shards_planned'] if st['shards_planned'] is not None else '?'} planned")
     for w in st["workers"]:
         rate = f"{w['items_per_s']:.1f}/s" if w["items_per_s"] is not None else "-"
