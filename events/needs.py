@@ -73,8 +73,3 @@ def import_advice(exc: ImportError) -> str:
     """For an ImportError met at run time: the pip line, when the module is one of an extra's."""
     extra = extra_of(exc.name)
     return f"; install it with `{pip_line([extra])}` and retry the job" if extra else ""
-
-
-def runnable(kinds: list[str]) -> list[str]:
-    """The kinds whose own stack is installed here (a fleet's processors aside): what an agent advertises."""
-    return [k for k in kinds if not missing(k)]
