@@ -174,7 +174,8 @@ def _ask_backend(bucket: Bucket, view: JobView, launcher: Launcher | None, write
 
 
 def _logs(launcher: Launcher | None, backend_id: str | None) -> list[str]:
-    """A launcher that knows where its workers write (local processes) says so: the failure names the file."""
+    """A launcher that knows where its workers write (a local process's file, an agent's host) says so: the
+    failure names it."""
     logs = getattr(launcher, "logs", None)
     if logs is None or not backend_id:
         return []
