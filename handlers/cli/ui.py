@@ -1,0 +1,42 @@
+"""`bucketrun ui`: serve the read-only dashboard (handlers/ui). Loopback by default; any other address needs a
+token, given or generated and printed once, so a bucket's jobs are not shown to the whole network."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+
+from .common import CliError, bucket_of, number
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+NEEDS_EXTRA = "bucketrun: the dashboard needs the ui extra: pip install 'bucketrun[ui]'"
+
+
+def cmd_ui(args) -> int:
+    try:
+        # late: starlette, uvicorn and jinja2 are the ui extra's; the Lambda and every other command stay without them
+        from bucketrun.handlers.ui import app
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] in {"starlette", "uvicorn", "jinja2", "markupsafe", "anyio", "h11"}:
+            raise CliError(NEEDS_EXTRA) from None
+        raise
+    token = args.token
+    if token is None and args.host not in LOOPBACK:
+        token = secrets.token_urlsafe(24)
+        print(f"bucketrun ui: token {token} (open http://{args.host}:{args.port}/?token={token})", file=sys.stderr,
+              flush=True)
+    bucket = bucket_of(args)
+    print(f"bucketrun ui: serving {bucket.url} on http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
+    app.serve(bucket, args.host, args.port, args.refresh, token)
+    return 0
+
+
+def register(add) -> None:
+    p = add("ui", cmd_ui, "a read-only dashboard in the browser: jobs, a job's timeline and artifacts, host agents")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; any other needs a token)")
+    p.add_argument("--port", type=number(int, 1, 65535, "a port"), default=8765)
+    p.add_argument("--token", default=None, help="the token requests must carry (?token= or Authorization: Bearer); "
+                                                 "generated and printed when --host is not loopback")
+    p.add_argument("--refresh", type=number(float, 0.1, 3600, "a number of seconds"), default=2.0, metavar="S",
+                   help="read a live job at most every S seconds (an ended job is read once)")

@@ -1,0 +1,2 @@
+"""`bucketrun ui`: a read-only dashboard of the bucket's jobs and host agents, served by Starlette under uvicorn.
+Only handlers/cli/ui.py imports it, lazily, so the Lambda and the rest of the CLI never load the ui extra."""

@@ -1,0 +1,143 @@
+"""What the dashboard shows, read through one cache: a live job is read at most every `refresh` seconds, an ended
+job never again once read; the bucket is wrapped so the server counts its own calls and cannot write."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from bucketrun.events import codec, keys
+from bucketrun.events.errors import CorruptObject
+from bucketrun.events.hosts import read_hosts
+from bucketrun.events.lifecycle import JobView, list_job_ids, read_view
+from bucketrun.events.status import job_status
+
+from ..cli.ls import kind_of, waiting_rows
+
+READS = ("get", "head", "list", "exists")
+WRITES = ("put", "create", "replace", "delete", "upload")
+
+
+class CountingBucket:
+    """The caller's bucket, read-only: each read is counted (the footer shows the count); a write raises."""
+
+    def __init__(self, bucket) -> None:
+        self._bucket = bucket
+        self.url = bucket.url
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str):
+        if name in WRITES:
+            raise PermissionError(f"the dashboard never writes to the bucket (it tried {name})")
+        method = getattr(self._bucket, name)
+        if name not in READS:
+            return method
+
+        def counted(*args, **kwargs):
+            with self._lock:
+                self.calls += 1
+            return method(*args, **kwargs)
+
+        return counted
+
+
+class Cache:
+    """Jobs keyed by id with when they were read; the job list and the hosts are re-read at most every `refresh`."""
+
+    def __init__(self, bucket: CountingBucket, refresh: float = 2.0) -> None:
+        self.bucket, self.refresh = bucket, refresh
+        self.jobs: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._listing: tuple[float, list[str], list[dict[str, Any]]] | None = None
+        self._hosts: tuple[float, list[dict[str, Any]]] | None = None
+        self._lock = threading.RLock()
+
+    def _fresh(self, at: float) -> bool:
+        return time.monotonic() - at < self.refresh
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        """One job's view, status, kind and source, or None when it has no history (waiting or unknown)."""
+        with self._lock:
+            cached = self.jobs.get(job_id)
+            if cached and (cached[1]["status"]["terminal"] or self._fresh(cached[0])):
+                return cached[1]
+            known: JobView | None = cached[1]["view"] if cached else None
+            try:
+                view = read_view(self.bucket, job_id, known=known)
+            except CorruptObject as exc:  # one bad object must not hide every other job
+                return {"job_id": job_id, "view": None, "kind": "-", "source": "-", "corrupt": str(exc),
+                        "status": {"state": "corrupt", "attempt": 0, "terminal": False, "progress": None,
+                                   "artifacts": [], "error": None}}
+            if view.state is None:
+                return None
+            entry = {"job_id": job_id, "view": view, "status": job_status(self.bucket, job_id, view),
+                     "kind": cached[1]["kind"] if cached else kind_of(self.bucket, view), "source": source_of(view)}
+            self.jobs[job_id] = (time.monotonic(), entry)
+            return entry
+
+    def listing(self) -> tuple[list[str], list[dict[str, Any]]]:
+        with self._lock:
+            if self._listing is None or not self._fresh(self._listing[0]):
+                ids = list_job_ids(self.bucket)
+                # a job with objects but no history yet (a request_id's claim writes jobs/<id>/intake.json before
+                # the drop) is still waiting: only the ones with history are taken
+                taken = {job_id for job_id in ids if self.job(job_id) is not None}
+                self._listing = (time.monotonic(), ids, waiting_rows(self.bucket, taken))
+            return self._listing[1], self._listing[2]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every job, the waiting included, newest first, as the jobs page shows them."""
+        ids, waiting = self.listing()
+        now = codec.now()
+        rows = []
+        for job_id in ids:
+            entry = self.job(job_id)
+            if entry is None:
+                continue
+            status, view = entry["status"], entry["view"]
+            ended = (view.latest.time if view and status["terminal"] else now)
+            started = keys.job_time(job_id)
+            rows.append({"job_id": job_id, "kind": entry["kind"], "state": status["state"],
+                         "source": entry["source"], "attempt": status["attempt"], "at": started,
+                         "age_s": (now - started).total_seconds(), "duration_s": (ended - started).total_seconds(),
+                         "percent": percent(status)})
+        for w in waiting:
+            at = keys.job_time(w["job_id"]) if w["job_id"] else (codec.parse_iso(w["updated_at"])
+                                                                if w["updated_at"] != "-" else now)
+            rows.append({"job_id": w["job_id"], "kind": w["kind"], "state": w["state"], "source": w["source"],
+                         "attempt": 0, "at": at, "age_s": (now - at).total_seconds(), "duration_s": None,
+                         "percent": None})
+        rows.sort(key=lambda r: r["at"], reverse=True)
+        return rows
+
+    def hosts(self) -> list[dict[str, Any]]:
+        with self._lock:
+            if self._hosts is None or not self._fresh(self._hosts[0]):
+                hosts = sorted(read_hosts(self.bucket), key=lambda h: (h["status"] != "alive", h.get("agent", "")))
+                self._hosts = (time.monotonic(), hosts)
+            return self._hosts[1]
+
+
+def source_of(view: JobView) -> str:
+    first = view.history[0].detail if view.history else {}
+    if first.get("request_id"):
+        return f"request:{first['request_id']}"
+    return (first.get("inbox") or {}).get("key") or "-"
+
+
+def percent(status: dict[str, Any]) -> float | None:
+    if status["state"] == "succeeded":
+        return 100.0
+    p = status.get("progress") or {}
+    return None if p.get("percent") is None else float(p["percent"])
+
+
+def ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size * (2 if unit != "d" else 1):
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
