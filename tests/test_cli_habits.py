@@ -104,18 +104,19 @@ def test_ls_shows_kinds_and_waiting_jobs_and_filters(folder):
     waiting, _ = submit(bucket, codec.dumps({"kind": "fleet", "items": {"inline": ["a"]},
                                              "processor": {"name": "noop"}}))
     bucket.put("inbox/by-hand.json", codec.dumps(TRANSCRIBE))  # any name: its job id is given at intake
+    requested, _ = submit(bucket, codec.dumps({**TRANSCRIBE, "request_id": "nightly-7"}))  # claims jobs/<id>/ first
 
     rows = json.loads(cli("--bucket", folder, "ls", "--json").stdout)
     assert [(r["job_id"], r["state"], r["kind"]) for r in rows] == [
         (old, "submitted", "train_window"), (new_id, "queued", "transcribe"), (waiting, "waiting", "fleet"),
-        (None, "waiting", "transcribe")]
+        (None, "waiting", "transcribe"), (requested, "waiting", "transcribe")]
     text = cli("--bucket", folder, "ls").stdout.splitlines()
-    assert text[0].split()[:3] == [old, "submitted", "train_window"] and "(not yet named)" in text[-1]
+    assert text[0].split()[:3] == [old, "submitted", "train_window"] and "(not yet named)" in text[-2]
     kinds = lambda *a: [r["job_id"] for r in json.loads(cli("--bucket", folder, "ls", "--json", *a).stdout)]  # noqa: E731
     assert kinds("--kind", "train_window") == [old]
     assert kinds("--state", "waiting", "--kind", "fleet") == [waiting]
-    assert kinds("--since", "2d") == [new_id, waiting, None]
-    assert kinds("--limit", "2") == [waiting, None]
+    assert kinds("--since", "2d") == [new_id, waiting, None, requested]
+    assert kinds("--limit", "2") == [None, requested]
 
 
 def test_every_verb_speaks_json(folder, tmp_path):

@@ -65,6 +65,7 @@ def cmd_ls(args) -> int:
     bucket = bucket_of(args)
     since = codec.now() - args.since if args.since else None
     ids = list_job_ids(bucket)
+    untaken: set[str] = set()
     rows: list[dict[str, Any]] = []
     for job_id in ids:
         if since is not None and keys.job_time(job_id) < since:
@@ -75,12 +76,13 @@ def cmd_ls(args) -> int:
             rows.append({"job_id": job_id, "state": "corrupt", "kind": "-", "attempt": 0, "updated_at": "-",
                          "source": "-", "error": str(exc)})
             continue
-        if view.state is None:
+        if view.state is None:  # named (a request_id's claim writes intake.json) but not yet taken in
+            untaken.add(job_id)
             continue
         rows.append({"job_id": job_id, "state": view.state.value, "kind": kind_of(bucket, view),
                      "attempt": view.attempt, "updated_at": view.latest.at, "source": _source(view)})
     if args.state in (None, WAITING):
-        rows += [r for r in waiting_rows(bucket, set(ids))
+        rows += [r for r in waiting_rows(bucket, set(ids) - untaken)
                  if since is None or r["updated_at"] == "-" or codec.parse_iso(r["updated_at"]) >= since]
     rows = [r for r in rows if (args.state is None or r["state"] == args.state)
             and (args.kind is None or r["kind"] == args.kind)]
