@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,7 @@ def test_ls_shows_kinds_and_waiting_jobs_and_filters(folder):
     waiting, _ = submit(bucket, codec.dumps({"kind": "fleet", "items": {"inline": ["a"]},
                                              "processor": {"name": "noop"}}))
     bucket.put("inbox/by-hand.json", codec.dumps(TRANSCRIBE))  # any name: its job id is given at intake
+    time.sleep(0.05)  # ids name the millisecond: the next one must sort after the file's own time
     requested, _ = submit(bucket, codec.dumps({**TRANSCRIBE, "request_id": "nightly-7"}))  # claims jobs/<id>/ first
 
     rows = json.loads(cli("--bucket", folder, "ls", "--json").stdout)
