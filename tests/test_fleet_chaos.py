@@ -311,11 +311,16 @@ def test_a_part_changed_after_its_commit_fails_the_job_naming_it(bucket_url, buc
     job = harness.start_job(bucket_url, fleet(shard_size=50, processor={
         "entry_point": "fleet_probe:make", "options": {"slow_items": slow}}))
     proc = spawn(bucket_url, job, ["solo"], {"FLEET_PROBE_DIR": str(probe)}, tmp_path / "w.log")
-    parts = keys.fleet_output_prefix(job, None) + "parts/"
-    first = wait_for(lambda: next(iter(bucket.list(parts)), None), timeout=60, every=0.02)
-    bucket.put(first.key, b"not the rows its marker vouches for")
-    result = harness.wait_finished(bucket_url, job, timeout_s=60)
-    proc.wait(timeout=30)
+    try:
+        parts = keys.fleet_output_prefix(job, None) + "parts/"
+        first = wait_for(lambda: next(iter(bucket.list(parts)), None), timeout=60, every=0.02)
+        bucket.put(first.key, b"not the rows its marker vouches for")
+        result = harness.wait_finished(bucket_url, job, timeout_s=60)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:  # a worker stuck retrying (the old finalizer) must not outlive the test
+            proc.kill()
+            proc.wait()
     assert result["state"] == "failed", result
     error = result["detail"]["error"]
     assert error["class"] == "code_error" and first.key in error["message"], error
