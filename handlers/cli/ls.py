@@ -16,7 +16,8 @@ from .common import bucket_of, number
 from .maintenance import age
 
 
-def _source(view: JobView) -> str:
+def source_of(view: JobView) -> str:
+    """Where a job came from: its request_id, else its inbox key."""
     first = view.history[0].detail if view.history else {}
     if first.get("request_id"):
         return f"request:{first['request_id']}"
@@ -80,7 +81,7 @@ def cmd_ls(args) -> int:
             untaken.add(job_id)
             continue
         rows.append({"job_id": job_id, "state": view.state.value, "kind": kind_of(bucket, view),
-                     "attempt": view.attempt, "updated_at": view.latest.at, "source": _source(view)})
+                     "attempt": view.attempt, "updated_at": view.latest.at, "source": source_of(view)})
     if args.state in (None, WAITING):
         rows += [r for r in waiting_rows(bucket, set(ids) - untaken)
                  if since is None or r["updated_at"] == "-" or codec.parse_iso(r["updated_at"]) >= since]

@@ -13,7 +13,7 @@ from bucketrun.events.hosts import read_hosts
 from bucketrun.events.lifecycle import JobView, list_job_ids, read_view
 from bucketrun.events.status import job_status
 
-from ..cli.ls import kind_of, waiting_rows
+from ..cli.ls import kind_of, source_of, waiting_rows
 
 READS = ("get", "head", "list", "exists")
 WRITES = ("put", "create", "replace", "delete", "upload")
@@ -117,13 +117,6 @@ class Cache:
                 hosts = sorted(read_hosts(self.bucket), key=lambda h: (h["status"] != "alive", h.get("agent", "")))
                 self._hosts = (time.monotonic(), hosts)
             return self._hosts[1]
-
-
-def source_of(view: JobView) -> str:
-    first = view.history[0].detail if view.history else {}
-    if first.get("request_id"):
-        return f"request:{first['request_id']}"
-    return (first.get("inbox") or {}).get("key") or "-"
 
 
 def percent(status: dict[str, Any]) -> float | None:
