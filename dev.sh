@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 
 PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
 VENV=${BUCKETRUN_VENV:-.venv}
-DEBS=(espeak-ng ffmpeg sox tmux)
+DEBS=(espeak-ng ffmpeg sox tmux chromium)
 
 need_debs() {
   local missing=()
@@ -16,6 +16,7 @@ need_debs() {
   command -v ffmpeg >/dev/null || missing+=(ffmpeg)
   command -v sox >/dev/null || missing+=(sox)
   command -v tmux >/dev/null || missing+=(tmux)  # tests/test_top.py runs `bucketrun top` in a real terminal
+  [ -x /usr/bin/chromium ] || missing+=(chromium)  # tests/test_ui_browser.py drives it with Playwright (never `playwright install`)
   [ ${#missing[@]} -eq 0 ] && return 0
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
