@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from . import codec, keys
+from . import codec, keys, meter
 from .conditional import create_json, create_once
 from .errors import CorruptObject, IllegalTransition, NotFound, StaleAttempt, StorageError, UnknownJob
 from .storage import Bucket, ObjectInfo
@@ -158,9 +158,22 @@ def append_transition(
     `expect` lets a caller say which state it decided from; if the job moved elsewhere meanwhile it
     raises IllegalTransition instead of writing on top of a state the caller never saw.
     Moves to QUEUED from a launched/running/failed job start a new attempt.
+    The transition's detail carries `requests`: what this process spent on the job since its last transition
+    (events/meter.py), so a job's request count is the sum over its history.
     """
     expected = {expect} if isinstance(expect, JobState) else expect
     view = view if view is not None else read_view(bucket, job_id)
+    carried = dict.fromkeys(meter.CLASSES, 0)  # counts taken into a write that lost its race
+    try:
+        return _append(bucket, job_id, target, writer, detail, attempt, expected, view, carried)
+    except BaseException:
+        meter.give_back(job_id, carried)  # not recorded: the next transition this process writes carries them
+        raise
+
+
+def _append(bucket: Bucket, job_id: str, target: JobState, writer: str, detail: dict[str, Any] | None,
+            attempt: int | None, expected: set[JobState] | None, view: JobView,
+            carried: dict[str, int]) -> tuple[Transition, JobView]:
     while True:
         current = view.state
         if attempt is not None and current is not None and attempt != view.attempt:
@@ -174,15 +187,23 @@ def append_transition(
         next_attempt = view.attempt or 1
         if target is S.QUEUED and current in RETRY_FROM:
             next_attempt = view.attempt + 1
-        transition = Transition(view.next_seq, target, codec.iso(codec.now()), next_attempt, writer, detail or {})
         if not target.terminal and (current is None or current.terminal):
             mark_live(bucket, job_id)  # before the job can be live without being in the index
+        # this process's requests for the job since its last record, and this write's own (its PUT, and the
+        # free DELETE of the live marker after a terminal one): recorded here, so counting costs no request
+        own = {"a": 1, "b": 0, "d": 1 if target.terminal and current is not None else 0}
+        carried.update(meter.add(carried, meter.take(job_id)))
+        counts = meter.add(carried, own)
+        transition = Transition(view.next_seq, target, codec.iso(codec.now()), next_attempt, writer,
+                                {**(detail or {}), "requests": {**counts, "by": writer.split("@", 1)[0]}})
         written = create_json(bucket, keys.event_key(job_id, transition.seq), transition.to_json())
         if not written.won:  # another writer took this sequence number: catch up and decide again
             view = read_view(bucket, job_id, known=view)
             continue
+        carried.update(dict.fromkeys(meter.CLASSES, 0))  # recorded now
         if target.terminal and current is not None:
             unmark_live(bucket, job_id)  # after: a writer dying in between leaves a marker the sweep repairs
+        meter.settle(job_id, own)
         return transition, JobView(job_id, view.history + (transition,))
 
 
@@ -208,10 +229,6 @@ def live_jobs(bucket: Bucket) -> list[tuple[str, ObjectInfo]]:
 
 
 def list_job_ids(bucket: Bucket) -> list[str]:
-    """Every job id in time order, from one listing of jobs/ (each job's objects sort together)."""
-    job_ids: dict[str, None] = {}
-    for info in bucket.list(keys.JOBS):
-        job_id = keys.job_id_from_key(info.key)
-        if job_id:
-            job_ids.setdefault(job_id, None)
-    return list(job_ids)
+    """Every job id in time order, from a folder listing of jobs/: one request per thousand jobs, however many
+    objects a fleet's folder holds."""
+    return list(bucket.folders(keys.JOBS))

@@ -263,6 +263,22 @@ def test_list_items_filters_suffix_as_pages_arrive(store, monkeypatch):
     assert run(list_items(bucket, "none/", ".tar")) == []
 
 
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_folders_names_each_folder_once_in_order_and_no_plain_key(backend, tmp_path, request):
+    """The dashboard finds jobs by folder: one name per folder, however many keys it holds, and not a key
+    that only shares the prefix; the base class's fallback over list() says the same."""
+    if backend == "local":
+        store = open_bucket(str(tmp_path / "b"))
+    else:
+        request.getfixturevalue("s3_endpoint")
+        store = open_bucket(f"s3://{make_s3_bucket()}/pre/fix")
+    for key in ["jobs/b/1", "jobs/b/x/2", "jobs/a/1", "jobs/c.json", "jobsx/d/1", "jobs/a0/e"]:
+        store.put(key, b"1")
+    assert list(store.folders("jobs/")) == ["a", "a0", "b"]
+    assert list(type(store).__mro__[1].folders(store, "jobs/")) == ["a", "a0", "b"]  # Bucket's fallback
+    assert list(store.folders("none/")) == []
+
+
 def test_delete_is_idempotent(store):
     store.put("d/x", b"1")
     store.delete("d/x")

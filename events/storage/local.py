@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .. import meter
 from ..errors import BucketMissing, InvalidKey, NotFound, PreconditionFailed, StorageError
 from .base import Blob, Bucket, ObjectInfo, check_key
 
@@ -138,17 +139,20 @@ class LocalBucket(Bucket):
 
     # -- contract ------------------------------------------------------------------------------------
     def put(self, key, data, content_type="application/octet-stream"):
+        meter.count(meter.A, key)  # a folder costs nothing; counted as the store it stands in for
         path = self._path(key)
         with self._lock(key):
             return self._install(path, data, exclusive=False)
 
     def create(self, key, data, content_type="application/octet-stream"):
+        meter.count(meter.A, key)
         path = self._path(key)
         if path.is_dir():
             raise InvalidKey(f"key {key!r} clashes with a folder of keys")
         return self._install(path, data, exclusive=True)
 
     def replace(self, key, data, etag, content_type="application/octet-stream"):
+        meter.count(meter.A, key)
         path = self._path(key)
         with self._lock(key):
             try:
@@ -160,6 +164,7 @@ class LocalBucket(Bucket):
             return self._install(path, data, exclusive=False)
 
     def get(self, key):
+        meter.count(meter.B, key)
         path = self._path(key)
         try:
             data = path.read_bytes()
@@ -174,6 +179,7 @@ class LocalBucket(Bucket):
         return Blob(key, data, _etag(data), modified, _store_now())
 
     def download(self, key, dest):
+        meter.count(meter.B, key)
         path = self._path(key)
         try:
             with open(path, "rb") as src, open(dest, "wb") as out:
@@ -184,6 +190,7 @@ class LocalBucket(Bucket):
             raise StorageError(f"download {key}: {exc.strerror}") from exc
 
     def upload(self, key, src, content_type="application/octet-stream", progress=None):
+        meter.count(meter.A, key)
         path = self._path(key)
         tmp = self.root / INTERNAL / "tmp" / uuid.uuid4().hex
         try:
@@ -205,6 +212,7 @@ class LocalBucket(Bucket):
         return etag
 
     def head(self, key):
+        meter.count(meter.B, key)
         path = self._path(key)
         try:
             if not path.is_file():
@@ -224,6 +232,8 @@ class LocalBucket(Bucket):
             return  # no key has such a segment (check_key), and the path could leave the bucket
         rel = folder + "/" if folder else ""
         etag_of, stat_of = self._listed_etag, self._listed_stat  # bound once: no new objects per key
+        meter.count(meter.A, prefix)  # one LIST, and one more per 1,000 keys after the first, as S3 pages
+        listed = 0
         stack = [iter(self._entries(rel, match, start_after))]
         while stack:
             for key in stack[-1]:
@@ -231,9 +241,18 @@ class LocalBucket(Bucket):
                     after = start_after if start_after is not None and start_after.startswith(key) else None
                     stack.append(iter(self._entries(key, "", after)))
                     break
+                listed += 1
+                if listed % 1000 == 1 and listed > 1:
+                    meter.count(meter.A, prefix)
                 yield ObjectInfo(key, etag_of, stat=stat_of)
             else:
                 stack.pop()
+
+    def folders(self, prefix):
+        if not prefix.endswith("/") or any(part in ("", ".", "..") for part in prefix.split("/")[:-1]):
+            return iter(())
+        return iter([key[len(prefix):-1] for key in self._entries(prefix, "", None)
+                     if key[-1] == "/" and key[:-1] != INTERNAL])
 
     def _entries(self, rel: str, match: str, after: str | None) -> list[str]:
         """One folder's keys and sub-folders (as "rel/name/") in full-key order: a folder's keys all start with
@@ -270,6 +289,7 @@ class LocalBucket(Bucket):
         return st.st_size, _mtime(st)
 
     def delete(self, key):
+        meter.count(meter.D, key)
         path = self._path(key)
         with self._lock(key):
             try:

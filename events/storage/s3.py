@@ -95,6 +95,17 @@ class S3Bucket(Bucket):
             if not token:
                 return
 
+    def folders(self, prefix):
+        token = None
+        while True:
+            params = {**self.k.list_params(prefix, None, token), "Delimiter": "/"}
+            response = self._call("list_objects_v2", prefix, **params)
+            for common in response.get("CommonPrefixes", []):
+                yield common["Prefix"][len(self.k.prefix) + len(prefix):].rstrip("/")
+            token = response.get("NextContinuationToken") if response.get("IsTruncated") else None
+            if not token:
+                return
+
     def delete(self, key):
         self._call("delete_object", key, **self.k.key_params(key))
 

@@ -27,7 +27,7 @@ def cmd_ui(args) -> int:
               flush=True)
     bucket = bucket_of(args)
     print(f"bucketrun ui: serving {bucket.url} on http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
-    app.serve(bucket, args.host, args.port, args.refresh, token)
+    app.serve(bucket, args.host, args.port, args.refresh, token, args.budget)
     return 0
 
 
@@ -40,3 +40,6 @@ def register(add) -> None:
                                                  "generated and printed when --host is not loopback")
     p.add_argument("--refresh", type=number(float, 0.1, 3600, "a number of seconds"), default=2.0, metavar="S",
                    help="read a live job at most every S seconds (an ended job is read once)")
+    p.add_argument("--budget", type=number(float, 1, 1e6, "requests a minute"), default=60.0, metavar="N",
+                   help="re-read at most about N requests a minute in all (default 60); with many live jobs each "
+                        "is then read less often than --refresh")

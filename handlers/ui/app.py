@@ -1,29 +1,25 @@
-"""The dashboard's Starlette app and its server: read-only routes over the cache, a token check when it listens
-beyond loopback, and artifacts streamed through the server from the caller's own credentials."""
+"""The dashboard's Starlette app and its server: read-only routes over the cache, server-sent events that push each
+open page's changes, a token check when it listens beyond loopback, and artifacts streamed through the server
+from the caller's own credentials."""
 
 from __future__ import annotations
 
 import hmac
 import json
 import posixpath
-from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import anyio
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from bucketrun.events import codec, keys
-from bucketrun.events.errors import CorruptObject, NotFound
-from bucketrun.events.lifecycle import JobState
-from bucketrun.events.status import WAITING, waiting_in_inbox
+from bucketrun.events.errors import NotFound
 
-from .. import client
-from ..cli.logs import summary
-from . import pages
-from .data import Cache, CountingBucket, percent
+from . import assets, pages, views
+from .data import Cache, CountingBucket
 
 COOKIE = "bucketrun_ui_token"
 CHUNK = 1 << 20
@@ -61,102 +57,90 @@ class TokenGate:
         await self.app(scope, receive, remember)
 
 
-def build_app(bucket, refresh: float = 2.0, token: str | None = None):
+def build_app(bucket, refresh: float = 2.0, token: str | None = None, budget: float = 60.0):
     """The ASGI app over `bucket` (read with the caller's credentials; the wrapper refuses writes)."""
     counted = CountingBucket(bucket)
-    cache = Cache(counted, refresh)
+    cache = Cache(counted, refresh, budget)
+    links = views.Links()
 
-    def page(name: str, status_code: int = 200, **context) -> HTMLResponse:
-        html = pages.render(name, bucket_url=counted.url, bucket_calls=counted.calls, **context)
-        return HTMLResponse(html, status_code=status_code)
+    def footer() -> dict:
+        return {"bucket_url": counted.url, "bucket_calls": counted.calls, "per_minute": counted.per_minute()}
 
-    def not_found(what: str) -> HTMLResponse:
-        return page("not_found", 404, what=what)
+    def respond(page: views.Page, request: Request) -> HTMLResponse:
+        live = "/live?" + urlencode({"path": request.url.path + (f"?{request.url.query}" if request.url.query
+                                                                 else "")})
+        html = pages.frame(page.title, page.main, links, live, **footer())
+        return HTMLResponse(html, status_code=page.status)
 
     def jobs(request: Request) -> Response:
-        q = request.query_params.get("q", "").strip()
-        state, kind = request.query_params.get("state") or None, request.query_params.get("kind") or None
-        rows = cache.rows()
-        states = sorted({s.value for s in JobState} | {WAITING})
-        kinds = sorted({r["kind"] for r in rows if r["kind"] != "-"})
-        shown = [r for r in rows if (state is None or r["state"] == state) and (kind is None or r["kind"] == kind)
-                 and (not q or (r["job_id"] or "").startswith(q))]
-
-        def link(**change: Any) -> str:
-            params = {"q": q, "state": state, "kind": kind, **change}
-            return "/?" + urlencode({k: v for k, v in params.items() if v})
-
-        return page("jobs", rows=shown, q=q, state=state, kind=kind, states=states, kinds=kinds, link=link)
+        return respond(views.jobs_page(cache, dict(request.query_params), links), request)
 
     def job(request: Request) -> Response:
-        job_id = request.path_params["job_id"]
-        if not keys.is_job_id(job_id):  # never a read of a key made from an arbitrary path
-            return not_found("not a job id")
-        entry = cache.job(job_id)
-        if entry is None:
-            inbox = waiting_in_inbox(counted, job_id)
-            if inbox is None:
-                return not_found(f"no job {job_id} in this bucket")
-            status = {"state": WAITING, "attempt": 0, "progress": None, "artifacts": [], "error": None,
-                      "note": f"waiting in the inbox ({inbox}); no dispatcher has taken it in yet"}
-            manifest = _manifest(counted, inbox)
-            kind = str((json.loads(manifest) if manifest else {}).get("kind") or "-")
-            return page("job", job_id=job_id, kind=kind, source=inbox, status=status, percent=None, timeline=[],
-                        summary=summary, manifest=manifest)
-        if entry.get("corrupt"):
-            return page("job", job_id=job_id, kind="-", source="-", status={**entry["status"],
-                        "note": entry["corrupt"]}, percent=None, timeline=[], summary=summary, manifest=None)
-        if "manifest" not in entry:  # a job's manifest never changes: read once
-            entry["manifest"] = _manifest(counted, keys.manifest_key(job_id))
-        history = list(entry["view"].history)
-        return page("job", job_id=job_id, kind=entry["kind"], source=entry["source"], status=entry["status"],
-                    percent=percent(entry["status"]), timeline=list(zip(history, client.state_durations(history))),
-                    summary=summary, manifest=entry["manifest"])
+        return respond(views.job_page(cache, request.path_params["job_id"], links), request)
+
+    def hosts(request: Request) -> Response:
+        return respond(views.hosts_page(cache, links), request)
 
     def artifact(request: Request) -> Response:
         job_id, n = request.path_params["job_id"], request.path_params["n"]
-        if not keys.is_job_id(job_id):
-            return not_found("not a job id")
-        entry = cache.job(job_id)
-        arts = entry["status"]["artifacts"] if entry else []
-        if not 0 <= n < len(arts):
-            return not_found(f"job {job_id} has no artifact {n}")
-        key = arts[n]["key"]
+        key = views.artifact_key(cache, job_id, n)
+        if key is None:
+            return respond(views.not_found(f"job {job_id} has no artifact {n}"), request)
         try:
             data = counted.get(key).data
         except NotFound:
-            return not_found(f"artifact {key} is gone from the bucket")
-        name = posixpath.basename(key).replace('"', "").replace("\\", "") or "artifact"
+            return respond(views.not_found(f"artifact {key} is gone from the bucket"), request)
 
         def chunks():
             for i in range(0, len(data), CHUNK):
                 yield data[i:i + CHUNK]
 
         return StreamingResponse(chunks(), media_type="application/octet-stream",
-                                 headers={"Content-Disposition": f'attachment; filename="{name}"',
+                                 headers={"Content-Disposition": f'attachment; filename="{views.download_name(key)}"',
                                           "Content-Length": str(len(data))})
 
-    def hosts(request: Request) -> Response:
-        return page("hosts", hosts=cache.hosts())
+    def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            data = assets.read(name)
+        except KeyError:
+            return respond(views.not_found(f"nothing at {request.url.path}"), request)
+        return Response(data, media_type=assets.TYPES.get(posixpath.splitext(name)[1], "application/octet-stream"),
+                        headers={"Cache-Control": "public, max-age=86400"})
+
+    async def live(request: Request) -> Response:
+        """Server-sent events for one open page: every `refresh` its <main> is rendered again from the cache (which
+        decides what to read) and sent only when it changed; the footer's counts ride along."""
+        target = urlsplit(request.query_params.get("path", "/"))
+        query = dict(parse_qsl(target.query))
+
+        async def stream():
+            last, seq = None, 0
+            while not await request.is_disconnected():
+                page = await anyio.to_thread.run_sync(views.resolve, cache, target.path, query, links)
+                payload: dict = {"calls": counted.calls, "per_minute": counted.per_minute(), "seq": seq}
+                main = str(page.main)
+                if main != last:
+                    payload["main"], last, seq = main, main, seq + 1
+                    payload["seq"] = seq
+                yield f"event: page\ndata: {json.dumps(payload)}\n\n"
+                await anyio.sleep(refresh)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     async def no_route(request: Request, exc: Exception) -> Response:  # Starlette's own 404: the page, no read
-        return not_found(f"nothing at {request.url.path}")
+        return respond(views.not_found(f"nothing at {request.url.path}"), request)
 
     app = Starlette(routes=[Route("/", jobs), Route("/jobs/{job_id}", job),
-                            Route("/jobs/{job_id}/artifacts/{n:int}", artifact), Route("/hosts", hosts)],
+                            Route("/jobs/{job_id}/artifacts/{n:int}", artifact), Route("/hosts", hosts),
+                            Route("/static/{name:path}", static), Route("/live", live)],
                     exception_handlers={404: no_route})
-    app.state.bucket = counted
+    app.state.bucket, app.state.cache = counted, cache
     return TokenGate(app, token) if token else app
 
 
-def _manifest(bucket, key: str) -> str | None:
-    """The manifest as indented JSON (escaped by the template like every other value), or None if unreadable."""
-    try:
-        manifest = codec.loads(bucket.get(key).data)
-    except (NotFound, CorruptObject, ValueError):
-        return None
-    return json.dumps(manifest, indent=2, sort_keys=True) if isinstance(manifest, dict) else None
-
-
-def serve(bucket, host: str, port: int, refresh: float, token: str | None) -> None:
-    uvicorn.run(build_app(bucket, refresh, token), host=host, port=port, log_level="warning")
+def serve(bucket, host: str, port: int, refresh: float, token: str | None, budget: float = 60.0) -> None:
+    # open event streams end within a refresh of a disconnect; shutdown does not wait on them longer than this
+    uvicorn.run(build_app(bucket, refresh, token, budget), host=host, port=port, log_level="warning",
+                timeout_graceful_shutdown=2)

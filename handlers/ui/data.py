@@ -1,11 +1,13 @@
 """What the dashboard shows, read through one cache: a live job is read at most every `refresh` seconds, an ended
-job never again once read; the bucket is wrapped so the server counts its own calls and cannot write."""
+job never again once read, and all re-reads together stay within `budget` requests a minute; the bucket is wrapped
+so the server counts its own calls and cannot write."""
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from collections import deque
+from typing import Any, Callable, TypeVar
 
 from bucketrun.events import codec, keys
 from bucketrun.events.errors import CorruptObject
@@ -15,7 +17,8 @@ from bucketrun.events.status import job_status
 
 from ..cli.ls import kind_of, source_of, waiting_rows
 
-READS = ("get", "head", "list", "exists")
+T = TypeVar("T")
+READS = ("get", "head", "list", "exists", "folders")
 WRITES = ("put", "create", "replace", "delete", "upload")
 
 
@@ -26,7 +29,16 @@ class CountingBucket:
         self._bucket = bucket
         self.url = bucket.url
         self.calls = 0
+        self._recent: deque[float] = deque()
         self._lock = threading.Lock()
+
+    def per_minute(self) -> int:
+        """Requests in the last 60 s, as the footer shows them."""
+        with self._lock:
+            cut = time.monotonic() - 60
+            while self._recent and self._recent[0] < cut:
+                self._recent.popleft()
+            return len(self._recent)
 
     def __getattr__(self, name: str):
         if name in WRITES:
@@ -38,57 +50,113 @@ class CountingBucket:
         def counted(*args, **kwargs):
             with self._lock:
                 self.calls += 1
+                self._recent.append(time.monotonic())
             return method(*args, **kwargs)
 
         return counted
 
 
 class Cache:
-    """Jobs keyed by id with when they were read; the job list and the hosts are re-read at most every `refresh`."""
+    """Jobs keyed by id with when they were read; the job list, the hosts and each page section's reads (`fetch`)
+    are re-read at most every `refresh`. Re-reads spend from a bucket of `budget` requests a minute, oldest first,
+    so ten live jobs cost what one does and a page over budget shows slightly older data rather than more calls.
+    A first read is never refused: a page must show something."""
 
-    def __init__(self, bucket: CountingBucket, refresh: float = 2.0) -> None:
-        self.bucket, self.refresh = bucket, refresh
+    def __init__(self, bucket: CountingBucket, refresh: float = 2.0, budget: float = 60.0) -> None:
+        self.bucket, self.refresh, self.budget = bucket, refresh, budget
         self.jobs: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._memo: dict[str, tuple[float, Any, bool]] = {}
         self._listing: tuple[float, list[str], list[dict[str, Any]]] | None = None
         self._hosts: tuple[float, list[dict[str, Any]]] | None = None
         self._lock = threading.RLock()
+        self._tokens, self._filled = budget / 6, time.monotonic()  # ten seconds' worth to start
+        self._depth = 0
 
     def _fresh(self, at: float) -> bool:
         return time.monotonic() - at < self.refresh
+
+    def _may_reread(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.budget / 6, self._tokens + (now - self._filled) * self.budget / 60)
+        self._filled = now
+        return self._tokens > 0
+
+    def _charged(self, fn: Callable[[], T]) -> T:
+        """Run `fn`, taking the requests it made from the budget (once: a read inside a read is not charged twice)."""
+        if self._depth:
+            return fn()
+        before, self._depth = self.bucket.calls, 1
+        try:
+            return fn()
+        finally:
+            self._depth = 0
+            self._tokens -= self.bucket.calls - before
+
+    def fetch(self, name: str, fn: Callable[[], T], live: bool = True) -> T:
+        """`fn()`'s value, kept under `name`: re-read when older than `refresh` and the budget allows; a value
+        fetched with live=False (an ended job's) is never read again."""
+        with self._lock:
+            hit = self._memo.get(name)
+            if hit is not None and (not hit[2] or self._fresh(hit[0]) or not self._may_reread()):
+                return hit[1]
+            value = self._charged(fn)
+            self._memo[name] = (time.monotonic(), value, live)
+            return value
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         """One job's view, status, kind and source, or None when it has no history (waiting or unknown)."""
         with self._lock:
             cached = self.jobs.get(job_id)
-            if cached and (cached[1]["status"]["terminal"] or self._fresh(cached[0])):
+            if cached and (cached[1]["status"]["terminal"] or self._fresh(cached[0]) or not self._may_reread()):
                 return cached[1]
-            known: JobView | None = cached[1]["view"] if cached else None
-            try:
-                view = read_view(self.bucket, job_id, known=known)
-            except CorruptObject as exc:  # one bad object must not hide every other job
-                return {"job_id": job_id, "view": None, "kind": "-", "source": "-", "corrupt": str(exc),
-                        "status": {"state": "corrupt", "attempt": 0, "terminal": False, "progress": None,
-                                   "artifacts": [], "error": None}}
-            if view.state is None:
-                return None
-            entry = {"job_id": job_id, "view": view, "status": job_status(self.bucket, job_id, view),
-                     "kind": cached[1]["kind"] if cached else kind_of(self.bucket, view), "source": source_of(view)}
+            return self._charged(lambda: self._read_job(job_id, cached))
+
+    def _read_job(self, job_id: str, cached: tuple[float, dict[str, Any]] | None) -> dict[str, Any] | None:
+        known: JobView | None = cached[1]["view"] if cached else None
+        try:
+            view = read_view(self.bucket, job_id, known=known)
+        except CorruptObject as exc:  # one bad object must not hide every other job
+            entry = {"job_id": job_id, "view": None, "kind": "-", "source": "-", "corrupt": str(exc),
+                     "status": {"state": "corrupt", "attempt": 0, "terminal": False, "progress": None,
+                                "artifacts": [], "error": None}}
             self.jobs[job_id] = (time.monotonic(), entry)
             return entry
+        if view.state is None:
+            return None
+        entry = {"job_id": job_id, "view": view, "status": job_status(self.bucket, job_id, view),
+                 "kind": cached[1]["kind"] if cached else kind_of(self.bucket, view), "source": source_of(view)}
+        self.jobs[job_id] = (time.monotonic(), entry)
+        return entry
+
+    def refresh_stale(self, job_ids: list[str]) -> None:
+        """Re-read the stale live ones of `job_ids`, least recently read first, while the budget lasts: a page of
+        many live jobs refreshes them in turn instead of the first ones over and over."""
+        with self._lock:
+            stale = sorted((self.jobs[j][0], j) for j in job_ids
+                           if j in self.jobs and not self.jobs[j][1]["status"]["terminal"]
+                           and not self._fresh(self.jobs[j][0]))
+            for _, job_id in stale:
+                if not self._may_reread():
+                    return
+                self._charged(lambda: self._read_job(job_id, self.jobs.get(job_id)))
 
     def listing(self) -> tuple[list[str], list[dict[str, Any]]]:
         with self._lock:
-            if self._listing is None or not self._fresh(self._listing[0]):
-                ids = list_job_ids(self.bucket)
-                # a job with objects but no history yet (a request_id's claim writes jobs/<id>/intake.json before
-                # the drop) is still waiting: only the ones with history are taken
-                taken = {job_id for job_id in ids if self.job(job_id) is not None}
-                self._listing = (time.monotonic(), ids, waiting_rows(self.bucket, taken))
+            if self._listing is None or (not self._fresh(self._listing[0]) and self._may_reread()):
+                self._charged(self._list)
             return self._listing[1], self._listing[2]
+
+    def _list(self) -> None:
+        ids = list_job_ids(self.bucket)
+        # a job with objects but no history yet (a request_id's claim writes jobs/<id>/intake.json before the
+        # drop) is still waiting: only the ones with history are taken
+        taken = {job_id for job_id in ids if self.job(job_id) is not None}
+        self._listing = (time.monotonic(), ids, waiting_rows(self.bucket, taken))
 
     def rows(self) -> list[dict[str, Any]]:
         """Every job, the waiting included, newest first, as the jobs page shows them."""
         ids, waiting = self.listing()
+        self.refresh_stale(ids)
         now = codec.now()
         rows = []
         for job_id in ids:
@@ -113,8 +181,9 @@ class Cache:
 
     def hosts(self) -> list[dict[str, Any]]:
         with self._lock:
-            if self._hosts is None or not self._fresh(self._hosts[0]):
-                hosts = sorted(read_hosts(self.bucket), key=lambda h: (h["status"] != "alive", h.get("agent", "")))
+            if self._hosts is None or (not self._fresh(self._hosts[0]) and self._may_reread()):
+                hosts = self._charged(lambda: sorted(read_hosts(self.bucket),
+                                                     key=lambda h: (h["status"] != "alive", h.get("agent", ""))))
                 self._hosts = (time.monotonic(), hosts)
             return self._hosts[1]
 
