@@ -55,30 +55,29 @@ def _get(bucket, key: str) -> dict[str, Any] | None:
         return None
 
 
-def fleet_status(bucket, job_id: str, now: datetime | None = None) -> dict[str, Any]:
-    now = now or codec.now()
-    body = load_job_manifest(bucket, job_id).body
-    view = read_view(bucket, job_id)
-    plan = _get(bucket, keys.fleet_plan_key(job_id))
+def worker_row(worker: str | None, beat: dict[str, Any], age_s: float, heartbeat_s: float) -> dict[str, Any]:
+    """One worker as `fleet status` and the dashboard show it, from its heartbeat and the beat's age."""
+    return {"worker": worker, "state": worker_state(beat, age_s, heartbeat_s),
+            "heartbeat_age_s": round(age_s, 1), "current_shard": beat.get("current_shard"),
+            "current_since": beat.get("current_since"),
+            "items_per_s": beat.get("items_per_s"), "items_done": beat.get("items_done", 0),
+            "items_failed": beat.get("items_failed", 0), "shards_written": beat.get("shards_written", 0),
+            "dead_lettered": beat.get("dead_lettered", 0),
+            "last_error": beat.get("last_error")}
+
+
+def heartbeat_worker(key: str, prefix: str, beat: dict[str, Any]) -> str | None:
+    """A worker writes its heartbeat under its own id (keys.fleet_heartbeat_key): the key names the worker,
+    whatever the body says (never a process's writer, fleet:w0001,w0002,...)."""
+    return key[len(prefix):-len(".json")] if key.endswith(".json") else beat.get("worker")
+
+
+def summarize(job_id: str, view, plan: dict[str, Any] | None, done_shards, workers: list[dict[str, Any]],
+              cost: dict[str, Any] | None) -> dict[str, Any]:
+    """The fleet's totals from what was read (no reads here): the job's view, the plan, the done markers'
+    shard ids, the worker rows (`worker_row`) and cost.json. `fleet status` and the dashboard both call this."""
     total = plan["total"] if plan else None
-    done_prefix = keys.fleet_done_prefix(job_id)
-    done = [s for s in (keys.fleet_shard_of(i.key, done_prefix) for i in bucket.list(done_prefix)) if s]
-    workers = []
-    hb_prefix = keys.fleet_heartbeats_prefix(job_id)
-    for info in bucket.list(hb_prefix):
-        beat = _get(bucket, info.key)
-        if beat is None:
-            continue
-        age = (now - info.last_modified).total_seconds() if info.last_modified else float("inf")
-        # A worker writes its heartbeat under its own id (keys.fleet_heartbeat_key): the key names the worker,
-        # whatever the body says (never a process's writer, fleet:w0001,w0002,...).
-        worker = info.key[len(hb_prefix):-len(".json")] if info.key.endswith(".json") else beat.get("worker")
-        workers.append({"worker": worker, "state": worker_state(beat, age, body.heartbeat_s),
-                        "heartbeat_age_s": round(age, 1), "current_shard": beat.get("current_shard"),
-                        "items_per_s": beat.get("items_per_s"), "items_done": beat.get("items_done", 0),
-                        "items_failed": beat.get("items_failed", 0), "shards_written": beat.get("shards_written", 0),
-                        "dead_lettered": beat.get("dead_lettered", 0),
-                        "last_error": beat.get("last_error")})
+    done = list(done_shards)
     dataset = None
     if view.state is not None and view.state.value == "succeeded":
         dataset = view.latest.detail.get("dataset")
@@ -99,7 +98,6 @@ def fleet_status(bucket, job_id: str, now: datetime | None = None) -> dict[str, 
         rate = sum(w["items_per_s"] or 0.0 for w in alive)
         left = (total - items_done) if total is not None else None
         eta = round(left / rate, 1) if rate and left else None
-    cost = _get(bucket, keys.fleet_prefix(job_id) + "cost.json")
     return {
         "job_id": job_id, "state": state, "planned": plan is not None,
         "items_total": total, "items_done": items_done,
@@ -113,3 +111,22 @@ def fleet_status(bucket, job_id: str, now: datetime | None = None) -> dict[str, 
         "workers_alive": len(alive), "workers_stopping": sum(w["state"] == "stopping" for w in workers),
         "dataset": dataset, "cost": cost,
     }
+
+
+def fleet_status(bucket, job_id: str, now: datetime | None = None) -> dict[str, Any]:
+    now = now or codec.now()
+    body = load_job_manifest(bucket, job_id).body
+    view = read_view(bucket, job_id)
+    plan = _get(bucket, keys.fleet_plan_key(job_id))
+    done_prefix = keys.fleet_done_prefix(job_id)
+    done = [s for s in (keys.fleet_shard_of(i.key, done_prefix) for i in bucket.list(done_prefix)) if s]
+    workers = []
+    hb_prefix = keys.fleet_heartbeats_prefix(job_id)
+    for info in bucket.list(hb_prefix):
+        beat = _get(bucket, info.key)
+        if beat is None:
+            continue
+        age = (now - info.last_modified).total_seconds() if info.last_modified else float("inf")
+        workers.append(worker_row(heartbeat_worker(info.key, hb_prefix, beat), beat, age, body.heartbeat_s))
+    cost = _get(bucket, keys.fleet_prefix(job_id) + "cost.json")
+    return summarize(job_id, view, plan, done, workers, cost)

@@ -98,6 +98,7 @@ class Worker:
         self.lost: set[str] = set()
         self.state = "starting"
         self.current: str | None = None
+        self.current_since: str | None = None  # when it started the current shard (the dashboard's "for how long")
         self.stats = {"items_done": 0, "items_failed": 0, "shards_written": 0, "parquet_bytes": 0,
                       "claims_lost": 0, "commits_refused": 0, "takeovers": 0, "dead_lettered": 0,
                       "quarantined": 0, "quarantine_kills": 0, "last_error": None}
@@ -363,7 +364,7 @@ class Worker:
 
     async def process(self, work: ShardWork) -> None:
         lease, lo, hi = work.lease, work.lo, work.hi
-        self.current = lease.shard
+        self.current, self.current_since = lease.shard, codec.iso(codec.now())
         if lease.quarantined:
             await self._quarantine(work)
             return
@@ -523,7 +524,7 @@ class Worker:
         recent_s = sum(s for _, s in self.recent)
         beat = {"worker": self.id, "state": self.state, "at": codec.iso(codec.now()), **self.stats,
                 "items_per_s": round(recent_items / recent_s, 3) if recent_s > 0 else None,
-                "current_shard": self.current,
+                "current_shard": self.current, "current_since": self.current_since if self.current else None,
                 "holding": [{"shard": s, "generation": lease.generation} for s, lease in self.holding.items()]}
         try:
             await self.bucket.put(keys.fleet_heartbeat_key(self.job.job_id, self.id), codec.dumps(beat),
