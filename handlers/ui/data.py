@@ -150,7 +150,7 @@ class Cache:
         ids = list_job_ids(self.bucket)
         # a job with objects but no history yet (a request_id's claim writes jobs/<id>/intake.json before the
         # drop) is still waiting: only the ones with history are taken
-        taken = {job_id for job_id in ids if self.job(job_id) is not None}
+        taken = {job_id for job_id in ids if job_id in self.jobs or self.job(job_id) is not None}
         self._listing = (time.monotonic(), ids, waiting_rows(self.bucket, taken))
 
     def rows(self) -> list[dict[str, Any]]:
@@ -169,13 +169,13 @@ class Cache:
             rows.append({"job_id": job_id, "kind": entry["kind"], "state": status["state"],
                          "source": entry["source"], "attempt": status["attempt"], "at": started,
                          "age_s": (now - started).total_seconds(), "duration_s": (ended - started).total_seconds(),
-                         "percent": percent(status)})
+                         "live": not status["terminal"], "percent": percent(status)})
         for w in waiting:
             at = keys.job_time(w["job_id"]) if w["job_id"] else (codec.parse_iso(w["updated_at"])
                                                                 if w["updated_at"] != "-" else now)
             rows.append({"job_id": w["job_id"], "kind": w["kind"], "state": w["state"], "source": w["source"],
                          "attempt": 0, "at": at, "age_s": (now - at).total_seconds(), "duration_s": None,
-                         "percent": None})
+                         "live": True, "percent": None})
         rows.sort(key=lambda r: r["at"], reverse=True)
         return rows
 

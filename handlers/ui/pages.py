@@ -39,13 +39,19 @@ function bucketrunCharts(root){
                scales:{x:{time:!!d.time}}},[d.x].concat(d.series.map(function(s){return s.values;})),el);
   });
 }
+function bucketrunAgo(s){s=Math.max(0,s);
+  if(s>=86400)return Math.round(s/86400)+'d';if(s>=7200)return Math.round(s/3600)+'h';
+  if(s>=120)return Math.round(s/60)+'m';return Math.round(s)+'s';}
+function bucketrunTick(){  // times since an instant count up here, so the server's HTML stays the same between changes
+  var now=Date.now();document.querySelectorAll('time.since').forEach(function(el){
+    el.textContent=bucketrunAgo((now-Date.parse(el.getAttribute('datetime')))/1000);});}
 document.addEventListener('DOMContentLoaded',function(){
-  bucketrunCharts(document);
+  bucketrunCharts(document);bucketrunTick();setInterval(bucketrunTick,1000);
   var live=document.body.getAttribute('data-live');if(!live||!window.EventSource)return;
   var source=new EventSource(live);
   source.addEventListener('page',function(e){
     var d=JSON.parse(e.data);var main=document.getElementById('main');
-    if(d.main!==undefined){main.innerHTML=d.main;bucketrunCharts(main);}
+    if(d.main!==undefined){main.innerHTML=d.main;bucketrunCharts(main);bucketrunTick();}
     document.getElementById('calls').textContent=d.calls;
     document.getElementById('per-minute').textContent=d.per_minute;
     document.body.setAttribute('data-updated',d.seq);
@@ -76,7 +82,7 @@ JOBS = """<h1>Jobs</h1>
 {% for r in rows %}<tr class="job state-{{ r.state }}">
 <td>{% if r.job_id and links.job(r.job_id) %}<a href="{{ links.job(r.job_id) }}">{{ r.job_id }}</a>{% elif r.job_id %}{{ r.job_id }}{% else %}(not yet named){% endif %}</td>
 <td class="kind">{{ r.kind }}</td><td class="state">{{ r.state }}</td><td>{{ r.source }}</td>
-<td>{{ ago(r.age_s) }}</td><td>{{ ago(r.duration_s) }}</td><td>{{ r.attempt }}</td>
+<td>{{ since(r.at) }}</td><td>{% if r.duration_s is none %}-{% elif r.live %}{{ since(r.at) }}{% else %}{{ ago(r.duration_s) }}{% endif %}</td><td>{{ r.attempt }}</td>
 <td>{% if r.percent is not none %}<progress max="100" value="{{ '%.0f' % r.percent }}">{{ '%.0f' % r.percent }}%</progress>{% else %}-{% endif %}</td>
 </tr>{% else %}<tr><td colspan="8">no jobs{% if q or state or kind %} match{% endif %}</td></tr>{% endfor %}
 </tbody></table>"""
@@ -96,7 +102,7 @@ JOB = """<h1>Job <code>{{ job_id }}</code></h1>
 <h2>Timeline</h2>
 <table class="timeline"><thead><tr><th>#</th><th>at</th><th>state</th><th>time in state</th><th>attempt</th><th>detail</th></tr></thead><tbody>
 {% for t, spent in timeline %}<tr><td>{{ t.seq }}</td><td>{{ t.at }}</td><td class="state-{{ t.state.value }}">{{ t.state.value }}</td>
-<td>{% if spent is not none %}{{ '%.1f' % spent }}s{% else %}-{% endif %}</td><td>{{ t.attempt }}</td><td>{{ summary(t) }}</td></tr>{% endfor %}
+<td>{% if loop.last and not status.terminal %}{{ since(t.time) }}{% elif spent is not none %}{{ '%.1f' % spent }}s{% else %}-{% endif %}</td><td>{{ t.attempt }}</td><td>{{ summary(t) }}</td></tr>{% endfor %}
 </tbody></table>
 {% if status.artifacts %}<h2>Artifacts</h2><table class="artifacts"><thead><tr><th>key</th><th>bytes</th><th>sha256</th><th></th></tr></thead><tbody>
 {% for a in status.artifacts %}<tr><td>{{ a.key }}</td><td>{{ a.bytes }}</td><td><code class="sha256">{{ a.sha256 }}</code></td>
@@ -127,6 +133,16 @@ ENV = jinja2.Environment(loader=jinja2.DictLoader({"base": BASE, "jobs": JOBS, "
                                                    "not_found": NOT_FOUND}),
                          autoescape=True, undefined=jinja2.ChainableUndefined)
 ENV.globals["ago"] = ago
+
+
+def since(at) -> Markup:
+    """Time since `at`, counted up by the page's script: the HTML names only the instant, so a page whose data
+    did not change renders the same bytes (no push, no snapshot rewrite) while its clock still moves."""
+    iso = at.isoformat().replace("+00:00", "Z") if hasattr(at, "isoformat") else str(at)
+    return Markup('<time class="since" datetime="{0}">{0}</time>').format(iso)
+
+
+ENV.globals["since"] = since
 
 
 def render(name: str, **context) -> Markup:

@@ -131,7 +131,13 @@ def _manifest(bucket, key: str) -> str | None:
         manifest = codec.loads(bucket.get(key).data)
     except (NotFound, CorruptObject, ValueError):
         return None
-    return json.dumps(manifest, indent=2, sort_keys=True) if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict):
+        return None
+    notify = manifest.get("notify")
+    if isinstance(notify, dict) and isinstance(notify.get("webhook"), str) and urlsplit(notify["webhook"]).query:
+        # the notifier never logs a webhook's query (it may carry the receiver's token); neither does a page
+        manifest = {**manifest, "notify": {**notify, "webhook": notify["webhook"].split("?", 1)[0] + "?(hidden)"}}
+    return json.dumps(manifest, indent=2, sort_keys=True)
 
 
 def _notifies(manifest: str | None) -> bool:
