@@ -9,7 +9,6 @@ import json
 import time
 
 import httpx
-import pytest
 
 from bucketrun.events import codec, keys
 from bucketrun.events.lifecycle import JobState, append_transition
@@ -21,7 +20,6 @@ from bucketrun.handlers.ui.data import Cache, CountingBucket
 
 from test_notify import SECRET, ended_job, receiver  # noqa: F401 (a fixture)
 from test_ui import Server, calls
-from webhook_receiver import Receiver  # noqa: F401
 
 RUNNING = [JobState.SUBMITTED, JobState.QUEUED, JobState.LAUNCHED, JobState.RUNNING]
 
