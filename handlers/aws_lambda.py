@@ -98,8 +98,8 @@ def notifier() -> Notifier:
 
 
 def reset_context() -> None:
-    global _context, _notifier
-    _context = _notifier = None
+    global _context, _notifier, _snapshots
+    _context = _notifier = _snapshots = None
 
 
 def dispatch_handler(event: dict[str, Any], _lambda_context: Any = None) -> dict[str, Any]:
@@ -115,4 +115,36 @@ def dispatch_handler(event: dict[str, Any], _lambda_context: Any = None) -> dict
 
 def sweep_handler(_event: dict[str, Any], _lambda_context: Any = None) -> dict[str, Any]:
     ctx = context()
-    return {"swept": sweep(ctx.bucket, ctx.launchers, ctx.writer, notifier=notifier())}
+    out: dict[str, Any] = {"swept": sweep(ctx.bucket, ctx.launchers, ctx.writer, notifier=notifier())}
+    snapshot = refresh_snapshot(ctx.bucket)
+    if snapshot is not None:
+        out["snapshot"] = snapshot
+    return out
+
+
+_snapshots: Any = None  # the dashboard snapshot's refresher, kept while the container lives (False: no ui extra)
+
+
+def refresh_snapshot(bucket) -> dict[str, Any] | None:
+    """Refresh the bucket's dashboard snapshot (handlers/ui/snapshot.py) once `bucketrun ui --snapshot` wrote one,
+    at most every 60 s (or what that command recorded). The function's package may lack the ui extra (jinja2):
+    then it is skipped with one logged line, and a failure never fails the sweep."""
+    global _snapshots
+    if _snapshots is False:
+        return None
+    try:
+        if _snapshots is None:
+            # late: jinja2 and markupsafe are the ui extra's, which the Lambda package need not carry
+            from .ui.snapshot import Refresher
+
+            _snapshots = Refresher(bucket)
+        result = _snapshots.maybe_refresh()
+    except ImportError as exc:
+        log.info("dashboard snapshot skipped: the ui extra is not installed in this function (%s)", exc)
+        _snapshots = False
+        return None
+    except Exception as exc:  # noqa: BLE001 - the snapshot is a convenience; the sweep's outcome stands
+        log.error("dashboard snapshot failed: %s: %s", type(exc).__name__, exc)
+        return {"error": str(exc)}
+    return None if result is None else {"written": len(result.written), "reads": result.reads,
+                                        "writes": result.writes}

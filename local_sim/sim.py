@@ -66,9 +66,11 @@ class Pacing:
 
 class Simulation:
     def __init__(self, bucket: Bucket, launcher: Launcher | Routes, poll_s: float = 1.0, writer: str | None = None,
-                 sweep_s: float | None = 5.0, poll_max_s: float = 10.0, sweep_max_s: float = 30.0):
+                 sweep_s: float | None = 5.0, poll_max_s: float = 10.0, sweep_max_s: float = 30.0,
+                 snapshot_s: float | None = None):
         """`poll_s`/`sweep_s`: the interval while manifests arrive / jobs are live; `*_max_s`: the most either
-        backs off to while idle (equal to the base: no backoff)."""
+        backs off to while idle (equal to the base: no backoff). `snapshot_s`: the sweep refreshes the bucket's
+        dashboard snapshot at most this often (None: what `bucketrun ui --snapshot` recorded; 0: never)."""
         self.bucket = bucket
         self._fleets = None
         if not isinstance(launcher, Routes):  # one process launcher for every kind; fleets get local processes
@@ -88,6 +90,9 @@ class Simulation:
         self.ready = threading.Event()
         self.sweeps = 0  # completed sweep passes, so a test can tell that sweeps really ran
         self.polls = 0  # completed inbox listings (s3 polling and reconciles)
+        self.snapshot_s = snapshot_s
+        self.snapshots = None  # the snapshot refresher, made on the first pass that wants one
+        self._snapshot_owed = True  # jobs were live since the last refresh (or the sim just started)
 
     def handle(self, info: ObjectInfo) -> bool:
         """Dispatch an object not yet seen with this ETag. True if it is new: not seen, and not a retry of a
@@ -149,7 +154,31 @@ class Simulation:
             except Exception as exc:  # noqa: BLE001 - the next sweep tries again
                 log.error("sweep failed: %s", exc)
                 live = False
+            self.refresh_snapshot(live)
             wait = self.sweep_pacing.next(wait, live)
+
+    def refresh_snapshot(self, live: bool) -> None:
+        """After a sweep pass: refresh the dashboard snapshot (handlers/ui/snapshot.py) if the bucket has one, at
+        most every `snapshot_s`, while jobs are live and once more after the last one ended. An idle bucket costs
+        nothing more; on a busy one the check is one GET of dashboard/state.json per period."""
+        self._snapshot_owed = self._snapshot_owed or live
+        if self.snapshot_s == 0 or not self._snapshot_owed:
+            return
+        try:
+            if self.snapshots is None:
+                # late: the snapshot renders with jinja2 (the ui extra), which a sim without it does not need
+                from bucketrun.handlers.ui.snapshot import Refresher
+
+                self.snapshots = Refresher(self.bucket, self.snapshot_s)
+            if not self.snapshots.due():
+                return
+            self.snapshots.maybe_refresh()
+            self._snapshot_owed = live
+        except ImportError as exc:
+            log.info("dashboard snapshot not refreshed: %s (pip install 'bucketrun[ui]')", exc)
+            self.snapshot_s = 0
+        except Exception as exc:  # noqa: BLE001 - a snapshot never stops the sweep; the next period tries again
+            log.error("dashboard snapshot failed: %s: %s", type(exc).__name__, exc)
 
     def run(self) -> None:
         if self.sweep_s:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from ..errors import InvalidKey, NotFound
+from ..errors import InvalidKey, NotFound, StorageError
 
 
 class ObjectInfo:
@@ -141,6 +141,11 @@ class Bucket(abc.ABC):
             if "/" in info.key[len(prefix):] and name != seen:
                 seen = name
                 yield name
+
+    def presign_get(self, key: str, expires_s: int) -> str:
+        """A URL anyone can GET the object with, without credentials, for `expires_s` seconds (S3's presigned
+        GET; a folder's file:// URL). A store that cannot make one says so."""
+        raise StorageError(f"{type(self).__name__} cannot presign a URL for {key}: only s3:// and folder buckets can")
 
     def exists(self, key: str) -> bool:
         try:

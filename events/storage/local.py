@@ -308,6 +308,10 @@ class LocalBucket(Bucket):
     def relative_key(self, full_key):
         return None if full_key.startswith(INTERNAL + "/") else full_key
 
+    def presign_get(self, key, expires_s):
+        """A folder needs no signature: its file:// URL (readable by whoever can read the folder; no expiry)."""
+        return self._path(key).as_uri()
+
     def path_of(self, key: str) -> Path:
         """Where a key lives on disk, for the watcher and for users browsing the folder."""
         return self._path(key)

@@ -22,7 +22,7 @@ def cmd_sim(args) -> int:
     launcher = LocalProcessLauncher(preload=None if args.no_preload else "default")
     launcher.start()
     sim = Simulation(bucket, launcher, poll_s=args.poll, sweep_s=args.sweep, poll_max_s=args.poll_max,
-                     sweep_max_s=args.sweep_max)
+                     sweep_max_s=args.sweep_max, snapshot_s=args.snapshot_every)
     print(f"bucketrun sim: watching {bucket.url} (Ctrl-C to stop)", file=sys.stderr)
     try:
         sim.run()
@@ -65,5 +65,9 @@ def register(add) -> None:
     p.add_argument("--sweep", type=_seconds, default=5.0, help="seconds between sweeps while jobs are live")
     p.add_argument("--sweep-max", type=_seconds, default=30.0,
                    help="while none are live, the wait doubles up to this (= --sweep: no backoff)")
+    p.add_argument("--snapshot-every", type=number(float, 0, 86400.0, "a number of seconds"), default=None,
+                   metavar="S", help="refresh the bucket's dashboard snapshot (once `bucketrun ui --snapshot` wrote "
+                                     "one) at most every S seconds, only when something changed (default: what "
+                                     "that command recorded, 60; 0: never)")
     p.add_argument("--no-preload", action="store_true", help="load the model on the first job, not at start")
     add("demo", cmd_demo, "transcribe the bundled speech clip end to end on a local bucket")

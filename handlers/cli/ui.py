@@ -20,6 +20,8 @@ def cmd_ui(args) -> int:
         if (exc.name or "").split(".")[0] in {"starlette", "uvicorn", "jinja2", "markupsafe", "anyio", "h11"}:
             raise CliError(NEEDS_EXTRA) from None
         raise
+    if args.snapshot or args.print_url:
+        return _snapshot(args)
     token = args.token
     if token is None and args.host not in LOOPBACK:
         token = secrets.token_urlsafe(24)
@@ -28,6 +30,31 @@ def cmd_ui(args) -> int:
     bucket = bucket_of(args)
     print(f"bucketrun ui: serving {bucket.url} on http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
     app.serve(bucket, args.host, args.port, args.refresh, token, args.budget)
+    return 0
+
+
+def _snapshot(args) -> int:
+    """`--snapshot`: write the dashboard into the bucket once and exit; `--print-url`: and say how to open it."""
+    try:
+        # late, like the server: the snapshot renders with jinja2 (the ui extra); the CLI's import stays without it
+        from bucketrun.handlers.ui import snapshot
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] in {"jinja2", "markupsafe"}:
+            raise CliError(NEEDS_EXTRA) from None
+        raise
+
+    bucket = bucket_of(args)
+    every = snapshot.EVERY_S if args.snapshot_every is None else args.snapshot_every
+    result = snapshot.snapshot_once(bucket, every, print_url=args.print_url)
+    where = bucket.url.rstrip("/") + "/" + snapshot.ROOT
+    refresh = f"the sweep refreshes it every {every:g} s" if every else "the sweep does not refresh it"
+    print(f"bucketrun ui: snapshot of {result.jobs} job(s) in {where}: {result.writes} object(s) written, "
+          f"{result.reads} read(s); {refresh}", file=sys.stderr, flush=True)
+    if args.print_url:
+        if result.signed_until:
+            print(f"bucketrun ui: presigned: this URL and every page and artifact it links to expire in "
+                  f"{snapshot.PRESIGN_S // 86400} days, at {result.signed_until}", file=sys.stderr, flush=True)
+        print(result.url, flush=True)
     return 0
 
 
@@ -43,3 +70,12 @@ def register(add) -> None:
     p.add_argument("--budget", type=number(float, 1, 1e6, "requests a minute"), default=60.0, metavar="N",
                    help="re-read at most about N requests a minute in all (default 60); with many live jobs each "
                         "is then read less often than --refresh")
+    p.add_argument("--snapshot", action="store_true",
+                   help="write the dashboard into the bucket (dashboard/index.html and a page per live or recent "
+                        "job, each one self-contained HTML file) once and exit; the sweep then keeps it fresh")
+    p.add_argument("--print-url", action="store_true",
+                   help="with --snapshot: print a URL to open it by (S3/R2: presigned for 7 days, every link in "
+                        "it too; a folder: its file:// path)")
+    p.add_argument("--snapshot-every", type=number(float, 0, 86400, "a number of seconds"), default=None,
+                   metavar="S", help="the sweep refreshes the snapshot at most every S seconds, only when "
+                                     "something changed (default 60; 0: never)")
