@@ -15,3 +15,6 @@ SECTIONS: dict[str, Section] = {}
 def render(kind: str, cache, job_id: str, entry: dict[str, Any], links) -> Markup | None:
     section = SECTIONS.get(kind)
     return section(cache, job_id, entry, links) if section else None
+
+from .window import KIND as _WINDOW, window_section  # noqa: E402 - below SECTIONS: a section module may import this one
+SECTIONS[_WINDOW] = window_section

@@ -1,0 +1,232 @@
+"""A training window's section of its job page, over a real window: two host agents, the simulation and the real
+numpy trainer (test_train_window.py's harness). host-b's model cache misses a blob, so attempt 1 fails preflight on
+host-b; the blob is put back and the job retried, and attempt 2 trains to its target, gates, mirrors and reports.
+The page is read from the real `bucketrun ui` server, and the assertions are on what a person sees."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import time
+from html.parser import HTMLParser
+
+import pytest
+
+from bucketrun.events import codec, keys
+from bucketrun.events.storage import open_bucket
+from bucketrun.handlers.control import retry
+from bucketrun.images.train_window.fingerprint import fingerprint_dataset, fingerprint_hf_cache, hf_repo_folder
+
+from test_train_window import COMMIT, REPO, Fleet, _trainer_module, build_cache, manifest
+from test_ui import Server, calls
+
+TARGET = 6
+
+
+@pytest.fixture(scope="module")
+def window(tmp_path_factory):
+    """The window, ended: (bucket folder, job id, the missing blob's name, the trainer's last checkpoint.json)."""
+    tmp = tmp_path_factory.mktemp("window")
+    make = _trainer_module().make_dataset
+    roots = {}
+    for label in ("host-a", "host-b"):
+        root = tmp / label
+        make(root / "data", n_train=120, n_valid=30, n_test=30, dim=6, seed=1)
+        build_cache(root)
+        roots[label] = root
+    fps = {"dataset": fingerprint_dataset(roots["host-a"] / "data", {"train": 100}).model_dump(mode="json"),
+           "cache": fingerprint_hf_cache(roots["host-a"] / "hf" / "hub", REPO).model_dump(mode="json")}
+    link = hf_repo_folder(roots["host-b"] / "hf" / "hub", REPO, "model") / "snapshots" / COMMIT / "tokenizer.json"
+    blob = link.parent / os.readlink(link)
+    saved = blob.read_bytes()
+    blob.unlink()
+    folder = tmp / "bucket"
+    url = open_bucket(str(folder)).url
+    with Fleet(url, roots) as f:
+        job, out = f.run(manifest(fps, target=TARGET, size=TARGET))
+        assert out["state"] == "failed" and out["detail"]["error"]["where"] == "preflight/host-b", out
+        blob.write_bytes(saved)
+        retry(f.bucket, job, writer="test")
+        out = f.wait(job)
+    assert out["state"] == "succeeded" and out["attempt"] == 2, out
+    progress = json.loads((roots["host-a"] / "runs" / "main" / "checkpoint.json").read_text())
+    return folder, url, job, blob.name, progress
+
+
+@pytest.fixture(scope="module")
+def page(window):
+    """The job page as the server first sends it, and the server (still running) with its --refresh."""
+    _, url, job, _, _ = window
+    server = Server(url, "--refresh", "0.2", "--budget", "100000")
+    try:
+        yield server, server.get(f"/jobs/{job}").text
+    finally:
+        server.stop()
+
+
+class Cells(HTMLParser):
+    """The preflight matrix as {(host, attempt, check): (class, text)} and each row's host cell class."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.cells: dict[tuple[str, int, str], tuple[str, str]] = {}
+        self.host_class: dict[str, str] = {}
+        self.inside, self.at, self.host, self.buf = False, None, None, []
+        self.feed(text.split('<table class="preflight">', 1)[1].split("</table>", 1)[0])
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "tr" and a.get("class") == "host":
+            self.host, self.at = "?", ("host", a)
+            self.buf = []
+        elif tag == "th" and self.host == "?":
+            self.at, self.buf = ("host", a), []
+        elif tag == "td" and "data-check" in a:
+            self.at, self.buf = ("cell", a), []
+
+    def handle_endtag(self, tag):
+        if self.at is None:
+            return
+        text = " ".join("".join(self.buf).split())
+        if tag == "th" and self.at[0] == "host" and self.host == "?":
+            self.host = text.split()[0]
+            self.host_class[self.host] = self.at[1].get("class") or ""
+            self.at = None
+        elif tag == "td" and self.at[0] == "cell":
+            a = self.at[1]
+            self.cells[(self.host, int(a["data-attempt"]), a["data-check"])] = (a["class"], text)
+            self.at = None
+
+    def handle_data(self, data):
+        self.buf.append(data)
+
+
+def text_of(fragment: str) -> str:
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", fragment)).split())
+
+
+def test_the_preflight_matrix_names_the_failed_host_and_its_finding_then_all_ok(page, window):
+    _, text = page
+    _, _, _, blob, _ = window
+    m = Cells(text)
+    checks = ("dataset", "cache", "disk", "inodes", "memory", "GPU")
+    assert {(h, n, c) for h, n, c in m.cells} == {(h, n, c) for h in ("host-a", "host-b") for n in (1, 2)
+                                                 for c in checks}
+    heads = re.findall(r'<th colspan="6" class="attempt ([a-z]*)">(.*?)</th>', text, re.S)
+    assert heads[0][0] == "bad" and text_of(heads[0][1]) == "attempt 1: failed (preflight at preflight/host-b)"
+    assert heads[1][0] == "good" and text_of(heads[1][1]) == "attempt 2: succeeded"
+    # attempt 1: host-b's cache is the one failed cell, its finding named; everything else passed
+    cls, said = m.cells[("host-b", 1, "cache")]
+    assert "bad" in cls and said.startswith("FAILED PARTIAL: ") and "Blob missing" in said and blob[:10] in said, said
+    bad = {k for k, (c, _) in m.cells.items() if "bad" in c}
+    assert bad == {("host-b", 1, "cache")}, bad
+    assert m.host_class == {"host-a": "", "host-b": "bad"}
+    assert "preflight failed on host-b: host-b:" in text_of(text.split('<table class="preflight">')[1])
+    # attempt 2: all ok, with figures (not a folder check)
+    for host in ("host-a", "host-b"):
+        for check in checks:
+            cls, said = m.cells[(host, 2, check)]
+            assert "good" in cls and said.startswith("ok "), (host, check, said)
+        assert m.cells[(host, 2, "dataset")][1] .endswith("180 lines")
+        assert "(sha256 of every file)" in m.cells[(host, 2, "cache")][1]
+        assert " free on " in m.cells[(host, 2, "disk")][1]
+
+
+def test_steps_against_the_target_and_the_metrics_chart(page, window):
+    _, text = page
+    _, _, _, _, progress = window
+    steps = text_of(re.search(r'<p class="steps">(.*?)</p>', text, re.S)[1])
+    assert steps == f"step {TARGET} of target {TARGET} 100% 100% of the window (from step 0)", steps
+    islands = [json.loads(s) for s in re.findall(
+        r'<div class="chart"><script type="application/json">(.*?)</script></div>', text, re.S)]
+    (chart,) = [c for c in islands if c["title"] == "training metrics"]
+    assert chart["time"] is False and chart["x_label"] == "step"
+    assert chart["x"] == [float(s) for s in range(1, TARGET + 1)]
+    series = {s["label"]: s["values"] for s in chart["series"]}
+    assert set(series) == {"loss", "valid_acc"} and all(len(v) == TARGET for v in series.values())
+    # the trainer's own numbers: its last step line and its checkpoint.json agree (4 decimals in the log)
+    assert series["loss"][-1] == pytest.approx(progress["loss"], abs=1e-4)
+    assert series["valid_acc"][-1] == pytest.approx(progress["valid_acc"], abs=1e-4)
+    assert series["loss"][-1] < series["loss"][0]  # it learned
+    log = text_of(re.search(r'<pre class="log train-log">(.*?)</pre>', text, re.S)[1])
+    assert f"step {TARGET}/{TARGET} loss=" in log
+    assert "attempt 2, last" in text_of(text.split("<h2>Training log")[1].split("</h2>")[0])
+
+
+def test_the_gate_the_mirror_verification_and_the_report(page, window):
+    _, text = page
+    folder, url, job, _, progress = window
+    bucket = open_bucket(url)
+    rep = codec.loads(bucket.get(keys.report_json_key(job)).data)
+    gate = text_of(re.search(r'<table class="gate">(.*?)</table>', text, re.S)[1])
+    assert gate.startswith(f"verdict passed progress file step {TARGET} (target {TARGET})"), gate
+    assert f"checkpoint-{TARGET}/adapter_model.npz " in gate and "missing" not in gate
+    mirror = text_of(re.search(r'<table class="mirror">(.*?)</table>', text, re.S)[1])
+    assert mirror.startswith("verdict verified: listed back and every object re-hashed"), mirror
+    assert keys.mirror_prefix(job, 2, TARGET) in mirror and keys.mirror_manifest_key(job, 2, TARGET) in mirror
+    manifest = codec.loads(bucket.get(keys.mirror_manifest_key(job, 2, TARGET)).data)
+    shown = re.findall(r"<tr><td>([^<]+)</td><td>(\d+)</td><td><code class=\"sha256\">([0-9a-f]{64})</code>",
+                       text.split('<table class="mirror-files">')[1])
+    assert shown == [(f["path"], str(f["bytes"]), f["sha256"]) for f in manifest["files"]]
+    report = text_of(re.search(r'<table class="report">(.*?)</table>', text, re.S)[1])
+    assert report.startswith("state succeeded attempt 2 command ") and f"--target-step {TARGET}" in report
+    assert "launch_host host-a" in report and f"target_step {TARGET}" in report
+    history = re.findall(r"<li>(.*?)</li>", text.split('<ul class="history">')[1].split("</ul>")[0])
+    assert [html.unescape(h) for h in history] == rep["history_lines"]
+    assert history[1] == "attempt 2: host-a passed; host-b passed -&gt; succeeded"
+    assert "nothing: the checkpoint is verified in the bucket" in text
+    md = bucket.get(keys.report_key(job)).data.decode()
+    shown_md = re.search(r'<pre class="report-md">(.*?)</pre>', text, re.S)[1]
+    assert html.unescape(shown_md) == md and "**reached**" in shown_md and "<h1" not in shown_md  # text, not HTML
+    assert f"loss: {progress['loss']:g}" in html.unescape(shown_md)
+
+
+def test_an_ended_window_page_is_not_read_again(page, window):
+    server, first = page
+    _, _, job, _, _ = window
+    before = calls(server.get(f"/jobs/{job}").text)
+    time.sleep(0.5)  # more than --refresh 0.2: a live job would be read again
+    again = server.get(f"/jobs/{job}").text
+    assert calls(again) == before
+    assert again.split('<main id="main">')[1].split("</main>")[0] == \
+        first.split('<main id="main">')[1].split("</main>")[0]
+
+
+def test_a_live_window_reads_only_new_log_chunks(window, tmp_path):
+    """The section as the server renders it for a window still running (its status said so): the listings are
+    read again each refresh, a chunk already read never is, and a new chunk is read once."""
+    from bucketrun.handlers.ui.data import Cache, CountingBucket
+    from bucketrun.handlers.ui.window import window_section
+
+    folder, _, job, _, _ = window
+    shutil.copytree(folder, tmp_path / "bucket")
+    bucket = open_bucket(str(tmp_path / "bucket"))
+    got: list[str] = []
+
+    class Spy:  # the keys of the reads, below the dashboard's counting wrapper
+        url = bucket.url
+
+        def __getattr__(self, name):
+            method = getattr(bucket, name)
+            if name == "get":
+                return lambda key, *a, **kw: (got.append(key), method(key, *a, **kw))[1]
+            return method
+
+    cache = Cache(CountingBucket(Spy()), refresh=0.0, budget=1e9)
+    entry = cache.job(job)
+    running = {**entry, "status": {**entry["status"], "terminal": False, "state": "running"}}
+    chunks = [i.key for i in bucket.list(keys.train_log_prefix(job, 2))]
+    window_section(cache, job, running, None)
+    assert set(chunks) <= set(got)
+    got.clear()
+    window_section(cache, job, running, None)
+    assert not set(chunks) & set(got), got  # listed again, not read again
+    new = keys.train_log_key(job, 2, len(chunks))
+    bucket.put(new, b"step 7/6 loss=0.01 valid_acc=1.0\n", "text/plain")
+    got.clear()
+    html_ = str(window_section(cache, job, running, None))
+    assert [k for k in got if k.startswith(keys.train_log_prefix(job, 2))] == [new]
+    assert "step 7/6 loss=0.01" in html_
