@@ -18,3 +18,5 @@ def render(kind: str, cache, job_id: str, entry: dict[str, Any], links) -> Marku
 
 from .window import KIND as _WINDOW, window_section  # noqa: E402 - below SECTIONS: a section module may import this one
 SECTIONS[_WINDOW] = window_section
+from . import fleet as _fleet  # noqa: E402
+SECTIONS["fleet"] = _fleet.section
