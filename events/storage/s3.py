@@ -110,10 +110,18 @@ class S3Bucket(Bucket):
         self._call("delete_object", key, **self.k.key_params(key))
 
     def presign_get(self, key, expires_s):
-        """A presigned GetObject URL (SigV4, signed locally: no request); S3 and R2 accept up to 7 days."""
+        """A presigned GetObject URL, signed locally (no request). SigV4, which R2 requires and S3 prefers (boto3
+        would sign V2 by default); both accept up to 7 days."""
         try:
-            return self.client.generate_presigned_url("get_object", Params=self.k.key_params(key),
-                                                      ExpiresIn=int(expires_s))
+            if getattr(self, "_signer", None) is None:
+                from botocore.config import Config  # late: only a presigning bucket needs the SigV4 client
+
+                meta = self.client.meta
+                self._signer = boto3.session.Session().client(
+                    "s3", endpoint_url=meta.endpoint_url, region_name=meta.region_name,
+                    config=meta.config.merge(Config(signature_version="s3v4")))
+            return self._signer.generate_presigned_url("get_object", Params=self.k.key_params(key),
+                                                       ExpiresIn=int(expires_s))
         except _LIBRARY_ERRORS as exc:
             raise translate(exc, "presign", key, self.k.url) from exc
 

@@ -140,6 +140,8 @@ def take(bucket, cache: Cache, every: float, state: dict[str, Any] | None, sign_
     if force_signed:
         signed_until = codec.iso(now + timedelta(seconds=sign_for))
     expires = (codec.parse_iso(signed_until) - now).total_seconds() if signed_until else 0
+    if force_signed:
+        expires = sign_for  # exactly what was asked (the ISO time above is rounded to the millisecond)
     if expires < 60:  # an expired (or expiring) presigned copy is not kept up
         signed_until, expires = None, 0
     sign = (lambda key: bucket.presign_get(key, int(expires))) if signed_until else None
