@@ -106,6 +106,7 @@ class Simulation:
             dispatch({"Records": [s3_record(self.bucket, info)]}, self.ctx)  # it logs "key -> job" itself
             self.dispatched += 1
             self.failed.pop(info.key, None)
+            self._snapshot_owed = True  # even a job that ends before the next sweep is in the next snapshot
             self._wake_sweep.set()
         except Exception as exc:  # noqa: BLE001 - the simulation must keep running whatever one object does
             self.errors += 1
