@@ -46,7 +46,10 @@ def window(tmp_path_factory):
     folder = tmp / "bucket"
     url = open_bucket(str(folder)).url
     with Fleet(url, roots) as f:
-        job, out = f.run(manifest(fps, target=TARGET, size=TARGET))
+        # a `\r` download bar before training, as huggingface_hub draws one: the log's tail shows its last state
+        # a looser stall_after_s than the harness's 8 s: on two busy cores an agent once took longer to start
+        job, out = f.run(manifest(fps, "--download-bar", "0.7", target=TARGET, size=TARGET,
+                                  resources={"heartbeat_s": 1, "stall_after_s": 30, "max_attempts": 1}))
         assert out["state"] == "failed" and out["detail"]["error"]["where"] == "preflight/host-b", out
         blob.write_bytes(saved)
         retry(f.bucket, job, writer="test")
@@ -153,6 +156,14 @@ def test_steps_against_the_target_and_the_metrics_chart(page, window):
     assert series["loss"][-1] < series["loss"][0]  # it learned
     log = text_of(re.search(r'<pre class="log train-log">(.*?)</pre>', text, re.S)[1])
     assert f"step {TARGET}/{TARGET} loss=" in log
+    raw = b"".join(open_bucket(window[1]).get(k.key).data
+                   for k in open_bucket(window[1]).list(keys.train_log_prefix(window[2], 2))).decode()
+    drawn = re.findall(r"model\.safetensors: (\d+)%", raw)
+    assert len(drawn) >= 3  # the bar was redrawn in the log several times ...
+    shown = re.findall(r"model\.safetensors: (\d+)%", log)
+    assert shown == [drawn[-1]], (shown, drawn)  # ... and the page shows its last state, once
+    assert "\r" not in html.unescape(re.search(r'<pre class="log train-log">(.*?)</pre>', text, re.S)[1])
+    assert log.startswith("Fetching 4 files for org/model")
     assert "attempt 2, last" in text_of(text.split("<h2>Training log")[1].split("</h2>")[0])
 
 
@@ -230,3 +241,28 @@ def test_a_live_window_reads_only_new_log_chunks(window, tmp_path):
     html_ = str(window_section(cache, job, running, None))
     assert [k for k in got if k.startswith(keys.train_log_prefix(job, 2))] == [new]
     assert "step 7/6 loss=0.01" in html_
+
+
+def test_a_log_fed_in_chunks_reads_as_a_terminal_shows_it():
+    """Chunks cut lines, `\\r\\n` and UTF-8 characters anywhere; the follower's tail and metrics are the same."""
+    from bucketrun.handlers.ui.window import LogFollower, step_metrics
+
+    log = ("Fetching\r\n\rbar 10%\rbar 50%\rbar 99%\n"
+           "step 1/3 loss=0.9 acc=0.5 \u00e9t\u00e9\n"
+           "{'loss': 0.7, 'learning_rate': 5e-05, 'step': 2}\n"
+           "Step: 3 loss=nan eval.loss=1e-3\n"
+           "eval 40%\reval 80%").encode()
+    whole = LogFollower()
+    whole.feed(log)
+    for cut in range(1, len(log)):
+        f = LogFollower()
+        f.feed(log[:cut])
+        f.feed(log[cut:])
+        assert f.view() == whole.view(), cut
+    tail, by_step, last = whole.view()
+    assert tail == ["Fetching", "bar 99%", "step 1/3 loss=0.9 acc=0.5 \u00e9t\u00e9",
+                    "{'loss': 0.7, 'learning_rate': 5e-05, 'step': 2}", "Step: 3 loss=nan eval.loss=1e-3", "eval 80%"]
+    assert by_step == {1: {"loss": 0.9, "acc": 0.5}, 2: {"loss": 0.7, "learning_rate": 5e-05},
+                       3: {"loss": None, "eval.loss": 0.001}}
+    assert last == 3
+    assert step_metrics(["resumed from step 3", "no step here loss=1"]) == ({}, 3)

@@ -6,10 +6,13 @@ window is live, so an ended window costs no request after its first view."""
 
 from __future__ import annotations
 
+import codecs
+import collections
 import json
 import math
 import re
 import shlex
+import threading
 from typing import Any
 
 from markupsafe import Markup
@@ -27,6 +30,7 @@ ENV_COLUMN = {"disk": "disk", "inodes": "inodes", "memory": "memory", "no_gpu": 
 LOG_LINES = 200  # the tail of the current attempt's training log
 MAX_SERIES = 8  # metrics charted (the first ones a step line names)
 FINDINGS_SHOWN = 3
+PENDING_MAX = 65536  # of a line still being drawn (a `\r` bar that never ends its line)
 # a training step line: "step 3/10 loss=0.51 valid_acc=0.84", "Step: 3 ...", "{'step': 3, 'loss': 0.5}"
 STEP_RE = re.compile(r"""\bstep['"]?\s*[:=]?\s*(\d+)(?:\s*/\s*(\d+))?""", re.IGNORECASE)
 PAIR_RE = re.compile(r"""['"]?([A-Za-z_][\w./-]*)['"]?\s*[=:]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)"""
@@ -36,13 +40,47 @@ STAGE_RE = re.compile(r"step (\d+)/(\d+)")
 
 # -- pure parsing ------------------------------------------------------------------------------------------
 
-def screen_lines(text: str) -> list[str]:
-    """The log as a terminal shows it: a `\\r`-redrawn progress bar is one line in its last drawn state."""
-    out = []
-    for line in text.replace("\r\n", "\n").split("\n"):
-        drawn = [part for part in line.split("\r") if part.strip()]
-        out.append(drawn[-1] if drawn else line.rsplit("\r", 1)[-1])
-    return out
+def screen_line(line: str) -> str:
+    """A line as a terminal shows it: a `\\r`-redrawn progress bar in its last drawn state."""
+    drawn = [part for part in line.split("\r") if part.strip()]
+    return drawn[-1] if drawn else line.rsplit("\r", 1)[-1]
+
+
+class LogFollower:
+    """One attempt's training log, fed chunk by chunk as they appear (each read once): the last LOG_LINES lines as
+    a terminal shows them and every step's metrics, kept as it goes, so a long log is never joined or parsed
+    again. A line may span chunks (a chunk is whatever the trainer printed in ten seconds), and so may a
+    UTF-8 character."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.fed: set[str] = set()
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.pending = ""  # the line being written (a `\\r` bar without its newline yet)
+        self.tail: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
+        self.by_step: dict[int, dict[str, float | None]] = {}
+        self.last: int | None = None
+
+    def feed(self, data: bytes) -> None:
+        *done, pending = (self.pending + self.decoder.decode(data)).replace("\r\n", "\n").split("\n")
+        self.pending = pending[-PENDING_MAX:]
+        lines = [screen_line(line) for line in done]
+        self.tail.extend(lines)
+        steps, last = step_metrics(lines)
+        for step, values in steps.items():
+            self.by_step.setdefault(step, {}).update(values)
+        self.last = last if last is not None else self.last
+
+    def view(self) -> tuple[list[str], dict[int, dict[str, float | None]], int | None]:
+        """(the tail, metrics by step, the last step named), the unfinished line included."""
+        drawing = screen_line(self.pending)
+        if not drawing.strip():
+            return list(self.tail), self.by_step, self.last
+        steps, last = step_metrics([drawing])
+        by_step = {s: dict(v) for s, v in self.by_step.items()}
+        for step, values in steps.items():
+            by_step.setdefault(step, {}).update(values)
+        return ([*self.tail, drawing][-LOG_LINES:], by_step, last if last is not None else self.last)
 
 
 def step_metrics(lines: list[str]) -> tuple[dict[int, dict[str, float | None]], int | None]:
@@ -183,6 +221,13 @@ def _json(bucket, key: str) -> Any:
         return None
 
 
+def _bytes(bucket, key: str) -> bytes:
+    try:
+        return bucket.get(key).data
+    except NotFound:
+        return b""
+
+
 def _text(bucket, key: str) -> str | None:
     try:
         return bucket.get(key).data.decode("utf-8", "replace")
@@ -209,15 +254,21 @@ def _preflight(cache, job_id: str, live: bool) -> dict[int, dict[str, dict[str, 
     return found
 
 
-def _train_log(cache, job_id: str, attempt: int, live: bool) -> tuple[str, int] | None:
-    """An attempt's training log and its number of chunks: listed while it is live, each chunk read once."""
+def _train_log(cache, job_id: str, attempt: int, live: bool) -> tuple[LogFollower, int] | None:
+    """An attempt's training log and its number of chunks: listed while it is live, each new chunk read once and
+    fed to the attempt's follower (kept in the cache, never re-made)."""
     bucket = cache.bucket
     prefix = keys.train_log_prefix(job_id, attempt)
     chunks = cache.fetch(f"window:log:{job_id}:{attempt}", lambda: _keys(bucket, prefix), live=live)
     if not chunks:
         return None
-    return "".join(cache.fetch(f"window:object:{k}", lambda k=k: _text(bucket, k) or "", live=False)
-                   for k in sorted(chunks)), len(chunks)
+    follower = cache.fetch(f"window:follower:{job_id}:{attempt}", LogFollower, live=False)
+    with follower.lock:  # the event stream renders in threads: one feeds, the others wait for it
+        for key in sorted(set(chunks) - follower.fed):
+            # the read goes through the cache (counted, within the budget); its bytes are kept by the follower only
+            cache.fetch(f"window:chunk:{key}", lambda key=key: follower.feed(_bytes(bucket, key)), live=False)
+            follower.fed.add(key)
+    return follower, len(chunks)
 
 
 def _manifest(cache, job_id: str) -> dict[str, Any]:
@@ -264,16 +315,14 @@ def window_section(cache, job_id: str, entry: dict[str, Any], links) -> Markup |
         read = _train_log(cache, job_id, n, live=live and n == current)
         if read is None:
             continue
-        text, chunks = read
-        lines = screen_lines(text)
-        steps, last = step_metrics(lines)
+        follower, chunks = read
+        with follower.lock:
+            lines, steps, last = follower.view()
         for s, values in steps.items():
             by_step.setdefault(s, {}).update(values)
         if n == current:
             log_step = last
-            shown = lines[:-1] if lines and lines[-1] == "" else lines
-            tail = {"attempt": n, "text": "\n".join(shown[-LOG_LINES:]), "lines": min(len(shown), LOG_LINES),
-                    "chunks": chunks}
+            tail = {"attempt": n, "text": "\n".join(lines), "lines": len(lines), "chunks": chunks}
     final = (report or {}).get("metrics") or {}
     if not by_step and final.get("step") is not None:  # a trainer whose log names no metrics: its last ones
         by_step = {int(final["step"]): {k: v for k, v in final.items() if k != "step"}}
