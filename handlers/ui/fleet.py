@@ -243,7 +243,7 @@ def shard_map(total: int, done: dict[str, float], leases: dict[str, str], base: 
     MAX_SEGMENTS equal bins each showing its dominant state. Items and shards per state are exact either way."""
     if total <= 0:
         return {"segments": [], "items": dict.fromkeys(STATES, 0), "shards": dict.fromkeys(STATES, 0),
-                "binned": False}
+                "binned": False, "extra": 0}
     layers = [("done", [keys.parse_shard_id(s) for s in done])]  # lowest first: later layers paint over
     for state in ("free", "expired", "leased"):
         layers.append((state, [keys.parse_shard_id(s) for s, v in leases.items() if v == state]))
@@ -272,12 +272,13 @@ def shard_map(total: int, done: dict[str, float], leases: dict[str, str], base: 
     for state in leases.values():
         shards[state] += 1
     shards["free"] += sum(1 for s in base if s not in done and s not in leases)
+    extra = len(({*done} | {*leases}) - set(base))  # children: remainders and split-off parts
     binned = len(segments) > MAX_SEGMENTS
     if binned:
         segments = _merge(_bins(segments, total, MAX_SEGMENTS))
     return {"segments": [{"state": s, "lo": lo, "hi": hi, "percent": 100.0 * (hi - lo) / total}
                          for s, lo, hi in segments],
-            "items": items, "shards": shards, "binned": binned}
+            "items": items, "shards": shards, "binned": binned, "extra": extra}
 
 
 def _merge(segments: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
@@ -382,12 +383,12 @@ FLEET = """<section class="fleet"><h2>Fleet</h2>
 <table class="totals fleet-totals"><tbody>
 <tr><th>items</th><td class="items-done">{{ st.items_done }}/{{ st.items_total }}
  ({{ '%.1f' % (100.0 * st.items_done / (st.items_total or 1)) }}%)</td></tr>
-<tr><th>shards</th><td class="shards">{{ st.shards_done }} done of {{ st.shards_planned }} planned ({{ m.shard_size }} items each)</td></tr>
+<tr><th>shards</th><td class="shards">{{ st.shards_done }} done; {{ st.shards_planned }} planned of {{ m.shard_size }} items{% if m.strip.extra %}, {{ m.strip.extra }} more split off or left over by the workers{% endif %}</td></tr>
 <tr><th>rate</th><td class="rate">{% if st.items_per_s is none %}-{% elif st.rate == 'average' %}{{ '%.2f' % st.items_per_s }} items/s average over {{ duration(st.wall_s) }} (final){% else %}{{ '%.2f' % st.items_per_s }} items/s{% endif %}</td></tr>
 <tr><th>ETA</th><td class="eta">{% if st.eta_s %}{{ duration(st.eta_s) }}{% elif st.rate == 'average' %}ended {{ st.state }}{% else %}-{% endif %}</td></tr>
 <tr><th>leases</th><td class="leases">{{ m.in_flight }} in flight, <span class="{{ 'stale' if m.expired else '' }}">{{ m.expired }} expired</span></td></tr>
 <tr><th>workers</th><td class="workers-count">{{ st.workers_alive }} alive of {{ st.workers | length }}{% if st.workers_stopping %} ({{ st.workers_stopping }} stopping){% endif %}</td></tr>
-<tr><th>failed items</th><td>{{ st.items_failed }}</td></tr>
+<tr><th>failed items</th><td class="failed">{{ st.items_failed }}</td></tr>
 <tr><th>dead letters</th><td class="dead-count{{ ' bad' if m.dead else '' }}">{{ m.dead | length }}</td></tr>
 {% if st.cost %}<tr><th>cost</th><td>${{ '%.2f' % st.cost.total_usd }} over {{ st.cost.instances | length }} instances</td></tr>{% endif %}
 {% if st.dataset %}<tr><th>dataset</th><td><code>{{ st.dataset.key }}</code> {{ st.dataset.rows }} rows in {{ st.dataset.shards }} parts</td></tr>{% endif %}
@@ -398,8 +399,8 @@ FLEET = """<section class="fleet"><h2>Fleet</h2>
 <h3>Workers</h3>
 <table class="fleet-workers"><thead><tr><th>worker</th><th>backend</th><th>GPU</th><th>state</th><th>shard</th><th>for</th><th>items done</th><th>items/min (5 min)</th><th>failures</th><th>last error</th><th>$/h</th></tr></thead><tbody>
 {% for w in st.workers %}<tr class="worker worker-{{ w.state }}"><td>{{ w.worker }}</td><td>{{ w.backend }}</td><td>{{ w.gpu or '-' }}</td>
-<td class="state {{ 'good' if w.state == 'alive' else ('stale' if w.state == 'stale' else '') }}">{{ w.state }}</td>
-<td>{{ w.current_shard or '-' }}</td><td>{{ duration(w.for_s) if w.current_shard else '-' }}</td><td>{{ w.items_done }}</td>
+<td class="state {{ 'good' if w.state == 'alive' else ('stale' if w.state == 'stale' else '') }}" title="last beat {{ duration(w.heartbeat_age_s) }} ago">{{ w.state }}</td>
+<td>{% if w.current_shard %}{% if w.state != 'alive' %}<small>was on</small> {% endif %}{{ w.current_shard }}{% else %}-{% endif %}</td><td>{{ duration(w.for_s) if w.current_shard and w.state == 'alive' else '-' }}</td><td>{{ w.items_done }}</td>
 <td>{% if w.per_min %}{{ '%.1f' % w.per_min[0] }}{% if w.per_min[1] == 'recent' %} <small>(recent)</small>{% endif %}{% else %}-{% endif %}</td>
 <td>{{ w.items_failed + w.dead_lettered }}</td><td{% if w.last_error %} class="bad" title="{{ w.last_error }}"{% endif %}>{{ (w.last_error or '-') | truncate(120) }}</td>
 <td>{{ '%.3f' % w.price_per_hour if w.price_per_hour is not none else '-' }}</td></tr>
