@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
 
 from bucketrun.events import keys
 from bucketrun.events.errors import NotFound, UnknownJob
@@ -15,47 +14,8 @@ from bucketrun.events.lifecycle import JobState, JobView, Transition, read_view
 from bucketrun.events.status import waiting_in_inbox
 
 from .. import client
+from ..board import transition_error, summary
 from .common import NO_DISPATCHER, CliError, bucket_of
-
-WIDTH = 160  # a summary longer than this is cut with "..."
-
-
-def _cut(text: str, width: int = WIDTH) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def _error_of(t: Transition) -> dict[str, Any] | None:
-    d = t.detail or {}
-    return d.get("error") or (d.get("retry") or {}).get("error")
-
-
-def summary(t: Transition) -> str:
-    """What a person wants from a transition's detail, in a few words; the raw object is in `--json`."""
-    d = t.detail or {}
-    error = _error_of(t)
-    if error:
-        said = f"{error.get('class')}: {error.get('message', '')}"
-        if d.get("retry"):
-            said = f"retry after {said}"
-        return _cut(said)
-    if t.state is JobState.SUBMITTED:
-        return _cut("from " + (f"request {d['request_id']}" if d.get("request_id") else
-                               (d.get("inbox") or {}).get("key", "?")))
-    if t.state is JobState.LAUNCHED:
-        return _cut(f"on {d.get('backend', '?')} ({d.get('backend_id', '?')})")
-    if t.state is JobState.SUCCEEDED:
-        arts = d.get("artifacts") or []
-        dataset = d.get("dataset") or {}
-        if dataset:
-            return _cut(f"{dataset.get('items_covered')}/{dataset.get('items_total')} items, {dataset.get('rows')} "
-                        f"rows: {dataset.get('key')}")
-        return _cut(f"{len(arts)} artifacts" + (f": {arts[0]['key']}" + (" ..." if len(arts) > 1 else "")
-                                                if arts else ""))
-    if t.state is JobState.CANCELLED:
-        return _cut(f"by {t.writer}")
-    return ""
-
 
 def _line(t: Transition, spent: float | None) -> str:
     took = f"{spent:8.1f}s" if spent is not None else "        -"
@@ -71,7 +31,7 @@ def render(history: list[Transition]) -> list[str]:
         attempts.setdefault(t.attempt, []).append(i)
 
     def shape(n: int) -> tuple:  # states and errors; ids and times differ from one attempt to the next
-        return tuple((history[i].state.value, summary(history[i]) if _error_of(history[i]) else "")
+        return tuple((history[i].state.value, summary(history[i]) if transition_error(history[i]) else "")
                      for i in attempts[n])
 
     lines, order = [], sorted(attempts)

@@ -4,62 +4,16 @@ included; filtered by state, kind and age (ids begin with their UTC time, so `--
 from __future__ import annotations
 
 import json
-import posixpath
 from typing import Any
 
 from bucketrun.events import codec, keys
-from bucketrun.events.errors import CorruptObject, NotFound
-from bucketrun.events.lifecycle import JobState, JobView, list_job_ids, read_view
+from bucketrun.events.errors import CorruptObject
+from bucketrun.events.lifecycle import JobState, list_job_ids, read_view
 from bucketrun.events.status import WAITING
 
+from ..board import kind_of, source_of, waiting_rows
 from .common import bucket_of, number
 from .maintenance import age
-
-
-def source_of(view: JobView) -> str:
-    """Where a job came from: its request_id, else its inbox key."""
-    first = view.history[0].detail if view.history else {}
-    if first.get("request_id"):
-        return f"request:{first['request_id']}"
-    return (first.get("inbox") or {}).get("key") or "-"
-
-
-def kind_of(bucket, view: JobView) -> str:
-    """From the submitted transition (written since kinds were recorded there), else the stored manifest."""
-    first = view.history[0].detail if view.history else {}
-    if first.get("kind"):
-        return first["kind"]
-    try:
-        return str(codec.loads(bucket.get(keys.manifest_key(view.job_id)).data).get("kind") or "-")
-    except (NotFound, CorruptObject, AttributeError):  # not a JSON object: a job whose intake rejected it
-        return "-"
-
-
-def waiting_rows(bucket, taken: set[str]) -> list[dict[str, Any]]:
-    """Manifests in the inbox that no dispatcher has taken in: named by their own job id (as `submit` names
-    them), or any other name whose intake index entry is missing."""
-    rows = []
-    for info in bucket.list(keys.INBOX):
-        if not keys.is_inbox_manifest(info.key):
-            continue
-        name = posixpath.basename(info.key)[: -len(".json")]
-        if keys.is_job_id(name) and name in taken:
-            continue
-        try:
-            manifest = codec.loads(bucket.get(info.key).data)
-        except (NotFound, CorruptObject):
-            manifest = None
-        manifest = manifest if isinstance(manifest, dict) else {}
-        if not keys.is_job_id(name):  # taken in under another id if its intake identity is claimed
-            rid = manifest.get("request_id")
-            token = keys.request_token(rid) if isinstance(rid, str) else keys.object_token(info.key, info.etag)
-            if bucket.exists(keys.idempotency_key(token)):
-                continue
-        kind = str(manifest.get("kind") or "-")
-        at = info.last_modified.isoformat().replace("+00:00", "Z") if info.last_modified else "-"
-        rows.append({"job_id": name if keys.is_job_id(name) else None, "state": WAITING, "kind": kind,
-                     "attempt": 0, "updated_at": at, "source": info.key})
-    return rows
 
 
 def cmd_ls(args) -> int:

@@ -23,8 +23,8 @@ from bucketrun.events.status import WAITING, job_status
 
 from .common import NO_DISPATCHER, bucket_of, number
 from .fleet import age_text, rate_text
+from ..board import ago, kind_of, waiting_rows
 from .logs import render
-from .ls import kind_of, waiting_rows
 
 HEAD = f"  {'KIND':<12} {'STATE':<10} {'AGE':>5} {'ATT':>3}  {'PROGRESS':<14} ID"
 
@@ -103,14 +103,6 @@ def progress_text(status: dict[str, Any]) -> str:
     if p.get("percent") is None or status["terminal"]:
         return "-"
     return f"{p['percent']:.0f}% {p.get('stage') or ''}".strip()
-
-
-def ago(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size * (2 if unit != "d" else 1):
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"
 
 
 def _age_of(row: dict[str, Any], now: float) -> str:

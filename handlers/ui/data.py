@@ -15,7 +15,7 @@ from bucketrun.events.hosts import read_hosts
 from bucketrun.events.lifecycle import JobView, list_job_ids, read_view
 from bucketrun.events.status import job_status
 
-from ..cli.ls import kind_of, source_of, waiting_rows
+from ..board import kind_of, source_of, waiting_rows
 
 T = TypeVar("T")
 READS = ("get", "head", "list", "exists", "folders")
@@ -71,6 +71,7 @@ class Cache:
         self._lock = threading.RLock()
         self._tokens, self._filled = budget / 6, time.monotonic()  # ten seconds' worth to start
         self._depth = 0
+        self._inbox: dict[tuple[str, str], Any] = {}  # waiting manifests already read, by (key, ETag)
 
     def _fresh(self, at: float) -> bool:
         return time.monotonic() - at < self.refresh
@@ -81,10 +82,16 @@ class Cache:
         self._filled = now
         return self._tokens > 0
 
-    def _charged(self, fn: Callable[[], T]) -> T:
-        """Run `fn`, taking the requests it made from the budget (once: a read inside a read is not charged twice)."""
-        if self._depth:
-            return fn()
+    def _charged(self, fn: Callable[[], T], first: bool = False) -> T:
+        """Run `fn`, taking the requests it made from the budget (once: a read inside a read is not charged twice).
+        A first read is not taken from it: opening a page of many jobs costs one read of each, and then the page
+        stays live rather than frozen until that debt is paid."""
+        if self._depth or first:
+            self._depth += 1
+            try:
+                return fn()
+            finally:
+                self._depth -= 1
         before, self._depth = self.bucket.calls, 1
         try:
             return fn()
@@ -99,7 +106,7 @@ class Cache:
             hit = self._memo.get(name)
             if hit is not None and (not hit[2] or self._fresh(hit[0]) or not self._may_reread()):
                 return hit[1]
-            value = self._charged(fn)
+            value = self._charged(fn, first=hit is None)
             self._memo[name] = (time.monotonic(), value, live)
             return value
 
@@ -109,7 +116,7 @@ class Cache:
             cached = self.jobs.get(job_id)
             if cached and (cached[1]["status"]["terminal"] or self._fresh(cached[0]) or not self._may_reread()):
                 return cached[1]
-            return self._charged(lambda: self._read_job(job_id, cached))
+            return self._charged(lambda: self._read_job(job_id, cached), first=cached is None)
 
     def _read_job(self, job_id: str, cached: tuple[float, dict[str, Any]] | None) -> dict[str, Any] | None:
         known: JobView | None = cached[1]["view"] if cached else None
@@ -143,7 +150,7 @@ class Cache:
     def listing(self) -> tuple[list[str], list[dict[str, Any]]]:
         with self._lock:
             if self._listing is None or (not self._fresh(self._listing[0]) and self._may_reread()):
-                self._charged(self._list)
+                self._charged(self._list, first=self._listing is None)
             return self._listing[1], self._listing[2]
 
     def _list(self) -> None:
@@ -151,7 +158,7 @@ class Cache:
         # a job with objects but no history yet (a request_id's claim writes jobs/<id>/intake.json before the
         # drop) is still waiting: only the ones with history are taken
         taken = {job_id for job_id in ids if job_id in self.jobs or self.job(job_id) is not None}
-        self._listing = (time.monotonic(), ids, waiting_rows(self.bucket, taken))
+        self._listing = (time.monotonic(), ids, waiting_rows(self.bucket, taken, self._inbox))
 
     def rows(self) -> list[dict[str, Any]]:
         """Every job, the waiting included, newest first, as the jobs page shows them."""
@@ -183,7 +190,8 @@ class Cache:
         with self._lock:
             if self._hosts is None or (not self._fresh(self._hosts[0]) and self._may_reread()):
                 hosts = self._charged(lambda: sorted(read_hosts(self.bucket),
-                                                     key=lambda h: (h["status"] != "alive", h.get("agent", ""))))
+                                                     key=lambda h: (h["status"] != "alive", h.get("agent", ""))),
+                                      first=self._hosts is None)
                 self._hosts = (time.monotonic(), hosts)
             return self._hosts[1]
 
@@ -193,13 +201,3 @@ def percent(status: dict[str, Any]) -> float | None:
         return 100.0
     p = status.get("progress") or {}
     return None if p.get("percent") is None else float(p["percent"])
-
-
-def ago(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = max(0.0, seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size * (2 if unit != "d" else 1):
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"

@@ -10,7 +10,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from .data import ago
+from ..board import ago
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}

@@ -18,7 +18,7 @@ from bucketrun.events.lifecycle import JobState
 from bucketrun.events.status import WAITING, waiting_in_inbox
 
 from .. import client
-from ..cli.logs import summary
+from ..board import summary
 from . import assets, pages, sections
 from .data import Cache, percent
 
