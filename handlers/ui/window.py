@@ -239,18 +239,27 @@ def _keys(bucket, prefix: str) -> list[str]:
     return [info.key for info in bucket.list(prefix)]
 
 
-def _preflight(cache, job_id: str, live: bool) -> dict[int, dict[str, dict[str, Any]]]:
-    """Every attempt's preflight records: the listing while live, each record once (a host writes it once)."""
+def _preflight(cache, job_id: str, attempt: int, hosts: list[str],
+               live: bool) -> dict[int, dict[str, dict[str, Any]]]:
+    """Every attempt's preflight records, each read once (a host writes its record once). The listing is read again
+    only while the current attempt still waits for a host: once every named host has reported, nothing new can
+    appear until the next attempt."""
     bucket = cache.bucket
+    complete = cache.fetch(f"window:preflight-complete:{job_id}", dict, live=False)  # attempt -> its final listing
+    listing = complete.get(attempt)
+    if listing is None:
+        listing = cache.fetch(f"window:preflight:{job_id}:{attempt}",
+                              lambda: _keys(bucket, keys.preflight_prefix(job_id)), live=live)
     found: dict[int, dict[str, dict[str, Any]]] = {}
-    for key in cache.fetch(f"window:preflight:{job_id}", lambda: _keys(bucket, keys.preflight_prefix(job_id)),
-                           live=live):
+    for key in listing:
         parsed = keys.parse_preflight_key(job_id, key)
         if parsed is None:
             continue
         record = cache.fetch(f"window:object:{key}", lambda key=key: _json(bucket, key), live=False)
         if isinstance(record, dict):
             found.setdefault(parsed[0], {})[parsed[1]] = record
+    if hosts and set(hosts) <= set(found.get(attempt, {})):
+        complete[attempt] = listing
     return found
 
 
@@ -288,10 +297,13 @@ def window_section(cache, job_id: str, entry: dict[str, Any], links) -> Markup |
     window = manifest.get("window") or {}
     current = status["attempt"]
 
-    report = cache.fetch(f"window:report.json:{job_id}", lambda: _json(bucket, keys.report_json_key(job_id)),
-                         live=live)
+    # the report is written at the end of an attempt, before the state that ends it: read again only when the
+    # attempt or the state changes
+    moment = f"{job_id}:{current}:{status['state']}"
+    report = cache.fetch(f"window:report.json:{moment}", lambda: _json(bucket, keys.report_json_key(job_id)),
+                         live=False)
     report = report if isinstance(report, dict) else None
-    report_md = cache.fetch(f"window:report.md:{job_id}", lambda: _text(bucket, keys.report_key(job_id)), live=live)
+    report_md = cache.fetch(f"window:report.md:{moment}", lambda: _text(bucket, keys.report_key(job_id)), live=False)
 
     # the attempts and how each ended: the transition log for the past ones, the status for the current one
     history = list(view.history)
@@ -304,8 +316,8 @@ def window_section(cache, job_id: str, entry: dict[str, Any], links) -> Markup |
             err = status.get("error") or {}
             attempts.append({"attempt": n, "running": live, "outcome": status["state"],
                              "failure": {k: err.get(k) for k in ("class", "message", "where")} if err else None})
-    verdicts = _preflight(cache, job_id, live)
     hosts = list((manifest.get("hosts") or {}).get("preflight") or [])
+    verdicts = _preflight(cache, job_id, current, hosts, live)
     hosts += sorted({h for per in verdicts.values() for h in per} - set(hosts))
 
     # the training log of every attempt (an attempt that is over is listed once), its steps and metrics
@@ -382,7 +394,7 @@ TEMPLATE = pages.ENV.from_string("""<section class="window">
 {% endif %}
 <h2>Steps</h2>
 <p class="steps">{% if steps.target %}step <b class="step">{{ steps.step if steps.step is not none else '-' }}</b> of target <b class="target">{{ steps.target }}</b>
-{% if steps.percent is not none %} <progress max="100" value="{{ '%.0f' % steps.percent }}">{{ '%.0f' % steps.percent }}%</progress> {{ '%.0f' % steps.percent }}% of the window{% endif %}
+{% if steps.percent is not none %} <progress max="100" value="{{ '%.0f' % steps.percent }}"></progress> {{ '%.0f' % steps.percent }}% of the window{% endif %}
 {% if steps.start is not none %} (from step {{ steps.start }}){% endif %}{% else %}no target known yet{% endif %}</p>
 {% if chart %}{{ chart }}{% elif steps.target %}<p>no metrics logged yet</p>{% endif %}
 {% if metrics %}<table class="metrics"><thead><tr><th>metric (last)</th><th>value</th></tr></thead><tbody>
