@@ -16,7 +16,6 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import httpx
-import pytest
 
 from bucketrun.events import codec, keys
 from bucketrun.events.lifecycle import JobState, append_transition
@@ -25,6 +24,7 @@ from bucketrun.handlers.launchers.routes import Routes
 from bucketrun.handlers.ui import assets, snapshot
 from bucketrun.local_sim.sim import Simulation
 
+from conftest import make_s3_bucket, wait_for
 from test_ui import DONE, FAILED, FLEET, SRT, XSS, make_jobs
 
 BUCKETRUN = str(Path(sys.executable).with_name("bucketrun"))
@@ -165,8 +165,6 @@ def test_snapshot_every_zero_never_refreshes(bucket_url):
 
 
 def test_print_url_on_s3_opens_with_plain_httpx_and_so_do_its_links(s3_endpoint):
-    from conftest import make_s3_bucket
-
     url = f"s3://{make_s3_bucket()}/team-b"
     bucket = open_bucket(url)
     make_jobs(bucket)
@@ -187,6 +185,16 @@ def test_print_url_on_s3_opens_with_plain_httpx_and_so_do_its_links(s3_endpoint)
         assert data.status_code == 200 and hashlib.sha256(data.content).hexdigest() == hashlib.sha256(SRT).hexdigest()
         (back,) = [link for link in links(job.text) if "/index.html" in link and "hosts" not in link]
         assert anonymous.get(back).status_code == 200
+        # the sweep keeps the presigned copy's changed pages signed, to the same expiry: the URL shows the change
+        bucket.put(keys.progress_key(FLEET), codec.dumps({"attempt": 1, "stage": "shards", "percent": 65.0,
+                                                           "updated_at": codec.iso(codec.now())}), "application/json")
+        refreshed = snapshot.Refresher(bucket, 1.0).maybe_refresh()
+        assert set(refreshed.written) == {f"jobs/{FLEET}.html", "index.html", f"signed/jobs/{FLEET}.html",
+                                          "signed/index.html"}
+        index = anonymous.get(signed)
+        assert index.status_code == 200 and '<progress max="100" value="65">' in index.text
+        (fleet,) = [link for link in links(index.text) if f"/jobs/{FLEET}.html" in link]
+        assert "X-Amz-Signature=" in fleet and anonymous.get(fleet).status_code == 200
     # the plain copy stays relative, for a public bucket domain
     assert f'href="jobs/{DONE}.html"' in page(bucket, "index.html")
 
@@ -212,3 +220,30 @@ def test_the_lambda_skips_the_snapshot_in_one_line_without_the_ui_extra(tmp_path
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stderr.splitlines() if "snapshot" in line]
     assert len(lines) == 1 and "the ui extra is not installed" in lines[0]
+
+
+def test_a_running_sim_puts_a_submitted_job_into_the_snapshot_as_it_ends(bucket_url, launcher):
+    """The real sim (dispatch, worker, sweep loop) on a bucket with a snapshot: a submitted job that fails at once
+    (its media is missing) shows in dashboard/index.html and gets its page, ended, without anyone running ui."""
+    from bucketrun.handlers.client import submit
+
+    bucket = open_bucket(bucket_url)
+    run_snapshot(bucket_url, "--snapshot-every", "1")
+    sim = Simulation(bucket, launcher, poll_s=0.2, poll_max_s=0.4, sweep_s=0.2, sweep_max_s=0.4, snapshot_s=1.0)
+    sim.start_thread()
+    try:
+        job_id, _ = submit(bucket, codec.dumps({"kind": "transcribe", "source": {"key": "media/not-there.ogg"}}))
+
+        def ended_in_snapshot():
+            try:
+                text = page(bucket, f"jobs/{job_id}.html")
+            except Exception:  # noqa: BLE001 - not written yet
+                return None
+            return text if 'state <b class="state-failed">failed</b>' in text else None
+
+        job = wait_for(ended_in_snapshot, timeout=60)
+        assert "the media" in job or "not-there.ogg" in job
+        index = page(bucket, "index.html")
+        assert f'href="jobs/{job_id}.html"' in index and "refreshed by the sweep every 1 s" in index
+    finally:
+        sim.stop()

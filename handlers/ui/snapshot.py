@@ -21,9 +21,10 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote
 
 from markupsafe import Markup
@@ -117,9 +118,9 @@ def _wanted(rows: list[dict[str, Any]], now) -> list[str]:
     for r in rows:
         if not r["job_id"]:
             continue
-        if r["state"] not in TERMINAL or r["duration_s"] is None:
-            out.append(r["job_id"])
-        elif (now - (r["at"] + timedelta(seconds=r["duration_s"]))).total_seconds() < RECENT_S:
+        ended = None if r["state"] not in TERMINAL or r["duration_s"] is None else \
+            r["at"] + timedelta(seconds=r["duration_s"])
+        if ended is None or (now - ended).total_seconds() < RECENT_S:
             out.append(r["job_id"])
     return out
 
