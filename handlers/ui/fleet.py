@@ -4,13 +4,15 @@ jobs/<id>/fleet/ (plan.json, done/, leases/, heartbeats/, workers/, instances/, 
 What a re-read costs (one `cache.fetch` per page refresh, so at most one per `--refresh`): a listing of done/, of
 leases/ and of heartbeats/ (a request per 1,000 keys each). Only what is new or changed is read beyond that, and
 kept here between refreshes:
-- a heartbeat whose Last-Modified moved (a worker beats every heartbeat_s, so that is a GET per worker per beat);
+- a heartbeat whose Last-Modified moved (a worker beats every heartbeat_s, so up to a GET per worker per beat; at
+  most HEARTBEAT_READS a refresh, the longest-unread first: a worker's state is the listing's, its counts may lag);
 - a done marker only for a shard of one item (the only kind that can hold a dead letter), once: markers are
   write-once. Every other number comes from the listing itself (shard ids are item ranges, Last-Modified is the
   commit time). Done keys sort by shard while commits land anywhere in the plan, so a listing `start_after` the
   last key seen would miss new ones: done/ is listed whole, which is one request per 1,000 shards;
 - a lease's body only when it is not done and no heartbeat says it is held (an expired holder or an offered
-  remainder), again only when its Last-Modified moved, at most LEASE_READS a refresh;
+  remainder), again only when its Last-Modified moved, at most LEASE_READS a refresh (and MARKER_READS markers: a
+  fleet of one-item shards catches up over a few refreshes);
 - plan.json, the manifest and each worker's registration once; instances/ every SIDE_S (GETs of changed records
   only); cost.json once the fleet has ended.
 An ended fleet (live=False) is read once more and never again.
@@ -32,7 +34,7 @@ from typing import Any
 from markupsafe import Markup
 
 from bucketrun.events import codec, keys
-from bucketrun.events.errors import CorruptObject, NotFound
+from bucketrun.events.errors import BucketrunError, CorruptObject, NotFound
 from bucketrun.events.fleet.instances import fleet_cost
 from bucketrun.events.fleet.status import heartbeat_worker, summarize, worker_row
 from bucketrun.events.kinds.validate import load_job_manifest
@@ -44,6 +46,8 @@ RATE_WINDOW_S = 300.0  # a worker's items/min is over this much of its own heart
 MAX_SEGMENTS = 500  # the shard strip's most <span>s; past this the plan is cut into equal bins
 CHART_BINS = 60
 LEASE_READS = 50  # lease bodies read in one refresh at most
+HEARTBEAT_READS = 25  # changed heartbeats read in one refresh at most: a hundred workers' counts take four
+MARKER_READS = 200  # one-item done markers read in one refresh at most (all of them once the fleet has ended)
 SIDE_S = 60.0  # instances/ (the $/h) re-listed at most this often while the fleet runs
 STATES = ("done", "leased", "expired", "free")
 
@@ -80,7 +84,8 @@ class FleetReads:
         self.markers: dict[str, dict[str, Any]] = {}  # shard of one item -> its marker (dead letters)
         self.leases: dict[str, float] = {}  # shard -> the lease's Last-Modified
         self.lease_bodies: dict[str, tuple[float, dict[str, Any]]] = {}
-        self.beats: dict[str, tuple[float, dict[str, Any]]] = {}  # worker -> (Last-Modified, heartbeat)
+        # worker -> (listed Last-Modified, the heartbeat as last read, the Last-Modified it was read at)
+        self.beats: dict[str, tuple[float, dict[str, Any], float]] = {}
         self.samples: dict[str, deque[tuple[float, int]]] = {}  # worker -> (beat time, items_done)
         self.registrations: dict[str, dict[str, Any] | None] = {}
         self.instances: dict[str, tuple[float, dict[str, Any]]] = {}  # key -> (Last-Modified, record)
@@ -103,30 +108,36 @@ class FleetReads:
             if shard:
                 done[shard] = _epoch(info.last_modified) or 0.0
         self.done = done
+        reads = 0
         for shard in done:
             lo, hi = keys.parse_shard_id(shard)
-            if hi - lo == 1 and shard not in self.markers:
+            if hi - lo == 1 and shard not in self.markers and (reads < MARKER_READS or not live):
+                reads += 1
                 self.markers[shard] = _get(bucket, keys.fleet_done_key(job_id, shard)) or {}
 
         hb_prefix = keys.fleet_heartbeats_prefix(job_id)
-        beats = {}
+        beats, changed = {}, []
         for info in bucket.list(hb_prefix):
             at = _epoch(info.last_modified) or 0.0
             worker = heartbeat_worker(info.key, hb_prefix, {})
             known = self.beats.get(worker)
-            if known is not None and known[0] == at:
-                beats[worker] = known
-                continue
-            beat = _get(bucket, info.key)
+            # the state (alive, stale) is the listing's Last-Modified; the body (counts, shard) is re-read when it
+            # moved, the longest-unread first, at most HEARTBEAT_READS a refresh while the fleet runs
+            beats[worker] = (at, known[1] if known else None, known[2] if known else None)
+            if known is None or known[2] != at:
+                changed.append((known[2] if known else -1.0, worker, info.key, at))
+        for _, worker, key, at in sorted(changed)[:None if not live else HEARTBEAT_READS]:
+            beat = _get(bucket, key)
             if beat is not None:
-                beats[worker] = (at, beat)
+                beats[worker] = (at, beat, at)
                 self._sample(worker, beat, at)
+        beats = {w: b for w, b in beats.items() if b[1] is not None}
         self.beats = beats
         for worker in beats:
             if worker not in self.registrations:
                 self.registrations[worker] = _get(bucket, keys.fleet_worker_key(job_id, worker))
 
-        held = {h.get("shard") for _, beat in beats.values() if beat.get("state") not in ("offline", "finished")
+        held = {h.get("shard") for _, beat, _ in beats.values() if beat.get("state") not in ("offline", "finished")
                 for h in beat.get("holding") or []}
         lease_prefix = keys.fleet_leases_prefix(job_id)
         leases, reads = {}, 0
@@ -183,7 +194,7 @@ class FleetReads:
         instances = [r for _, r in self.instances.values()]
         price = {r.get("worker"): r.get("price_per_hour") for r in instances if not r.get("terminated_at")}
         rows = []
-        for worker, (at, beat) in self.beats.items():
+        for worker, (at, beat, _) in self.beats.items():
             row = worker_row(worker, beat, t_now - at, body.heartbeat_s)
             reg = self.registrations.get(worker) or {}
             gpu = (reg.get("gpu") or {}).get("name") if isinstance(reg.get("gpu"), dict) else None
@@ -355,7 +366,7 @@ def section(cache, job_id: str, entry: dict[str, Any], links) -> Markup | None:
     reads = _reads(cache, job_id)
     try:
         model = cache.fetch(f"fleet:{job_id}", lambda: reads.read(cache.bucket, entry["view"], live), live=live)
-    except (NotFound, CorruptObject) as exc:
+    except (BucketrunError, ValueError) as exc:  # a bad manifest or plan: the rest of the page still shows
         return Markup("<h2>Fleet</h2><p class=\"bad\">") + Markup.escape(f"cannot read the fleet: {exc}") + \
             Markup("</p>")
     chart = None
@@ -399,7 +410,7 @@ FLEET = """<section class="fleet"><h2>Fleet</h2>
 <h3>Workers</h3>
 <table class="fleet-workers"><thead><tr><th>worker</th><th>backend</th><th>GPU</th><th>state</th><th>shard</th><th>for</th><th>items done</th><th>items/min (5 min)</th><th>failures</th><th>last error</th><th>$/h</th></tr></thead><tbody>
 {% for w in st.workers %}<tr class="worker worker-{{ w.state }}"><td>{{ w.worker }}</td><td>{{ w.backend }}</td><td>{{ w.gpu or '-' }}</td>
-<td class="state {{ 'good' if w.state == 'alive' else ('stale' if w.state == 'stale' else '') }}" title="last beat {{ duration(w.heartbeat_age_s) }} ago">{{ w.state }}</td>
+<td class="state {{ 'good' if w.state == 'alive' else ('stale' if w.state == 'stale' else '') }}">{{ w.state }}</td>
 <td>{% if w.current_shard %}{% if w.state != 'alive' %}<small>was on</small> {% endif %}{{ w.current_shard }}{% else %}-{% endif %}</td><td>{{ duration(w.for_s) if w.current_shard and w.state == 'alive' else '-' }}</td><td>{{ w.items_done }}</td>
 <td>{% if w.per_min %}{{ '%.1f' % w.per_min[0] }}{% if w.per_min[1] == 'recent' %} <small>(recent)</small>{% endif %}{% else %}-{% endif %}</td>
 <td>{{ w.items_failed + w.dead_lettered }}</td><td{% if w.last_error %} class="bad" title="{{ w.last_error }}"{% endif %}>{{ (w.last_error or '-') | truncate(120) }}</td>
@@ -411,7 +422,6 @@ FLEET = """<section class="fleet"><h2>Fleet</h2>
 <div class="strip" title="the plan's {{ st.items_total }} items, in order">{% for s in m.strip.segments %}<span class="s-{{ s.state }}" style="width:{{ '%.3f' % s.percent }}%" title="{{ s.state }}: items {{ s.lo }}-{{ s.hi }}"></span>{% endfor %}</div>
 <p class="legend">{% for state in ('done', 'leased', 'expired', 'free') %}<span class="s-{{ state }}"></span>{{ state }} <b class="n-{{ state }}">{{ m.strip.shards[state] }}</b> shards ({{ m.strip['items'][state] }} items){% endfor %}
 {% if m.strip.binned %}<br><small>{{ m.strip.segments | length }} segments: the plan cut into equal bins, each showing the state most of its items are in</small>{% endif %}</p>
-<p><small>read at {{ m.read_at }}{% if live %}; re-read at most every refresh{% endif %}</small></p>
 {% endif %}</section>"""
 
 TEMPLATE = pages.ENV.from_string(FLEET)
