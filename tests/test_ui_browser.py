@@ -174,11 +174,13 @@ def tab(browser, artifacts, request):
     param = getattr(getattr(request.node, "callspec", None), "id", "")
     name = request.node.originalname.removeprefix("test_")[:50] + (f"-{param}" if param else "")
     t = Tab(browser, artifacts, name)
+    failed = request.session.testsfailed
     try:
         yield t
     finally:
         try:
-            t.shot("end")
+            if request.session.testsfailed > failed:  # the page as it was when the test failed
+                t.shot("failed")
         finally:
             t.close()
 
