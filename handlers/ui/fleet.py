@@ -364,11 +364,17 @@ def section(cache, job_id: str, entry: dict[str, Any], links) -> Markup | None:
     """The fleet's section, read through the cache (re-read at most every `refresh`, never once ended)."""
     live = not entry["status"]["terminal"]
     reads = _reads(cache, job_id)
-    try:
-        model = cache.fetch(f"fleet:{job_id}", lambda: reads.read(cache.bucket, entry["view"], live), live=live)
-    except (BucketrunError, ValueError) as exc:  # a bad manifest or plan: the rest of the page still shows
-        return Markup("<h2>Fleet</h2><p class=\"bad\">") + Markup.escape(f"cannot read the fleet: {exc}") + \
-            Markup("</p>")
+
+    def read() -> dict[str, Any]:
+        try:
+            return reads.read(cache.bucket, entry["view"], live)
+        except (BucketrunError, ValueError) as exc:  # a missing or bad manifest: kept like a value, not retried
+            return {"error": f"cannot read the fleet: {exc}"}  # on every load; the rest of the page still shows
+
+    model = cache.fetch(f"fleet:{job_id}", read, live=live)
+    if "error" in model:
+        return Markup('<section class="fleet"><h2>Fleet</h2><p class="bad">') + Markup.escape(model["error"]) + \
+            Markup("</p></section>")
     chart = None
     if model["chart"]:
         c = model["chart"]
