@@ -22,11 +22,12 @@ from urllib.parse import urljoin
 
 import pytest
 
-import ui_scenario
 from bucketrun.events import codec, keys
+from bucketrun.events.fleet.status import fleet_status
 from bucketrun.events.storage import open_bucket
 from bucketrun.handlers.client import submit
-from bucketrun.events.fleet.status import fleet_status
+
+import ui_scenario
 from test_ui import BUCKETRUN, Server
 
 CHROMIUM = Path("/usr/bin/chromium")
