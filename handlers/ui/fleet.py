@@ -25,6 +25,7 @@ its average over the wall time once it has ended (never 0 for a fleet that did w
 from __future__ import annotations
 
 import bisect
+import threading
 import time
 import weakref
 from collections import deque
@@ -52,6 +53,7 @@ SIDE_S = 60.0  # instances/ (the $/h) re-listed at most this often while the fle
 STATES = ("done", "leased", "expired", "free")
 
 _READS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # cache -> {job_id: FleetReads}
+_LOCK = threading.Lock()
 
 
 def _epoch(at: datetime | str | None) -> float | None:
@@ -354,10 +356,11 @@ def rate_series(total: int, done: dict[str, float], started_at: str | None) -> d
 
 
 def _reads(cache, job_id: str) -> FleetReads:
-    per_cache = _READS.setdefault(cache, {})
-    if job_id not in per_cache:
-        per_cache[job_id] = FleetReads(job_id)
-    return per_cache[job_id]
+    with _LOCK:  # pages render on the server's worker threads
+        per_cache = _READS.setdefault(cache, {})
+        if job_id not in per_cache:
+            per_cache[job_id] = FleetReads(job_id)
+        return per_cache[job_id]
 
 
 def section(cache, job_id: str, entry: dict[str, Any], links) -> Markup | None:
