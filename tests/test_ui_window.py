@@ -190,7 +190,7 @@ def test_the_gate_the_mirror_verification_and_the_report(page, window):
     assert history[1] == "attempt 2: host-a passed; host-b passed -&gt; succeeded"
     assert "nothing: the checkpoint is verified in the bucket" in text
     md = bucket.get(keys.report_key(job)).data.decode()
-    shown_md = re.search(r'<pre class="report-md">(.*?)</pre>', text, re.S)[1]
+    shown_md = re.search(r'<pre class="log report-md">(.*?)</pre>', text, re.S)[1]
     assert html.unescape(shown_md) == md and "**reached**" in shown_md and "<h1" not in shown_md  # text, not HTML
     assert f"loss: {progress['loss']:g}" in html.unescape(shown_md)
 

@@ -427,7 +427,7 @@ TEMPLATE = pages.ENV.from_string("""<section class="window">
 </tbody></table>
 {% if report.blockers is defined %}<h3>What blocks the next window</h3><ul class="blockers">{% for b in report.blockers %}<li class="bad">{{ b }}</li>{% else %}<li class="good">nothing: the checkpoint is verified in the bucket</li>{% endfor %}</ul>{% endif %}
 {% if report.history_lines %}<h3>History</h3><ul class="history">{% for line in report.history_lines %}<li>{{ line }}</li>{% endfor %}</ul>{% endif %}
-{% if report.reproduce_lines %}<h3>Reproduce</h3><pre class="reproduce">{{ report.reproduce_lines | join('\n') }}</pre>{% endif %}
+{% if report.reproduce_lines %}<h3>Reproduce</h3><pre class="log reproduce">{{ report.reproduce_lines | join('\n') }}</pre>{% endif %}
 {% else %}<p>no report yet (one is written at the end of every attempt)</p>{% endif %}
-{% if report_md %}<details open><summary>report.md</summary><pre class="report-md">{{ report_md }}</pre></details>{% endif %}
+{% if report_md %}<details open><summary>report.md</summary><pre class="log report-md">{{ report_md }}</pre></details>{% endif %}
 </section>""")
