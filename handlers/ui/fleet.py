@@ -124,11 +124,14 @@ class FleetReads:
             worker = heartbeat_worker(info.key, hb_prefix, {})
             known = self.beats.get(worker)
             # the state (alive, stale) is the listing's Last-Modified; the body (counts, shard) is re-read when it
-            # moved, the longest-unread first, at most HEARTBEAT_READS a refresh while the fleet runs
+            # moved, the longest-unread first, at most HEARTBEAT_READS a refresh while the fleet runs (a new worker's
+            # first beat is always read)
             beats[worker] = (at, known[1] if known else None, known[2] if known else None)
             if known is None or known[2] != at:
                 changed.append((known[2] if known else -1.0, worker, info.key, at))
-        for _, worker, key, at in sorted(changed)[:None if not live else HEARTBEAT_READS]:
+        changed.sort()
+        first = [c for c in changed if c[0] == -1.0]  # a worker not yet shown is always read: a page shows them all
+        for _, worker, key, at in first + changed[len(first):][:None if not live else HEARTBEAT_READS]:
             beat = _get(bucket, key)
             if beat is not None:
                 beats[worker] = (at, beat, at)
