@@ -247,3 +247,21 @@ def test_a_running_sim_puts_a_submitted_job_into_the_snapshot_as_it_ends(bucket_
         assert f'href="jobs/{job_id}.html"' in index and "refreshed by the sweep every 1 s" in index
     finally:
         sim.stop()
+
+
+def test_the_lambda_sweep_refreshes_the_snapshot_at_most_once_a_period(tmp_path):
+    from bucketrun.handlers import aws_lambda
+
+    bucket = open_bucket(str(tmp_path / "bucket"))
+    make_jobs(bucket)
+    run_snapshot(bucket.url)
+    bucket.put(keys.progress_key(FLEET), codec.dumps({"attempt": 1, "stage": "shards", "percent": 70.0,
+                                                       "updated_at": codec.iso(codec.now())}), "application/json")
+    aws_lambda.reset_context()
+    try:
+        first = aws_lambda.refresh_snapshot(bucket)  # a new container: its cache reads every job once
+        assert first["written"] == 2 and first["writes"] == 3 and first["reads"] > 11
+        assert aws_lambda.refresh_snapshot(bucket) is None  # the next scheduled sweep within 60 s: no request
+    finally:
+        aws_lambda.reset_context()
+    assert '<progress max="100" value="70">' in page(bucket, "index.html")
