@@ -22,7 +22,7 @@ overflow:auto;white-space:pre-wrap}.chart{margin:1em 0;min-height:240px}.totals 
 .strip{display:flex;height:18px;border:1px solid #999;margin:.3em 0 1em}.strip span{display:block;height:100%}
 .s-done{background:#3a3}.s-leased{background:#39c}.s-expired{background:#d80}.s-free{background:#ddd}
 .legend span{display:inline-block;width:.9em;height:.9em;margin:0 .3em 0 1em;vertical-align:middle}
-.preflight td.check{font-size:.85em;vertical-align:top;overflow-wrap:anywhere;min-width:7em}.preflight td.bad{background:#fee}
+.preflight td.check{font-size:.85em;vertical-align:top;overflow-wrap:anywhere;min-width:7em}.preflight td.bad{background:#fee;min-width:18em}
 """
 
 # Runs in the page, never on data: charts read JSON islands (<script type="application/json">, which the browser
