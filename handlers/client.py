@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bucketrun.events import codec, keys
+from bucketrun.events import codec, keys, meter
 from bucketrun.events.errors import PreconditionFailed
 from bucketrun.events.kinds.validate import parse_manifest
 from bucketrun.events.lifecycle import read_view
@@ -32,6 +32,7 @@ def submit(bucket: Bucket, raw: bytes) -> tuple[str, bool]:
         bucket.create(inbox, raw, "application/json")
     except PreconditionFailed:
         pass  # only possible if this very id was already dropped; the job exists
+    meter.take(job_id)  # the intake that names the job records this PUT, wherever it runs (`bucketrun demo`: here)
     return job_id, True
 
 

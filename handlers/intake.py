@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from bucketrun.events import codec, keys, stages
+from bucketrun.events import codec, keys, meter, stages
 from bucketrun.events.conditional import create_json, create_once, replace_json
 from bucketrun.events.envelope import MAX_MANIFEST_BYTES
 from bucketrun.events.errors import IllegalTransition, NotFound, StorageError
@@ -116,6 +116,13 @@ class IntakeOutcome:
 def intake(bucket: Bucket, inbox_key: str, launchers: Routes | Launcher, writer: str,
            size_hint: int | None = None) -> IntakeOutcome:
     """`size_hint`, the size the notification reported, saves a HEAD when it is within the limit."""
+    with meter.unnamed() as unnamed:  # the inbox read and the identity claim, until the job has its id
+        outcome = _intake(bucket, inbox_key, launchers, writer, size_hint, unnamed)
+    return outcome
+
+
+def _intake(bucket: Bucket, inbox_key: str, launchers: Routes | Launcher, writer: str, size_hint: int | None,
+            unnamed: dict[str, int]) -> IntakeOutcome:
     try:
         if size_hint is not None and size_hint <= MAX_MANIFEST_BYTES:
             raw = bucket.get(inbox_key)
@@ -129,6 +136,10 @@ def intake(bucket: Bucket, inbox_key: str, launchers: Routes | Launcher, writer:
     data = raw.data if raw is not None and size <= MAX_MANIFEST_BYTES else None
     decision = decide_intake(inbox_key, etag, size, data)
     job_id, fresh = claim_job_id(bucket, decision.token, decision.proposed_job_id, inbox_key)
+    meter.give_back(job_id, unnamed)
+    unnamed.clear()
+    if fresh:  # the submitter's PUT of the inbox object, counted once, by the intake that named the job
+        meter.count_for(job_id, meter.A)
     if decision.manifest is not None:
         # Write-once, and the same bytes for every delivery of this identity.
         create_once(bucket, keys.manifest_key(job_id), codec.dumps(decision.manifest.to_json()))

@@ -11,7 +11,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import NotFound, PreconditionFailed
 from .base import Blob, ObjectInfo
-from .s3_common import S3Keys, client_config, translate
+from .s3_common import S3Keys, client_config, meter_requests, translate
 
 
 class AsyncS3Bucket:
@@ -30,6 +30,7 @@ class AsyncS3Bucket:
         # heartbeat in flight, and a renewal must not queue behind the others' reads
         self._ctx = aioboto3.Session().client("s3", config=client_config(max_pool_connections=64))
         self.client = await self._ctx.__aenter__()
+        meter_requests(self.client, self.k.prefix)
         return self
 
     async def __aexit__(self, *exc):

@@ -14,6 +14,7 @@ from typing import Any
 
 from botocore.config import Config
 
+from .. import meter
 from ..errors import ConditionalConflict, NotFound, PreconditionFailed, StorageError
 from .base import Blob, ObjectInfo, check_key
 
@@ -134,6 +135,23 @@ except ImportError:  # pragma: no cover - botocore is a core dependency
     _CONNECTION_ERRORS = ()
 
 
+def meter_requests(client, prefix: str) -> None:
+    """Count every HTTP request the client sends (each retry and multipart part too) against the job its key
+    names (events/meter.py): per attempt, as the store bills, not per call."""
+
+    def remember(params=None, context=None, **_kw):
+        if context is not None and params:
+            context["bucketrun_key"] = str(params.get("Key") or params.get("Prefix") or "")
+
+    def on_request(request=None, operation_name: str = "", **_kw):
+        key = (getattr(request, "context", None) or {}).get("bucketrun_key")
+        if key:
+            meter.count_op(operation_name, key[len(prefix):] if key.startswith(prefix) else key)
+
+    client.meta.events.register("before-parameter-build.s3", remember)
+    client.meta.events.register("request-created.s3", on_request)
+
+
 def announce_retries(client, url: str) -> None:
     """Say, once per call, that the store is being retried and where, instead of retrying in silence (an
     unreachable endpoint costs botocore's whole retry budget, 10-20 s)."""
@@ -147,6 +165,8 @@ def announce_retries(client, url: str) -> None:
         return None  # never decides: botocore's own retry handler does
 
     client.meta.events.register("needs-retry.s3", on_retry)
+    parts = url.split("/", 3)  # s3://bucket/prefix/: S3Keys' url, whose prefix ends in "/"
+    meter_requests(client, parts[3] if len(parts) > 3 else "")  # every sync client is announced, so metered too
 
 
 def _retryable_status(response) -> bool:

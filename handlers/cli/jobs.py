@@ -11,6 +11,8 @@ from bucketrun.events import codec, keys
 from bucketrun.events.errors import UnknownJob
 from bucketrun.events.lifecycle import JobState, default_writer, read_view
 from bucketrun.events.conditional import create_once
+from bucketrun.events.cost import cost_line, cost_of
+from bucketrun.events.fleet.instances import read_instances
 from bucketrun.events.status import WAITING, host_teardown, job_status
 
 from .. import client
@@ -76,8 +78,19 @@ def _existing_job_note(bucket, job_id: str) -> str:
     return note
 
 
+def job_cost(bucket, view) -> dict:
+    """`cost_of` for a job: its history's requests; a fleet's GPU time from its launcher's instance records (the
+    only reads this adds, and only for a fleet)."""
+    kind = view.history[0].detail.get("kind") if view.history else None
+    return cost_of(view, read_instances(bucket, view.job_id) if kind == "fleet" else None)
+
+
 def cmd_status(args) -> int:
-    status = job_status(bucket_of(args), args.job)
+    bucket = bucket_of(args)
+    view = read_view(bucket, args.job)
+    status = job_status(bucket, args.job, view)
+    if view.history:
+        status["cost"] = job_cost(bucket, view)
     if args.json:
         print(json.dumps(status, sort_keys=True))
         return 0
@@ -102,6 +115,8 @@ def cmd_status(args) -> int:
             print(f"    {f['loc']}: {f['msg']}")
     for a in status["artifacts"]:
         print(f"  {a['key']}  {a['bytes']} B  sha256 {a['sha256'][:16]}")
+    if status.get("cost"):
+        print("  cost: " + cost_line(status["cost"]))
     return 0
 
 

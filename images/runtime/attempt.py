@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bucketrun.events import keys, needs
+from bucketrun.events import keys, meter, needs
 from bucketrun.events.errors import BucketrunError, IllegalTransition, StaleAttempt
 from bucketrun.events.failures import FailureClass, JobFailure, error_detail
 from bucketrun.events.kinds import get_kind
@@ -168,6 +168,7 @@ def run_attempt(bucket_url: str, job_id: str, attempt: int, writer: str | None =
     manifest: JobManifest | None = None
     error: dict[str, Any] | None = None
     detail: dict[str, Any] = {}
+    log_counted = False
     try:
         beat = None
         try:
@@ -208,6 +209,10 @@ def run_attempt(bucket_url: str, job_id: str, attempt: int, writer: str | None =
         elapsed = {"elapsed_s": round(time.monotonic() - started, 3)}
         # The heartbeat kept the view current; a write that lost a race re-reads inside append_transition.
         view = beat.view if beat is not None and beat.view is not None else view
+        # the last log PUT comes after the terminal transition: count it now so that transition records it, and
+        # take the real one off the meter once shipped (below)
+        meter.count(meter.A, keys.log_key(job_id, attempt))
+        log_counted = True
         try:
             if error is None:
                 t, _ = append_transition(bucket, job_id, JobState.SUCCEEDED, writer=writer, attempt=attempt,
@@ -225,6 +230,7 @@ def run_attempt(bucket_url: str, job_id: str, attempt: int, writer: str | None =
         _busy.clear()
         root_logger.removeHandler(handler)
         LogShipper(bucket, keys.log_key(job_id, attempt), buffer).ship()
+        meter.settle(job_id, {meter.A: 1} if log_counted else {})
         release_memory()
 
 
