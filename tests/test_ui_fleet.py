@@ -47,9 +47,9 @@ class Recording:
         return recorded
 
 
-def manifest(options: dict, n_workers: int, lease_s: float = 3, attempts: int = 3) -> dict:
+def manifest(options: dict, n_workers: int, lease_s: float = 4, attempts: int = 3, heartbeat_s: float = 1) -> dict:
     return {"kind": "fleet", "items": {"file": "items.jsonl"}, "processor": {"name": "noop", "options": options},
-            "shard_size": SHARD, "heartbeat_s": 1, "lease_s": lease_s, "max_item_attempts": attempts,
+            "shard_size": SHARD, "heartbeat_s": heartbeat_s, "lease_s": lease_s, "max_item_attempts": attempts,
             "resources": {"heartbeat_s": 1, "stall_after_s": 120}, "workers": {"count": n_workers}}
 
 
@@ -121,7 +121,8 @@ def test_a_running_fleet_with_a_killed_process(tmp_path):
     n = 6000
     items = put_items(bucket, n)
     failing = items[25::100]  # an item in every other shard raises
-    job = harness.start_job(url, manifest({"sleep_s": 0.02, "fail_items": failing}, 6))
+    # beats every 2 s (stale past 4 s: a loaded machine's late beat is not taken for a death), leases of 4 s
+    job = harness.start_job(url, manifest({"sleep_s": 0.02, "fail_items": failing}, 6, lease_s=4, heartbeat_s=2))
     ids = {"a": ["wa0", "wa1", "wa2"], "b": ["wb0", "wb1", "wb2"]}
     procs = {p: spawn(url, job, ids[p], tmp_path / f"{p}.log") for p in ids}
     server = None
@@ -130,7 +131,7 @@ def test_a_running_fleet_with_a_killed_process(tmp_path):
         wait_for(lambda: sum(1 for _ in bucket.list(done_prefix)) >= 8, timeout=60)
         procs["b"].kill()
         procs["b"].wait()
-        time.sleep(3.5)  # past 2 x heartbeat_s (stale) and lease_s (its leases expired)
+        time.sleep(4.5)  # past 2 x heartbeat_s (stale) and lease_s (its leases expired)
         # the launcher's record of an instance with its $/h (a local fleet has none)
         record_instance(bucket, job, {"instance_id": "pod-1", "worker": "wa0", "provider": "runpod",
                                       "price_per_hour": 0.69, "detail": {}}, 1)
@@ -166,7 +167,7 @@ def test_a_running_fleet_with_a_killed_process(tmp_path):
 
         # hold the bucket still: the live process paused (its workers go stale too; nothing is written)
         os.kill(procs["a"].pid, signal.SIGSTOP)
-        time.sleep(1.5)
+        time.sleep(1.2)
         page = server.get(f"/jobs/{job}").text  # a refresh: it reads whatever changed before the pause
         before = calls(page)
         page = server.get(f"/jobs/{job}").text  # within --refresh: from the cache
