@@ -12,14 +12,17 @@ import re
 import shutil
 import time
 from html.parser import HTMLParser
+from types import SimpleNamespace
 
 import pytest
 
 from bucketrun.events import codec, keys
 from bucketrun.events.storage import open_bucket
+from bucketrun.handlers.client import submit
 from bucketrun.handlers.control import retry
 from bucketrun.images.train_window.fingerprint import fingerprint_dataset, fingerprint_hf_cache, hf_repo_folder
 
+from conftest import wait_for
 from test_train_window import COMMIT, REPO, Fleet, _trainer_module, build_cache, manifest
 from test_ui import Server, calls
 
@@ -28,7 +31,8 @@ TARGET = 6
 
 @pytest.fixture(scope="module")
 def window(tmp_path_factory):
-    """The window, ended: (bucket folder, job id, the missing blob's name, the trainer's last checkpoint.json)."""
+    """The window, ended: its bucket, its id, the blob host-b missed, the trainer's last checkpoint.json, the host
+    roots and the fingerprints (for another window on the same hosts)."""
     tmp = tmp_path_factory.mktemp("window")
     make = _trainer_module().make_dataset
     roots = {}
@@ -56,16 +60,15 @@ def window(tmp_path_factory):
         out = f.wait(job)
     assert out["state"] == "succeeded" and out["attempt"] == 2, out
     progress = json.loads((roots["host-a"] / "runs" / "main" / "checkpoint.json").read_text())
-    return folder, url, job, blob.name, progress
+    return SimpleNamespace(folder=folder, url=url, job=job, blob=blob.name, progress=progress, roots=roots, fps=fps)
 
 
 @pytest.fixture(scope="module")
 def page(window):
     """The job page as the server first sends it, and the server (still running) with its --refresh."""
-    _, url, job, _, _ = window
-    server = Server(url, "--refresh", "0.2", "--budget", "100000")
+    server = Server(window.url, "--refresh", "0.2", "--budget", "100000")
     try:
-        yield server, server.get(f"/jobs/{job}").text
+        yield server, server.get(f"/jobs/{window.job}").text
     finally:
         server.stop()
 
@@ -113,7 +116,7 @@ def text_of(fragment: str) -> str:
 
 def test_the_preflight_matrix_names_the_failed_host_and_its_finding_then_all_ok(page, window):
     _, text = page
-    _, _, _, blob, _ = window
+    blob = window.blob
     m = Cells(text)
     checks = ("dataset", "cache", "disk", "inodes", "memory", "GPU")
     assert {(h, n, c) for h, n, c in m.cells} == {(h, n, c) for h in ("host-a", "host-b") for n in (1, 2)
@@ -140,7 +143,7 @@ def test_the_preflight_matrix_names_the_failed_host_and_its_finding_then_all_ok(
 
 def test_steps_against_the_target_and_the_metrics_chart(page, window):
     _, text = page
-    _, _, _, _, progress = window
+    progress = window.progress
     steps = text_of(re.search(r'<p class="steps">(.*?)</p>', text, re.S)[1])
     assert steps == f"step {TARGET} of target {TARGET} 100% of the window (from step 0)", steps
     islands = [json.loads(s) for s in re.findall(
@@ -156,8 +159,8 @@ def test_steps_against_the_target_and_the_metrics_chart(page, window):
     assert series["loss"][-1] < series["loss"][0]  # it learned
     log = text_of(re.search(r'<pre class="log train-log">(.*?)</pre>', text, re.S)[1])
     assert f"step {TARGET}/{TARGET} loss=" in log
-    raw = b"".join(open_bucket(window[1]).get(k.key).data
-                   for k in open_bucket(window[1]).list(keys.train_log_prefix(window[2], 2))).decode()
+    bucket = open_bucket(window.url)
+    raw = b"".join(bucket.get(k.key).data for k in bucket.list(keys.train_log_prefix(window.job, 2))).decode()
     drawn = re.findall(r"model\.safetensors: (\d+)%", raw)
     assert len(drawn) >= 3  # the bar was redrawn in the log several times ...
     shown = re.findall(r"model\.safetensors: (\d+)%", log)
@@ -169,8 +172,8 @@ def test_steps_against_the_target_and_the_metrics_chart(page, window):
 
 def test_the_gate_the_mirror_verification_and_the_report(page, window):
     _, text = page
-    folder, url, job, _, progress = window
-    bucket = open_bucket(url)
+    job, progress = window.job, window.progress
+    bucket = open_bucket(window.url)
     rep = codec.loads(bucket.get(keys.report_json_key(job)).data)
     gate = text_of(re.search(r'<table class="gate">(.*?)</table>', text, re.S)[1])
     assert gate.startswith(f"verdict passed progress file step {TARGET} (target {TARGET})"), gate
@@ -197,13 +200,58 @@ def test_the_gate_the_mirror_verification_and_the_report(page, window):
 
 def test_an_ended_window_page_is_not_read_again(page, window):
     server, first = page
-    _, _, job, _, _ = window
+    job = window.job
     before = calls(server.get(f"/jobs/{job}").text)
     time.sleep(0.5)  # more than --refresh 0.2: a live job would be read again
     again = server.get(f"/jobs/{job}").text
     assert calls(again) == before
     assert again.split('<main id="main">')[1].split("</main>")[0] == \
         first.split('<main id="main">')[1].split("</main>")[0]
+
+
+def test_a_running_window_shows_its_step_then_its_end(window):
+    """Another window on host-a, held after step 3 by a 6 s `\\r` evaluation bar: while it runs its page shows
+    attempt 1 running with host-a's checks ok and step 3 of 6; once it ended, the same server's page (re-read
+    after --refresh) shows it succeeded at step 6, its gate passed and its report."""
+    server = Server(window.url, "--refresh", "0.2", "--budget", "100000")
+    m = manifest(window.fps, "--eval-bar", "3", "6", target=TARGET, size=TARGET, preflight=("host-a",),
+                 resources={"heartbeat_s": 1, "stall_after_s": 30, "max_attempts": 1})
+    m["checkpoint"]["run_dir"] = "runs/live"  # from scratch, beside the first window's run directory
+    try:
+        with Fleet(window.url, {"host-a": window.roots["host-a"]}) as f:
+            job, _ = submit(f.bucket, codec.dumps(m))
+
+            def at_step_3():
+                text = server.get(f"/jobs/{job}").text
+                return text if '<b class="step">3</b>' in text else None
+
+            running = wait_for(at_step_3, timeout=90, every=0.2)
+            out = f.wait(job)
+        assert out["state"] == "succeeded", out
+        steps = text_of(re.search(r'<p class="steps">(.*?)</p>', running, re.S)[1])
+        assert steps == f"step 3 of target {TARGET} 50% of the window (from step 0)", steps
+        heads = [text_of(h) for h in re.findall(r'<th colspan="6" class="attempt [a-z]*">(.*?)</th>', running, re.S)]
+        assert heads == ["attempt 1: running"]
+        m_ = Cells(running)
+        assert set(m_.cells) == {("host-a", 1, c) for c in ("dataset", "cache", "disk", "inodes", "memory", "GPU")}
+        assert all("good" in cls and said.startswith("ok ") for cls, said in m_.cells.values()), m_.cells
+        assert "no report yet" in running and "<h2>Gate</h2>\n<p>not reached yet</p>" in running
+
+        def ended():
+            text = server.get(f"/jobs/{job}").text
+            return text if "attempt 1: succeeded" in text else None
+
+        done = wait_for(ended, timeout=30, every=0.3)
+        steps = text_of(re.search(r'<p class="steps">(.*?)</p>', done, re.S)[1])
+        assert steps == f"step {TARGET} of target {TARGET} 100% of the window (from step 0)", steps
+        assert "verdict passed" in text_of(re.search(r'<table class="gate">(.*?)</table>', done, re.S)[1])
+        assert re.search(r'<pre class="log report-md"># Training window ' + job + r" \(attempt 1\): succeeded", done)
+        chart = json.loads(re.search(r'<div class="chart"><script type="application/json">(.*?)</script>', done)[1])
+        assert chart["x"] == [float(s) for s in range(1, TARGET + 1)]
+        eval_bar = text_of(re.search(r'<pre class="log train-log">(.*?)</pre>', done, re.S)[1])
+        assert len(re.findall(r"eval: \d+%", eval_bar)) == 1  # the bar, redrawn for 6 s, in its last state
+    finally:
+        server.stop()
 
 
 def test_a_live_window_reads_only_new_log_chunks(window, tmp_path):
@@ -213,8 +261,8 @@ def test_a_live_window_reads_only_new_log_chunks(window, tmp_path):
     from bucketrun.handlers.ui.data import Cache, CountingBucket
     from bucketrun.handlers.ui.window import window_section
 
-    folder, _, job, _, _ = window
-    shutil.copytree(folder, tmp_path / "bucket")
+    job = window.job
+    shutil.copytree(window.folder, tmp_path / "bucket")
     bucket = open_bucket(str(tmp_path / "bucket"))
     asked: list[tuple[str, str]] = []
 
