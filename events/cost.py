@@ -95,7 +95,7 @@ def usd(x: float | None) -> str:
         return NOT_RECORDED
     if x == 0 or x >= 0.01:
         return f"${x:.2f}"
-    return f"${x:.{2 - math.floor(math.log10(x)) + 1}f}".rstrip("0")  # three significant figures, no exponent
+    return f"${x:.{2 - math.floor(math.log10(x))}f}".rstrip("0")  # three significant figures, no exponent
 
 
 def cost_line(cost: dict[str, Any]) -> str:

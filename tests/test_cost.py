@@ -173,3 +173,39 @@ def test_status_shows_the_cost_under_each_pricing_and_a_bad_setting_is_one_line(
     bad = _cli("--bucket", bucket.url, "status", job_id, env={"BUCKETRUN_PRICING": "azure"})
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and "BUCKETRUN_PRICING" in bad.stderr, bad.stderr
+
+
+def test_a_fleet_shows_requests_per_item_in_status_json(tmp_path, launcher):
+    """Worker processes carry their counts in the ledgers they write anyway; the finalizer sums the ledgers it
+    reads into `succeeded`, so `status --json` gives requests per item from the history alone."""
+    from bucketrun.handlers.client import submit
+    from bucketrun.local_sim.sim import Simulation
+
+    bucket = open_bucket(str(tmp_path / "bucket"))
+    bucket.put("items.jsonl", "\n".join(f'"i{i}"' for i in range(300)).encode())
+    manifest = {"kind": "fleet", "items": {"file": "items.jsonl"}, "processor": {"name": "noop"},
+                "shard_size": 25, "heartbeat_s": 1, "lease_s": 10,
+                "resources": {"heartbeat_s": 1, "stall_after_s": 60}, "workers": {"count": 2, "backend": "local"}}
+    sim = Simulation(bucket, launcher, poll_s=0.2, sweep_s=0.5, poll_max_s=0.5, sweep_max_s=1.0)
+    thread = threading.Thread(target=sim.run, daemon=True)
+    thread.start()
+    try:
+        job_id, _ = submit(bucket, json.dumps(manifest).encode())
+        wait_for(lambda: read_view(bucket, job_id).state in (JobState.SUCCEEDED, JobState.FAILED), timeout=240)
+    finally:
+        sim.stop()
+        thread.join(timeout=30)
+    view = read_view(bucket, job_id)
+    assert view.state is JobState.SUCCEEDED, view.latest
+    ledgers = view.latest.detail["ledger_requests"]
+    assert ledgers["ledgers"] >= 1 and ledgers["a"] >= 12  # at least a claim, a part and a marker per shard
+    out = _cli("--bucket", bucket.url, "status", job_id, "--json", env={"BUCKETRUN_PRICING": "r2"})
+    assert out.returncode == 0, out.stderr
+    cost = json.loads(out.stdout)["cost"]
+    req = cost["requests"]
+    assert cost["items"] == 300 and "fleet workers" in req["by"]
+    assert cost["per_item"]["total"] == pytest.approx(req["total"] / 300, abs=1e-6) and req["total"] > ledgers["a"]
+    assert cost["gpu"]["instances"] == 2  # local worker processes: no price, so no GPU dollars
+    text = _cli("--bucket", bucket.url, "status", job_id, env={"BUCKETRUN_PRICING": "r2"}).stdout
+    assert "/item over 300 items" in text, text
+    print("\nfleet: " + text.splitlines()[-1].strip())

@@ -167,9 +167,11 @@ async def read_markers(bucket, job_id: str, shards, cache: dict[str, dict[str, A
     return cache
 
 
-async def read_ledgers(bucket, job_id: str, cache: dict[str, dict[str, Any]], seen: set[str] | None = None) -> None:
+async def read_ledgers(bucket, job_id: str, cache: dict[str, dict[str, Any]], seen: set[str] | None = None,
+                       requests: dict[str, dict[str, int]] | None = None) -> None:
     """Markers copied into the workers' ledgers: a few reads instead of one per shard. Only markers whose
-    create-if-absent won are ledgered, so each copy is the marker as the bucket holds it."""
+    create-if-absent won are ledgered, so each copy is the marker as the bucket holds it. `requests` gathers
+    what each ledger's process spent on the job (events/meter.py), for the finalizer's terminal transition."""
     sem = asyncio.Semaphore(READ_CONCURRENCY)
 
     async def one(key: str) -> None:
@@ -177,6 +179,8 @@ async def read_ledgers(bucket, job_id: str, cache: dict[str, dict[str, Any]], se
             body, _ = await aconditional.read_json(bucket, key)
         for shard, marker in ((body or {}).get("markers") or {}).items():
             cache.setdefault(shard, marker)
+        if requests is not None and isinstance((body or {}).get("requests"), dict):
+            requests[key] = body["requests"]
 
     seen = set() if seen is None else seen  # ledgers are write-once: one read each is enough
     ledgers = [info.key async for info in bucket.list(keys.fleet_ledgers_prefix(job_id)) if info.key not in seen]
@@ -187,7 +191,9 @@ async def read_ledgers(bucket, job_id: str, cache: dict[str, dict[str, Any]], se
 async def build_dataset(bucket, job_id: str, plan: Plan, output_prefix: str, writer: str,
                         cache: dict[str, dict[str, Any]],
                         ledgers_seen: set[str] | None = None, early: PartsListing | None = None,
-                        margin_s: float = 60.0) -> tuple[Coverage, dict[str, Any] | None]:
+                        margin_s: float = 60.0,
+                        ledger_requests: dict[str, dict[str, int]] | None = None,
+                        ) -> tuple[Coverage, dict[str, Any] | None]:
     """The dataset manifest if every reachable shard is done and every part lists back with its bytes; the
     manifest is created once, and a second finalizer gets the first one's. Each step's time is logged: the
     finalizer is the fleet's tail."""
@@ -195,7 +201,7 @@ async def build_dataset(bucket, job_id: str, plan: Plan, output_prefix: str, wri
     # The parts' listing (for their bytes and the orphans) runs while the markers are gathered.
     parts = early.task if early is not None else asyncio.create_task(_sizes(bucket, output_prefix + "parts/"))
     try:
-        await read_ledgers(bucket, job_id, cache, ledgers_seen)  # those this process read before are in cache
+        await read_ledgers(bucket, job_id, cache, ledgers_seen, ledger_requests)  # read before: in cache
         t.append(time.monotonic())
         # No listing of done/: walk from the plan through each marker's children, reading the markers that no
         # ledger and no look of this process brought, until no unread shard is left on the walk.

@@ -35,7 +35,8 @@ async def finalize(w: Any) -> str | None:
     w.roles[key] = role  # renewed by renew_loop while the markers are read: the role never lapses mid-way
     try:
         cov, dataset = await build_dataset(w.bucket, w.job.job_id, w.job.plan, w.job.output_prefix,
-                                           w.id, w.job.marker_cache, w.job.ledgers_seen, w.job.parts_listing())
+                                           w.id, w.job.marker_cache, w.job.ledgers_seen, w.job.parts_listing(),
+                                           ledger_requests=w.job.ledger_requests)
     except CorruptObject as exc:  # write-once objects that do not check never will: say so, do not wait
         await w.job.fail_code(f"dataset check failed: {exc}")
         w.job.finished.set()
@@ -63,7 +64,8 @@ async def finalize(w: Any) -> str | None:
     if problems:
         await w.job.fail_code("dataset check failed: " + "; ".join(problems))
     else:
-        await w.job.succeed({"dataset": summary, "artifacts": [artifact]})
+        await w.job.succeed({"dataset": summary, "artifacts": [artifact],
+                             "ledger_requests": w.job.spent_by_workers()})
     w.job.finished.set()  # this process's other workers leave now
     return "finished"
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from bucketrun.events import aconditional, keys
+from bucketrun.events import aconditional, keys, meter
 from bucketrun.events.errors import BucketrunError, IllegalTransition, NotFound, StaleAttempt
 from bucketrun.events.failures import FailureClass, error_detail
 from bucketrun.events.fleet.plan import (Plan, PlanError, list_items, load_items, plan_source, read_items_file,
@@ -71,6 +71,7 @@ class FleetJob:
         self._ledger_lock = asyncio.Lock()
         self._ledgers_at = -1e9
         self.ledgers_seen: set[str] = set()
+        self.ledger_requests: dict[str, dict[str, int]] = {}  # each ledger read: what its process spent on the job
         self._parts: PartsListing | None = None
         self._children: set[str] = set()
         self._children_of = 0  # markers of the cache (in insertion order) whose children are counted
@@ -215,7 +216,7 @@ class FleetJob:
         async with self._ledger_lock:
             if time.monotonic() - self._ledgers_at < LEDGER_LOOK_S:
                 return
-            await read_ledgers(self.bucket, self.job_id, self.marker_cache, self.ledgers_seen)
+            await read_ledgers(self.bucket, self.job_id, self.marker_cache, self.ledgers_seen, self.ledger_requests)
             self._ledgers_at = time.monotonic()
 
     def parts_listing(self) -> PartsListing:
@@ -246,10 +247,24 @@ class FleetJob:
         batch, self.unledgered = self.unledgered, {}
         key = keys.fleet_ledger_key(self.job_id, writer, self.ledgers)
         self.ledgers += 1
+        # what this process spent on the job since its last ledger, and this create: the finalizer sums them
+        spent = meter.take(self.job_id)
+        requests = meter.add(spent, {meter.A: 1})
         try:
-            await aconditional.create_json(self.bucket, key, {"markers": batch})
+            await aconditional.create_json(self.bucket, key, {"markers": batch, "requests": requests})
         except BucketrunError:
+            meter.give_back(self.job_id, spent)
             self.unledgered.update(batch)  # the finalizer reads those markers one by one instead; nothing is lost
+            return
+        meter.settle(self.job_id, {meter.A: 1})
+
+    def spent_by_workers(self) -> dict[str, int]:
+        """The ledgers' requests, summed, for the terminal transition: this process's own since its last ledger
+        are added by append_transition itself."""
+        total = dict.fromkeys(meter.CLASSES, 0)
+        for rec in self.ledger_requests.values():
+            total = meter.add(total, rec)
+        return {**total, "ledgers": len(self.ledger_requests)}
 
     async def refresh_view(self) -> JobView:
         self.view = await asyncio.to_thread(read_view, self.sync, self.job_id, self.view)
