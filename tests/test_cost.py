@@ -209,3 +209,47 @@ def test_a_fleet_shows_requests_per_item_in_status_json(tmp_path, launcher):
     text = _cli("--bucket", bucket.url, "status", job_id, env={"BUCKETRUN_PRICING": "r2"}).stdout
     assert "/item over 300 items" in text, text
     print("\nfleet: " + text.splitlines()[-1].strip())
+
+
+def test_gpu_cost_from_the_launchers_instance_records(tmp_path, monkeypatch):
+    """Pods started through the real Runpod backend (a fake only at its GraphQL boundary) are recorded with their
+    $/h; one is torn down, two still run: GPU cost is $/h x held time, up to `now` for those still held."""
+    from datetime import timedelta
+
+    from bucketrun.events.fleet.instances import read_instances
+    from bucketrun.events.lifecycle import append_transition
+    from bucketrun.handlers.launchers.fleet import record_instance, terminate
+    from bucketrun.handlers.launchers.runpod_pods import SDK_URL_ENV, RunpodPodsBackend
+    from test_fleet_cloud_backends import FakeRunpodGraphQL, runpod_spec
+
+    monkeypatch.delenv(SDK_URL_ENV, raising=False)
+    fake = FakeRunpodGraphQL(cost=0.69)
+    try:
+        bucket = open_bucket(str(tmp_path / "bucket"))
+        job_id = keys.new_job_id()
+        append_transition(bucket, job_id, JobState.SUBMITTED, writer="intake@h:1", detail={"kind": "fleet"})
+        backend = RunpodPodsBackend("rp-test-key", api_base=fake.url)
+        started = backend.start(bucket.url, job_id, ["w000", "w001", "w002"], runpod_spec())
+        for inst in started:
+            record_instance(bucket, job_id, inst, 1)
+        first = next(i for i in read_instances(bucket, job_id) if i["worker"] == "w000")
+        stopped = terminate(bucket, job_id, first, backend, "test")
+    finally:
+        fake.close()
+    records = read_instances(bucket, job_id)
+    assert len(records) == 3 and all(r["price_per_hour"] == pytest.approx(0.69) for r in records)
+    now = codec.now() + timedelta(hours=2)
+    cost = cost_of(read_view(bucket, job_id), records, prices=TABLE["r2"], now=now)
+    held = [r for r in records if not r["terminated_at"]]
+    hours = sum((now - codec.parse_iso(r["started_at"])).total_seconds() / 3600 for r in held)
+    hours += (codec.parse_iso(stopped["terminated_at"]) - codec.parse_iso(stopped["started_at"])).total_seconds() / 3600
+    assert (cost["gpu"]["instances"], cost["gpu"]["held"]) == (3, 2)
+    assert cost["gpu"]["usd"] == pytest.approx(0.69 * hours, rel=1e-6) and cost["gpu"]["usd"] > 2 * 0.69 * 2 - 0.01
+    assert "GPU $2.76 (3 instances, 2 still held)" in cost_line(cost)
+    out = _cli("--bucket", bucket.url, "status", job_id, "--json")
+    gpu = json.loads(out.stdout)["cost"]["gpu"]
+    assert (gpu["instances"], gpu["held"], gpu["unpriced"]) == (3, 2, 0) and gpu["usd"] < 0.01  # held for seconds
+    # a host agent or a serverless worker records no price: "not recorded", never a made-up zero
+    assert cost_of(read_view(bucket, job_id), None, prices=TABLE["r2"])["gpu"]["usd"] is None
+    unpriced = [{**r, "price_per_hour": None} for r in records]
+    assert cost_of(read_view(bucket, job_id), unpriced, prices=TABLE["r2"], now=now)["gpu"]["usd"] is None
