@@ -290,10 +290,11 @@ def test_a_live_window_reads_only_new_log_chunks(window, tmp_path):
         window_section(cache, job, running, None)
         assert asked == [("list", keys.train_log_prefix(job, 2))], asked
     new = keys.train_log_key(job, 2, len(chunks))
-    bucket.put(new, b"step 7/6 loss=0.01 valid_acc=1.0\n", "text/plain")
+    bucket.put(new, b"step 7/6 loss=0.01 valid_acc=1.0\n<script>alert(1)</script>\n", "text/plain")
     asked.clear()
     shown = str(window_section(cache, job, running, None))
     assert asked == [("list", keys.train_log_prefix(job, 2)), ("get", new)], asked
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in shown and "<script>alert" not in shown  # text, never markup
     assert "step 7/6 loss=0.01" in shown and '"x":[1.0,2.0,3.0,4.0,5.0,6.0,7.0]' in shown
 
 

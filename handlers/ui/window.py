@@ -1,8 +1,9 @@
 """A training window's part of its job page: the preflight matrix (host x check, for every attempt), the steps
 against the target with the trainer's metrics as a chart, the tail of the training log, the gate, the mirror's
 verification and the report. Every bucket read goes through the cache: what is written once (a host's preflight
-record, a log chunk, the mirror manifest) is read once; the listings and the report are re-read only while the
-window is live, so an ended window costs no request after its first view."""
+record, a log chunk, the mirror manifest) is read once; while the window is live its training log is listed each
+refresh, its preflight listing until every host has reported, and its report whenever the attempt or the state
+changes; an ended window costs no request after its first view."""
 
 from __future__ import annotations
 
@@ -351,7 +352,7 @@ def window_section(cache, job_id: str, entry: dict[str, Any], links) -> Markup |
     if latest is not None and latest.attempt == current:
         candidates.append((latest.detail.get("gate") or {}).get("step"))
     stage = STAGE_RE.search(str((status.get("progress") or {}).get("stage") or ""))
-    if stage:
+    if stage and (target is None or int(stage[2]) == target):  # not the smoke run's "step 1/1"
         candidates.append(int(stage[1]))
         target = target or int(stage[2])
     candidates.append(log_step)
@@ -372,7 +373,7 @@ def window_section(cache, job_id: str, entry: dict[str, Any], links) -> Markup |
                        "blockers", "reproduce", "job_id", "command", "state", "attempt", "crash_mirror"}
     rest = [(k, flat(v, k)) for k, v in (report or {}).items() if k not in shown_elsewhere]
     return Markup(TEMPLATE.render(
-        job_id=job_id, attempts=attempts, checks=CHECKS, rows=matrix(hosts, verdicts, attempts), steps=steps,
+        job_id=job_id, current=current, attempts=attempts, checks=CHECKS, rows=matrix(hosts, verdicts, attempts), steps=steps,
         chart=chart, tail=tail, live=live, report=report, report_md=report_md, gate=(report or {}).get("gate"),
         mirror=mirror, mirror_key=mirror_key, mirror_files=mirror_files, crash=(report or {}).get("crash_mirror"),
         command=shlex.join(report["command"]) if report and report.get("command") else None,
@@ -401,14 +402,14 @@ TEMPLATE = pages.ENV.from_string("""<section class="window">
 {% for k, v in metrics %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</tbody></table>{% endif %}
 {% if tail %}<h2>Training log <small>(attempt {{ tail.attempt }}, last {{ tail.lines }} lines of {{ tail.chunks }} chunk{{ 's' if tail.chunks != 1 }}{% if live %}, followed live{% endif %})</small></h2>
 <pre class="log train-log">{{ tail.text }}</pre>{% endif %}
-<h2>Gate</h2>
+<h2>Gate{% if report and report.attempt != current %} <small>(attempt {{ report.attempt }}'s; attempt {{ current }} has not reached it)</small>{% endif %}</h2>
 {% if gate %}<table class="gate"><tbody>
 <tr><th>verdict</th><td class="{{ 'good' if gate.passed else 'bad' }}">{{ 'passed' if gate.passed else 'not passed' }}</td></tr>
 <tr><th>progress file step</th><td>{{ gate.step }} (target {{ steps.target }})</td></tr>
 {% for rel, n in (gate.required or {}).items() %}<tr><th>{{ rel }}</th><td class="{{ 'good' if n else 'bad' }}">{% if n is none %}missing{% elif n == 0 %}empty{% else %}{{ '{:,}'.format(n) }} bytes{% endif %}</td></tr>{% endfor %}
 {% for p in gate.problems or [] %}<tr><th>problem</th><td class="bad">{{ p }}</td></tr>{% endfor %}
 </tbody></table>{% else %}<p>not reached yet{% if attempts and attempts[-1].failure %} (attempt {{ attempts[-1].attempt }} failed before it){% endif %}</p>{% endif %}
-<h2>Mirror verification</h2>
+<h2>Mirror verification{% if report and report.attempt != current and mirror %} <small>(attempt {{ report.attempt }}'s)</small>{% endif %}</h2>
 {% if mirror %}<table class="mirror"><tbody>
 <tr><th>verdict</th><td class="{{ 'good' if mirror.verified else 'bad' }}">{{ 'verified: listed back and every object re-hashed' if mirror.verified else 'NOT verified' }}</td></tr>
 <tr><th>prefix</th><td><code>{{ mirror.prefix }}</code></td></tr><tr><th>manifest</th><td><code>{{ mirror_key or '-' }}</code></td></tr>
@@ -419,7 +420,7 @@ TEMPLATE = pages.ENV.from_string("""<section class="window">
 {% for f in mirror_files %}<tr><td>{{ f.path }}</td><td>{{ f.bytes }}</td><td><code class="sha256">{{ f.sha256 }}</code></td></tr>{% endfor %}</tbody></table>{% endif %}
 {% else %}<p>no mirror yet</p>{% endif %}
 {% if crash %}<p class="{{ 'good' if crash.verified else 'bad' }}">checkpoint saved after the failure: <code>{{ crash.prefix }}</code> (step {{ crash.step }}, {{ 'verified' if crash.verified else 'NOT verified' }})</p>{% endif %}
-<h2>Report</h2>
+<h2>Report{% if report and report.attempt != current %} <small>(attempt {{ report.attempt }}'s; attempt {{ current }} writes its own when it ends)</small>{% endif %}</h2>
 {% if report %}<table class="report"><tbody>
 <tr><th>state</th><td class="state-{{ report.state }}">{{ report.state }}</td></tr><tr><th>attempt</th><td>{{ report.attempt }}</td></tr>
 {% if command %}<tr><th>command</th><td><code>{{ command }}</code></td></tr>{% endif %}
