@@ -48,6 +48,11 @@ def test_the_report_keeps_every_attempt_a_partial_cache_then_a_fixed_one(hosts, 
     md = f.bucket.get(keys.report_key(job)).data.decode()
     history = md.split("## History\n\n")[1].split("\n\n")[0].splitlines()
     assert len(history) == 2 and history == [f"- {line}" for line in rep["history_lines"]]
+    # the report shows the cost so far: the requests the history recorded (two attempts, agents included)
+    cost = rep["cost"]
+    assert cost["requests"]["a"] >= 10 and "agent:host-a" in cost["requests"]["by"], cost
+    assert cost["gpu"]["usd"] is None  # hosts you own: no price in the bucket
+    assert f"- requests {cost['requests']['total']} (A {cost['requests']['a']}" in md.split("## Cost so far")[1]
     assert history[0].startswith("- attempt 1: host-a passed; host-b model cache PARTIAL: ")
     assert "-> failed (preflight at preflight/host-b: " in history[0]
     assert history[1] == "- attempt 2: host-a passed; host-b passed -> succeeded"

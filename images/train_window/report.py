@@ -7,8 +7,9 @@ import shlex
 from typing import Any
 
 from bucketrun.events import codec, keys
-from bucketrun.events.errors import NotFound
-from bucketrun.events.lifecycle import read_view
+from bucketrun.events.cost import cost_line, cost_of
+from bucketrun.events.errors import ConfigError, NotFound
+from bucketrun.events.lifecycle import JobView, read_view
 from bucketrun.events.storage import Bucket
 
 PART_NAMES = {"dataset": "dataset", "model_cache": "model cache", "environment": "environment"}
@@ -55,7 +56,7 @@ def _outcome(history: list[Any], attempt: int) -> dict[str, Any]:
 
 
 def attempt_history(bucket: Bucket, job_id: str, attempt: int, state: str,
-                    failure: dict[str, Any] | None) -> list[dict[str, Any]]:
+                    failure: dict[str, Any] | None, view: JobView | None = None) -> list[dict[str, Any]]:
     """Every attempt so far, from the per-attempt preflight records and the transition log (never from an earlier
     report, which an attempt that died never wrote): host, finding and outcome each."""
     verdicts: dict[int, dict[str, dict[str, Any]]] = {}
@@ -67,7 +68,7 @@ def attempt_history(bucket: Bucket, job_id: str, attempt: int, state: str,
             verdicts.setdefault(parsed[0], {})[parsed[1]] = codec.loads(bucket.get(info.key).data)
         except NotFound:
             continue
-    history = list(read_view(bucket, job_id).history)
+    history = list((view or read_view(bucket, job_id)).history)
     out = []
     for n in range(1, attempt + 1):
         entry = {"attempt": n, "hosts": {h: host_finding(v) for h, v in sorted(verdicts.get(n, {}).items())}}
@@ -163,13 +164,29 @@ def render(report: dict[str, Any], state: str) -> str:
     history = report.get("history") or []
     if history:
         lines += ["", "## History", ""] + [f"- {history_line(e)}" for e in history]
+    cost = report.get("cost")
+    if cost:
+        lines += ["", "## Cost so far", "", f"- {cost['error'] if 'error' in cost else cost_line(cost)}"]
     lines += ["", "## What blocks the next window", ""]
     lines += [f"- {b}" for b in blockers(report)] or ["- nothing: the checkpoint is verified in the bucket"]
     return "\n".join(lines) + "\n"
 
 
+def window_cost(view: JobView) -> dict[str, Any]:
+    """The window's cost so far, from the history the report reads anyway: requests recorded up to this attempt's
+    last transition (the report's own writes and the terminal transition's come after), and GPU "not recorded"
+    (a host agent's host has no price in the bucket)."""
+    try:
+        return cost_of(view)
+    except ConfigError as exc:  # a bad BUCKETRUN_PRICING on the host must not cost the window its report
+        return {"error": str(exc)}
+
+
 def write_report(bucket: Bucket, report: dict[str, Any], body: Any, state: str) -> None:
-    report["history"] = attempt_history(bucket, report["job_id"], report["attempt"], state, report.get("failure"))
+    view = read_view(bucket, report["job_id"])
+    report["history"] = attempt_history(bucket, report["job_id"], report["attempt"], state, report.get("failure"),
+                                        view)
+    report["cost"] = window_cost(view)
     data = {**report, "state": state, "blockers": blockers(report), "at": codec.iso(codec.now()),
             "reproduce_lines": reproduce(report, state), "history_lines": [history_line(e) for e in report["history"]]}
     bucket.put(keys.report_json_key(report["job_id"]), codec.dumps(data), "application/json")
