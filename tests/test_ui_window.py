@@ -258,7 +258,7 @@ def test_a_live_window_reads_only_new_log_chunks(window, tmp_path):
     """The section as the server renders it for a window still running (its status said so), every refresh: the
     training log's listing is read again, nothing else (every host has reported this attempt's preflight, and the
     report changes only with the state); a chunk is read once, a new one when it appears."""
-    from bucketrun.handlers.ui.data import Cache, CountingBucket
+    from bucketrun.handlers.jobcache import Cache, CountingBucket
     from bucketrun.handlers.ui.window import window_section
 
     job = window.job
@@ -296,6 +296,14 @@ def test_a_live_window_reads_only_new_log_chunks(window, tmp_path):
     assert asked == [("list", keys.train_log_prefix(job, 2)), ("get", new)], asked
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in shown and "<script>alert" not in shown  # text, never markup
     assert "step 7/6 loss=0.01" in shown and '"x":[1.0,2.0,3.0,4.0,5.0,6.0,7.0]' in shown
+    # a third attempt just queued: its column waits for the hosts, and the report on the page is attempt 2's
+    later = {**entry, "status": {**entry["status"], "terminal": False, "state": "queued", "attempt": 3,
+                                 "progress": None, "error": None}}
+    shown = str(window_section(cache, job, later, None))
+    heads = [text_of(h) for h in re.findall(r'<th colspan="6" class="attempt [a-z]*">(.*?)</th>', shown, re.S)]
+    assert heads == ["attempt 1: failed (preflight at preflight/host-b)", "attempt 2: succeeded", "attempt 3: queued"]
+    assert shown.count('<td colspan="6" class="check">not reported yet</td>') == 2
+    assert "<h2>Report <small>(attempt 2's; attempt 3 writes its own when it ends)</small></h2>" in shown
 
 
 def test_a_log_fed_in_chunks_reads_as_a_terminal_shows_it():

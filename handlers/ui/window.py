@@ -373,7 +373,8 @@ def window_section(cache, job_id: str, entry: dict[str, Any], links) -> Markup |
                        "blockers", "reproduce", "job_id", "command", "state", "attempt", "crash_mirror"}
     rest = [(k, flat(v, k)) for k, v in (report or {}).items() if k not in shown_elsewhere]
     return Markup(TEMPLATE.render(
-        job_id=job_id, current=current, attempts=attempts, checks=CHECKS, rows=matrix(hosts, verdicts, attempts), steps=steps,
+        job_id=job_id, current=current, attempts=attempts,
+        earlier=bool(report) and isinstance(report.get("attempt"), int) and report["attempt"] != current, checks=CHECKS, rows=matrix(hosts, verdicts, attempts), steps=steps,
         chart=chart, tail=tail, live=live, report=report, report_md=report_md, gate=(report or {}).get("gate"),
         mirror=mirror, mirror_key=mirror_key, mirror_files=mirror_files, crash=(report or {}).get("crash_mirror"),
         command=shlex.join(report["command"]) if report and report.get("command") else None,
@@ -402,14 +403,14 @@ TEMPLATE = pages.ENV.from_string("""<section class="window">
 {% for k, v in metrics %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</tbody></table>{% endif %}
 {% if tail %}<h2>Training log <small>(attempt {{ tail.attempt }}, last {{ tail.lines }} lines of {{ tail.chunks }} chunk{{ 's' if tail.chunks != 1 }}{% if live %}, followed live{% endif %})</small></h2>
 <pre class="log train-log">{{ tail.text }}</pre>{% endif %}
-<h2>Gate{% if report and report.attempt != current %} <small>(attempt {{ report.attempt }}'s; attempt {{ current }} has not reached it)</small>{% endif %}</h2>
+<h2>Gate{% if earlier %} <small>(attempt {{ report.attempt }}'s; attempt {{ current }} has not reached it)</small>{% endif %}</h2>
 {% if gate %}<table class="gate"><tbody>
 <tr><th>verdict</th><td class="{{ 'good' if gate.passed else 'bad' }}">{{ 'passed' if gate.passed else 'not passed' }}</td></tr>
 <tr><th>progress file step</th><td>{{ gate.step }} (target {{ steps.target }})</td></tr>
 {% for rel, n in (gate.required or {}).items() %}<tr><th>{{ rel }}</th><td class="{{ 'good' if n else 'bad' }}">{% if n is none %}missing{% elif n == 0 %}empty{% else %}{{ '{:,}'.format(n) }} bytes{% endif %}</td></tr>{% endfor %}
 {% for p in gate.problems or [] %}<tr><th>problem</th><td class="bad">{{ p }}</td></tr>{% endfor %}
 </tbody></table>{% else %}<p>not reached yet{% if attempts and attempts[-1].failure %} (attempt {{ attempts[-1].attempt }} failed before it){% endif %}</p>{% endif %}
-<h2>Mirror verification{% if report and report.attempt != current and mirror %} <small>(attempt {{ report.attempt }}'s)</small>{% endif %}</h2>
+<h2>Mirror verification{% if earlier and mirror %} <small>(attempt {{ report.attempt }}'s)</small>{% endif %}</h2>
 {% if mirror %}<table class="mirror"><tbody>
 <tr><th>verdict</th><td class="{{ 'good' if mirror.verified else 'bad' }}">{{ 'verified: listed back and every object re-hashed' if mirror.verified else 'NOT verified' }}</td></tr>
 <tr><th>prefix</th><td><code>{{ mirror.prefix }}</code></td></tr><tr><th>manifest</th><td><code>{{ mirror_key or '-' }}</code></td></tr>
@@ -420,7 +421,7 @@ TEMPLATE = pages.ENV.from_string("""<section class="window">
 {% for f in mirror_files %}<tr><td>{{ f.path }}</td><td>{{ f.bytes }}</td><td><code class="sha256">{{ f.sha256 }}</code></td></tr>{% endfor %}</tbody></table>{% endif %}
 {% else %}<p>no mirror yet</p>{% endif %}
 {% if crash %}<p class="{{ 'good' if crash.verified else 'bad' }}">checkpoint saved after the failure: <code>{{ crash.prefix }}</code> (step {{ crash.step }}, {{ 'verified' if crash.verified else 'NOT verified' }})</p>{% endif %}
-<h2>Report{% if report and report.attempt != current %} <small>(attempt {{ report.attempt }}'s; attempt {{ current }} writes its own when it ends)</small>{% endif %}</h2>
+<h2>Report{% if earlier %} <small>(attempt {{ report.attempt }}'s; attempt {{ current }} writes its own when it ends)</small>{% endif %}</h2>
 {% if report %}<table class="report"><tbody>
 <tr><th>state</th><td class="state-{{ report.state }}">{{ report.state }}</td></tr><tr><th>attempt</th><td>{{ report.attempt }}</td></tr>
 {% if command %}<tr><th>command</th><td><code>{{ command }}</code></td></tr>{% endif %}
