@@ -56,8 +56,31 @@ def count(cls: str, key: str, n: int = 1) -> None:
         pending = getattr(_local, "pending", None)
         if pending is not None:
             pending[cls] = pending.get(cls, 0) + n
-        return
+            return
+        job = getattr(_local, "job", None) or _process_job
+        if job is None:
+            return
     count_for(job, cls, n)
+
+
+_process_job: str | None = None  # a process that works for one job only (a fleet worker process)
+
+
+def work_for(job_id: str | None) -> None:
+    """This whole process works for one job: requests on keys that name none (its inputs) are the job's."""
+    global _process_job
+    _process_job = job_id
+
+
+@contextlib.contextmanager
+def working_for(job_id: str) -> Iterator[None]:
+    """This thread works for the job meanwhile: requests on keys that name no job (the media it downloads, the
+    result cache it consults, under other prefixes) are the job's."""
+    outer, _local.job = getattr(_local, "job", None), job_id
+    try:
+        yield
+    finally:
+        _local.job = outer
 
 
 def count_for(job: str, cls: str, n: int = 1) -> None:

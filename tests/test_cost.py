@@ -91,13 +91,16 @@ def _stored_state(bucket_name: str, job_id: str) -> str | None:
 def test_a_transcription_records_exactly_the_requests_the_server_served_for_it(server_count, launcher, media_dir):
     """Intake and launcher (in the simulation, here) and the worker (its own process) each record what they spent
     on the job in the transitions they write: the sum over the history equals what the S3 server served for the
-    job's keys, class by class, and the intake claim index/intake/<sha256>.json (named by no job) is included."""
+    job, class by class: its keys, and those that name no job but were read or written for it (its intake claim,
+    its media, the result cache). What the simulation spends on no job in particular (listing inbox/) is not."""
     from bucketrun.handlers.client import submit
     from bucketrun.local_sim.sim import Simulation
 
     url, counter = server_count
     bucket = open_bucket(url)
     bucket.put("media/speech.ogg", (media_dir / "speech.ogg").read_bytes())
+    with counter.seen_lock:
+        counter.seen.clear()  # the media's upload is yours, not the job's
     sim = Simulation(bucket, launcher, poll_s=0.2, poll_max_s=0.5, sweep_s=None)  # a sweep reads, writes nothing
     thread = threading.Thread(target=sim.run, daemon=True)
     thread.start()
@@ -109,7 +112,9 @@ def test_a_transcription_records_exactly_the_requests_the_server_served_for_it(s
     finally:
         sim.stop()
         thread.join(timeout=30)
-    served = counter.for_job(job_id, also=(keys.INDEX + "intake/",))
+    # the job's keys, and (one job in this bucket) its intake claim, its media's GET and the result cache's lookups
+    # and entries: keys that name no job, which intake and the worker attribute to the job they work for
+    served = counter.for_job(job_id, also=(keys.INDEX + "intake/", "media/", "cache/"))
     view = read_view(bucket, job_id)
     assert view.state is JobState.SUCCEEDED, view.latest
     cost = cost_of(view, prices=TABLE["r2"])

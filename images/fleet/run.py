@@ -14,7 +14,7 @@ import signal
 import sys
 from typing import Any
 
-from bucketrun.events import needs
+from bucketrun.events import meter, needs
 from bucketrun.events.errors import BucketrunError
 from bucketrun.events.failures import FailureClass, JobFailure, error_detail
 from bucketrun.events.kinds.validate import load_job_manifest
@@ -48,6 +48,7 @@ async def run_workers(bucket_url: str, job_id: str, worker_ids: list[str], devic
 
         loop.add_signal_handler(signal.SIGTERM, on_term)
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+        meter.work_for(job_id)  # a worker process serves one job: its item reads (keys of yours) are the job's
     async with FleetJob(bucket_url, job_id, writer=f"fleet:{','.join(worker_ids)[:64]}", device=device) as job:
         try:
             await job.open()

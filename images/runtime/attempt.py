@@ -144,6 +144,12 @@ def run_attempt(bucket_url: str, job_id: str, attempt: int, writer: str | None =
                 work: Work | None = None) -> dict[str, Any]:
     """Run one attempt to a terminal transition; returns a small summary (never secrets). `work` overrides
     the kind's registered callable (tests)."""
+    with meter.working_for(job_id):  # the media and cache keys it reads name no job: they are this one's
+        return _run_attempt(bucket_url, job_id, attempt, writer, work)
+
+
+def _run_attempt(bucket_url: str, job_id: str, attempt: int, writer: str | None,
+                 work: Work | None) -> dict[str, Any]:
     bucket = open_bucket(bucket_url)
     writer = writer or default_writer("worker")
     view = wait_for_launch(bucket, job_id, attempt)
