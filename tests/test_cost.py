@@ -180,13 +180,13 @@ def test_status_shows_the_cost_under_each_pricing_and_a_bad_setting_is_one_line(
     assert len(bad.stderr.strip().splitlines()) == 1 and "BUCKETRUN_PRICING" in bad.stderr, bad.stderr
 
 
-def test_a_fleet_shows_requests_per_item_in_status_json(tmp_path, launcher):
+def test_a_fleet_shows_requests_per_item_in_status_json(bucket_url, launcher):
     """Worker processes carry their counts in the ledgers they write anyway; the finalizer sums the ledgers it
     reads into `succeeded`, so `status --json` gives requests per item from the history alone."""
     from bucketrun.handlers.client import submit
     from bucketrun.local_sim.sim import Simulation
 
-    bucket = open_bucket(str(tmp_path / "bucket"))
+    bucket = open_bucket(bucket_url)
     bucket.put("items.jsonl", "\n".join(f'"i{i}"' for i in range(300)).encode())
     manifest = {"kind": "fleet", "items": {"file": "items.jsonl"}, "processor": {"name": "noop"},
                 "shard_size": 25, "heartbeat_s": 1, "lease_s": 10,
