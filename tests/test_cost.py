@@ -126,7 +126,7 @@ def test_a_transcription_records_exactly_the_requests_the_server_served_for_it(s
     line = cost_line(cost)
     assert line.startswith(f"requests {served['a'] + served['b']} (A {served['a']}, B {served['b']}")
     assert "at R2 list prices; GPU not recorded" in line
-    print(f"\ntranscription {job_id}: {line}")
+    print(f"\ntranscription {job_id}: {line}\n{json.dumps(cost['requests'])}")
 
 
 def test_the_pricing_table_and_its_setting():
