@@ -22,7 +22,7 @@ from bucketrun.events.fleet.status import covered_items
 from bucketrun.events.storage import open_bucket
 from bucketrun.handlers.ui import fleet as ui_fleet
 from bucketrun.handlers.ui import views
-from bucketrun.handlers.ui.data import Cache, CountingBucket
+from bucketrun.handlers.jobcache import Cache, CountingBucket
 from bucketrun.local_sim import fleet_harness as harness
 
 from conftest import wait_for

@@ -16,84 +16,62 @@ from rich.live import Live
 from rich.text import Text
 
 from bucketrun.events import codec, keys
-from bucketrun.events.errors import BucketrunError, CorruptObject
+from bucketrun.events.errors import BucketrunError
 from bucketrun.events.fleet.status import fleet_status
-from bucketrun.events.lifecycle import JobView, read_view
-from bucketrun.events.status import WAITING, job_status
+from bucketrun.events.lifecycle import JobView
+from bucketrun.events.status import WAITING
 
+from ..board import ago
+from ..jobcache import Cache, CountingBucket
 from .common import NO_DISPATCHER, bucket_of, number
 from .fleet import age_text, rate_text
-from ..board import ago, kind_of, waiting_rows
 from .logs import render
 
 HEAD = f"  {'KIND':<12} {'STATE':<10} {'AGE':>5} {'ATT':>3}  {'PROGRESS':<14} ID"
 
 
 class Board:
-    """What the views show, and the cache that keeps reads down: one listing of jobs/ per refresh says which jobs
-    have new transitions or progress; only those are read again, so an ended job's data is read once."""
+    """What the views show, read through the dashboard's cache (handlers/jobcache.py): jobs found by a folder
+    listing, a live job re-read at most every refresh, an ended one never again; an open fleet's workers are read
+    with it. A fleet's thousands of lease and done markers are never listed just to draw the job list."""
 
-    def __init__(self, bucket) -> None:
+    def __init__(self, bucket, refresh: float = 0.0, budget: float = float("inf")) -> None:
         self.bucket = bucket
-        self.views: dict[str, JobView] = {}
-        self.kinds: dict[str, str] = {}
-        self.status: dict[str, dict[str, Any]] = {}
-        self.seen: dict[str, tuple] = {}  # job -> (last event seq, progress stamp) its cached data was read at
+        self.cache = Cache(CountingBucket(bucket), refresh, budget)
         self.fleets: dict[str, dict[str, Any]] = {}
         self.rows: list[dict[str, Any]] = []
         self.error: str | None = None
         self.read_at: float | None = None
 
+    @property
+    def status(self) -> dict[str, dict[str, Any]]:
+        return {job_id: entry["status"] for job_id, (_, entry) in self.cache.jobs.items()}
+
+    @property
+    def views(self) -> dict[str, JobView]:
+        return {job_id: entry["view"] for job_id, (_, entry) in self.cache.jobs.items() if entry["view"]}
+
     def refresh(self, open_job: str | None = None) -> None:
         try:
-            self.rows = self._rows()
-            if open_job and self.kinds.get(open_job) == "fleet":
-                status, cached = self.status.get(open_job) or {}, self.fleets.get(open_job)
-                if not (status.get("terminal") and cached and cached["state"] == status["state"]):
-                    self.fleets[open_job] = fleet_status(self.bucket, open_job)  # once read after its end: kept
+            self.rows = [self._row(r) for r in self.cache.rows()]
+            entry = self.cache.job(open_job) if open_job and keys.is_job_id(open_job) else None
+            if entry and entry["kind"] == "fleet":
+                self.fleets[open_job] = self.cache.fetch(  # once read after its end: kept
+                    f"top-fleet:{open_job}:{entry['status']['state']}",
+                    lambda: fleet_status(self.cache.bucket, open_job), live=not entry["status"]["terminal"])
             self.error = None
         except BucketrunError as exc:  # a blip of the network or the store: say so, keep what was shown
             self.error = f"read failed: {' '.join(str(exc).split())}"
         self.read_at = time.time()
 
-    def _rows(self) -> list[dict[str, Any]]:
-        stamps: dict[str, list] = {}
-        for info in self.bucket.list(keys.JOBS):  # as list_job_ids, keeping each job's newest event and progress
-            job_id = keys.job_id_from_key(info.key)
-            if not job_id:
-                continue
-            stamp = stamps.setdefault(job_id, [-1, None])
-            event = keys.parse_event_key(info.key)
-            if event:
-                stamp[0] = max(stamp[0], event[1])
-            elif info.key == keys.progress_key(job_id):
-                stamp[1] = (info.size, info.last_modified)
-        rows = [row for job_id, stamp in stamps.items() if (row := self._row(job_id, tuple(stamp)))]
-        rows += [{**r, "key": r["job_id"] or r["source"], "progress": "-"} for r in waiting_rows(self.bucket, set(stamps))]
-        rows.sort(key=lambda r: keys.job_time(r["job_id"]) if r["job_id"] else codec.parse_iso(r["updated_at"]),
-                  reverse=True)  # newest first
-        return rows
-
-    def _row(self, job_id: str, stamp: tuple) -> dict[str, Any] | None:
-        seen, ended = self.seen.get(job_id), (self.status.get(job_id) or {}).get("terminal")
-        if seen is None or seen[0] != stamp[0] or (seen != stamp and not ended):  # an ended job: a retry only
-            try:
-                view = read_view(self.bucket, job_id, known=self.views.get(job_id))
-                if view.state is None:
-                    return None
-                if job_id not in self.kinds:
-                    self.kinds[job_id] = kind_of(self.bucket, view)
-                self.status[job_id] = job_status(self.bucket, job_id, view)
-            except CorruptObject as exc:  # one bad object must not hide every other job
-                return {"job_id": job_id, "key": job_id, "state": "corrupt", "kind": "-", "attempt": 0,
-                        "progress": " ".join(str(exc).split())}
-            self.views[job_id] = view
-            self.seen[job_id] = stamp
-        status = self.status.get(job_id)
-        if status is None:
-            return None
-        return {"job_id": job_id, "key": job_id, "state": status["state"], "kind": self.kinds[job_id],
-                "attempt": status["attempt"], "progress": progress_text(status)}
+    def _row(self, r: dict[str, Any]) -> dict[str, Any]:
+        if r["state"] == WAITING:
+            return {**r, "key": r["job_id"] or r["source"], "progress": "-",
+                    "updated_at": codec.iso(r["at"])}
+        entry = self.cache.jobs[r["job_id"]][1]
+        if entry.get("corrupt"):
+            return {**r, "key": r["job_id"], "progress": " ".join(entry["corrupt"].split())}
+        return {**r, "key": r["job_id"], "progress": progress_text(entry["status"])}
 
 
 def progress_text(status: dict[str, Any]) -> str:
@@ -310,7 +288,7 @@ class Keys:
 
 def cmd_top(args) -> int:
     bucket = bucket_of(args)
-    board = Board(bucket)
+    board = Board(bucket, refresh=args.refresh)
     screen = Screen(board, bucket.url)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):  # a script, a pipe: one snapshot of every job, exit 0
         board.refresh()

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from bucketrun.events.errors import NotFound
 
 from . import assets, pages, views
-from .data import Cache, CountingBucket
+from ..jobcache import Cache, CountingBucket
 
 COOKIE = "bucketrun_ui_token"
 CHUNK = 1 << 20

@@ -34,7 +34,7 @@ from bucketrun.events.errors import CorruptObject, NotFound
 from bucketrun.events.lifecycle import JobState
 
 from . import assets, pages, views
-from .data import Cache, CountingBucket
+from ..jobcache import Cache, CountingBucket
 
 log = logging.getLogger("bucketrun.snapshot")
 

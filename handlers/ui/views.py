@@ -20,7 +20,7 @@ from bucketrun.events.status import WAITING, waiting_in_inbox
 from .. import client
 from ..board import summary
 from . import assets, pages, sections
-from .data import Cache, percent
+from ..jobcache import Cache, percent
 
 LOG_LINES = 200  # the tail of a worker log a job page shows; `bucketrun logs --worker` prints all of it
 

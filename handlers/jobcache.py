@@ -1,6 +1,6 @@
-"""What the dashboard shows, read through one cache: a live job is read at most every `refresh` seconds, an ended
-job never again once read, and all re-reads together stay within `budget` requests a minute; the bucket is wrapped
-so the server counts its own calls and cannot write."""
+"""What the dashboard and `bucketrun top` show, read through one cache: a live job is read at most every `refresh`
+seconds, an ended job never again once read, and all re-reads together stay within `budget` requests a minute;
+the bucket is wrapped so the reader counts its own calls and cannot write."""
 
 from __future__ import annotations
 
@@ -15,10 +15,14 @@ from bucketrun.events.hosts import read_hosts
 from bucketrun.events.lifecycle import JobView, list_job_ids, read_view
 from bucketrun.events.status import job_status
 
-from ..board import kind_of, source_of, waiting_rows
+from .board import kind_of, source_of, waiting_rows
 
 T = TypeVar("T")
+# Re-reads refill at 85% of the budget with a burst of a twelfth: 5 + 51 of 60, plus one read's overshoot (a job
+# with a new event costs 3), stays within the budget in any minute, not just on average.
+REFILL = 0.85
 READS = ("get", "head", "list", "exists", "folders")
+PAGE = 1000
 WRITES = ("put", "create", "replace", "delete", "upload")
 
 
@@ -48,12 +52,24 @@ class CountingBucket:
             return method
 
         def counted(*args, **kwargs):
-            with self._lock:
-                self.calls += 1
-                self._recent.append(time.monotonic())
-            return method(*args, **kwargs)
+            self._count()
+            result = method(*args, **kwargs)
+            return self._paged(result) if name in ("list", "folders") else result
 
         return counted
+
+    def _count(self) -> None:
+        with self._lock:
+            self.calls += 1
+            self._recent.append(time.monotonic())
+
+    def _paged(self, items):
+        """A listing is a request per page of 1,000 keys (S3's ListObjectsV2), each counted as the caller reaches
+        it: a fleet's 10,000 done markers are 10 requests, not 1."""
+        for n, item in enumerate(items):
+            if n and n % PAGE == 0:
+                self._count()
+            yield item
 
 
 class Cache:
@@ -69,16 +85,20 @@ class Cache:
         self._listing: tuple[float, list[str], list[dict[str, Any]]] | None = None
         self._hosts: tuple[float, list[dict[str, Any]]] | None = None
         self._lock = threading.RLock()
-        self._tokens, self._filled = budget / 6, time.monotonic()  # ten seconds' worth to start
+        self._tokens, self._filled = self._burst, time.monotonic()
         self._depth = 0
         self._inbox: dict[tuple[str, str], Any] = {}  # waiting manifests already read, by (key, ETag)
+
+    @property
+    def _burst(self) -> float:
+        return self.budget / 12
 
     def _fresh(self, at: float) -> bool:
         return time.monotonic() - at < self.refresh
 
     def _may_reread(self) -> bool:
         now = time.monotonic()
-        self._tokens = min(self.budget / 6, self._tokens + (now - self._filled) * self.budget / 60)
+        self._tokens = min(self._burst, self._tokens + (now - self._filled) * self.budget * REFILL / 60)
         self._filled = now
         return self._tokens > 0
 
@@ -135,22 +155,29 @@ class Cache:
         self.jobs[job_id] = (time.monotonic(), entry)
         return entry
 
-    def refresh_stale(self, job_ids: list[str]) -> None:
-        """Re-read the stale live ones of `job_ids`, least recently read first, while the budget lasts: a page of
-        many live jobs refreshes them in turn instead of the first ones over and over."""
-        with self._lock:
-            stale = sorted((self.jobs[j][0], j) for j in job_ids
-                           if j in self.jobs and not self.jobs[j][1]["status"]["terminal"]
-                           and not self._fresh(self.jobs[j][0]))
-            for _, job_id in stale:
-                if not self._may_reread():
-                    return
+    def _refresh_round(self) -> None:
+        """Re-read what is stale, least recently read first, while the budget lasts: the job listing and each live
+        job take turns, so a page of many live jobs refreshes them all in turn instead of the first ones (or the
+        listing) over and over."""
+        assert self._listing is not None
+        due: list[tuple[float, str | None]] = [] if self._fresh(self._listing[0]) else [(self._listing[0], None)]
+        due += [(at, j) for j, (at, entry) in self.jobs.items()
+                if not entry["status"]["terminal"] and not self._fresh(at)]
+        for _, job_id in sorted(due, key=lambda d: d[0]):
+            if not self._may_reread():
+                return
+            if job_id is None:
+                self._charged(self._list)
+            else:
                 self._charged(lambda: self._read_job(job_id, self.jobs.get(job_id)))
 
     def listing(self) -> tuple[list[str], list[dict[str, Any]]]:
+        """Every job id and the waiting rows; re-read in turn with the live jobs (see _refresh_round)."""
         with self._lock:
-            if self._listing is None or (not self._fresh(self._listing[0]) and self._may_reread()):
-                self._charged(self._list, first=self._listing is None)
+            if self._listing is None:
+                self._charged(self._list, first=True)
+            else:
+                self._refresh_round()
             return self._listing[1], self._listing[2]
 
     def _list(self) -> None:
@@ -163,7 +190,6 @@ class Cache:
     def rows(self) -> list[dict[str, Any]]:
         """Every job, the waiting included, newest first, as the jobs page shows them."""
         ids, waiting = self.listing()
-        self.refresh_stale(ids)
         now = codec.now()
         rows = []
         for job_id in ids:
