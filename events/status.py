@@ -25,6 +25,18 @@ def error_of(view: JobView) -> dict[str, Any] | None:
     return None
 
 
+def attempt_outcome(history: list[Any], attempt: int) -> dict[str, Any]:
+    """How attempt `attempt` ended, as the transition log tells it: failed, retried after a failure (the next
+    attempt's `queued` carries it), or the last state it reached."""
+    mine = [t for t in history if t.attempt == attempt]
+    failed = next((t for t in reversed(mine) if t.state.value == "failed"), None)
+    retry = next((t.detail["retry"] for t in history if t.attempt == attempt + 1 and t.state.value == "queued"
+                  and isinstance(t.detail.get("retry"), dict)), None)
+    error = (failed.detail.get("error") if failed else None) or (retry or {}).get("error") or {}
+    state = "failed" if failed else "retried" if retry is not None else (mine[-1].state.value if mine else "unknown")
+    return {"outcome": state, "failure": {k: error.get(k) for k in ("class", "message", "where")} if error else None}
+
+
 WAITING = "waiting"  # not a lifecycle state: a manifest in the inbox that no dispatcher has taken in yet
 
 
@@ -67,7 +79,10 @@ def host_teardown(bucket: Bucket, job_id: str) -> dict[str, Any] | None:
         return None
 
 
-def job_status(bucket: Bucket, job_id: str, view: JobView | None = None) -> dict[str, Any]:
+READ = object()  # job_status's default: read the progress object; a caller that already holds it passes it
+
+
+def job_status(bucket: Bucket, job_id: str, view: JobView | None = None, progress: Any = READ) -> dict[str, Any]:
     view = view if view is not None else read_view(bucket, job_id)
     if not view.history:
         inbox = waiting_in_inbox(bucket, job_id)
@@ -78,7 +93,7 @@ def job_status(bucket: Bucket, job_id: str, view: JobView | None = None) -> dict
                 "note": "waiting in the inbox; no dispatcher has taken it in yet"}
     latest = view.latest
     assert latest is not None
-    progress = read_progress(bucket, job_id)
+    progress = read_progress(bucket, job_id) if progress is READ else progress
     if progress is not None and progress.get("attempt") != view.attempt:
         progress = None  # a stale attempt's progress says nothing about this one
     return {

@@ -4,13 +4,15 @@ the bucket is wrapped so the reader counts its own calls and cannot write."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import deque
 from typing import Any, Callable, TypeVar
+from urllib.parse import urlsplit
 
 from bucketrun.events import codec, keys
-from bucketrun.events.errors import CorruptObject
+from bucketrun.events.errors import CorruptObject, NotFound
 from bucketrun.events.hosts import read_hosts
 from bucketrun.events.lifecycle import JobView, list_job_ids, read_view
 from bucketrun.events.status import job_status
@@ -23,6 +25,7 @@ T = TypeVar("T")
 REFILL = 0.85
 READS = ("get", "head", "list", "exists", "folders")
 PAGE = 1000
+UNSEEN = object()  # a progress ETag the listing did not reach
 WRITES = ("put", "create", "replace", "delete", "upload")
 
 
@@ -139,9 +142,13 @@ class Cache:
             return self._charged(lambda: self._read_job(job_id, cached), first=cached is None)
 
     def _read_job(self, job_id: str, cached: tuple[float, dict[str, Any]] | None) -> dict[str, Any] | None:
-        known: JobView | None = cached[1]["view"] if cached else None
+        """A first read of the job, or a re-read that costs one listing when nothing changed (see _news)."""
+        entry0 = cached[1] if cached and cached[1].get("view") else None
         try:
-            view = read_view(self.bucket, job_id, known=known)
+            news = self._news(job_id, entry0["view"]) if entry0 else None
+            changed = news is None or news[0]
+            view = read_view(self.bucket, job_id, known=entry0["view"] if entry0 else None) if changed \
+                else entry0["view"]
         except CorruptObject as exc:  # one bad object must not hide every other job
             entry = {"job_id": job_id, "view": None, "kind": "-", "source": "-", "corrupt": str(exc),
                      "status": {"state": "corrupt", "attempt": 0, "terminal": False, "progress": None,
@@ -150,10 +157,46 @@ class Cache:
             return entry
         if view.state is None:
             return None
-        entry = {"job_id": job_id, "view": view, "status": job_status(self.bucket, job_id, view),
-                 "kind": cached[1]["kind"] if cached else kind_of(self.bucket, view), "source": source_of(view)}
+        etag = news[1] if news else UNSEEN
+        if entry0 and etag is not UNSEEN and etag == entry0.get("progress_etag"):
+            progress, etag = entry0.get("progress"), entry0.get("progress_etag")
+        elif etag is None:
+            progress = None
+        else:
+            progress, etag = self._progress(job_id)
+        entry = {"job_id": job_id, "view": view, "progress": progress, "progress_etag": etag,
+                 "status": job_status(self.bucket, job_id, view, progress=progress),
+                 "kind": entry0["kind"] if entry0 else kind_of(self.bucket, view), "source": source_of(view)}
         self.jobs[job_id] = (time.monotonic(), entry)
         return entry
+
+    def _news(self, job_id: str, known: JobView) -> tuple[bool, Any]:
+        """One listing of the job's folder after its last known event: whether events were added, and the progress
+        object's ETag (None: there is none) when it lies within that first page of keys, as it does for every kind
+        but a fleet, whose fleet/ markers sort before it (UNSEEN: read it)."""
+        events, progress_key = keys.events_prefix(job_id), keys.progress_key(job_id)
+        start = keys.event_key(job_id, known.history[-1].seq) if known.history else None
+        added = False
+        for n, info in enumerate(self.bucket.list(keys.job_prefix(job_id), start_after=start), start=1):
+            if info.key.startswith(events):
+                added = added or keys.parse_event_key(info.key) is not None
+            elif info.key == progress_key:
+                return added, info.etag
+            elif info.key > progress_key:
+                return added, None
+            if n >= PAGE:
+                return added, UNSEEN
+        return added, None
+
+    def _progress(self, job_id: str) -> tuple[dict[str, Any] | None, str | None]:
+        try:
+            blob = self.bucket.get(keys.progress_key(job_id))
+        except NotFound:
+            return None, None
+        try:
+            return codec.loads(blob.data), blob.etag
+        except CorruptObject:  # half a progress object says nothing; the job's state still shows
+            return None, None
 
     def _refresh_round(self) -> None:
         """Re-read what is stale, least recently read first, while the budget lasts: the job listing and each live
@@ -227,3 +270,18 @@ def percent(status: dict[str, Any]) -> float | None:
         return 100.0
     p = status.get("progress") or {}
     return None if p.get("percent") is None else float(p["percent"])
+
+
+def manifest_text(bucket, key: str) -> str | None:
+    """The manifest as indented JSON (escaped by the template like every other value), or None if unreadable."""
+    try:
+        manifest = codec.loads(bucket.get(key).data)
+    except (NotFound, CorruptObject, ValueError):
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    notify = manifest.get("notify")
+    if isinstance(notify, dict) and isinstance(notify.get("webhook"), str) and urlsplit(notify["webhook"]).query:
+        # the notifier never logs a webhook's query (it may carry the receiver's token); neither does a page
+        manifest = {**manifest, "notify": {**notify, "webhook": notify["webhook"].split("?", 1)[0] + "?(hidden)"}}
+    return json.dumps(manifest, indent=2, sort_keys=True)

@@ -20,7 +20,7 @@ from bucketrun.events.status import WAITING, waiting_in_inbox
 from .. import client
 from ..board import summary
 from . import assets, pages, sections
-from ..jobcache import Cache, percent
+from ..jobcache import Cache, manifest_text, percent
 
 LOG_LINES = 200  # the tail of a worker log a job page shows; `bucketrun logs --worker` prints all of it
 
@@ -104,7 +104,7 @@ def job_page(cache: Cache, job_id: str, links: Links) -> Page:
             return not_found(f"no job {job_id} in this bucket")
         status = {"state": WAITING, "attempt": 0, "progress": None, "artifacts": [], "error": None,
                   "terminal": False, "note": f"waiting in the inbox ({inbox}); no dispatcher has taken it in yet"}
-        manifest = cache.fetch(f"manifest:{inbox}", lambda: _manifest(bucket, inbox), live=False)
+        manifest = cache.fetch(f"manifest:{inbox}", lambda: manifest_text(bucket, inbox), live=False)
         kind = str((json.loads(manifest) if manifest else {}).get("kind") or "-")
         return Page(200, job_id, pages.render("job", kind=kind, source=inbox, status=status, percent=None,
                                               timeline=[], manifest=manifest, **common))
@@ -114,7 +114,7 @@ def job_page(cache: Cache, job_id: str, links: Links) -> Page:
     status, view = entry["status"], entry["view"]
     live = not status["terminal"]
     history = list(view.history)
-    manifest = cache.fetch(f"manifest:{job_id}", lambda: _manifest(bucket, keys.manifest_key(job_id)), live=False)
+    manifest = cache.fetch(f"manifest:{job_id}", lambda: manifest_text(bucket, keys.manifest_key(job_id)), live=False)
     common["section"] = sections.render(entry["kind"], cache, job_id, entry, links)
     common["deliveries"] = cache.fetch(f"notify:{job_id}", lambda: _deliveries(bucket, job_id), live=live) \
         if _notifies(manifest) else []
@@ -123,21 +123,6 @@ def job_page(cache: Cache, job_id: str, links: Links) -> Page:
     return Page(200, job_id, pages.render(
         "job", kind=entry["kind"], source=entry["source"], status=status, percent=percent(status),
         timeline=list(zip(history, client.state_durations(history))), manifest=manifest, **common))
-
-
-def _manifest(bucket, key: str) -> str | None:
-    """The manifest as indented JSON (escaped by the template like every other value), or None if unreadable."""
-    try:
-        manifest = codec.loads(bucket.get(key).data)
-    except (NotFound, CorruptObject, ValueError):
-        return None
-    if not isinstance(manifest, dict):
-        return None
-    notify = manifest.get("notify")
-    if isinstance(notify, dict) and isinstance(notify.get("webhook"), str) and urlsplit(notify["webhook"]).query:
-        # the notifier never logs a webhook's query (it may carry the receiver's token); neither does a page
-        manifest = {**manifest, "notify": {**notify, "webhook": notify["webhook"].split("?", 1)[0] + "?(hidden)"}}
-    return json.dumps(manifest, indent=2, sort_keys=True)
 
 
 def _notifies(manifest: str | None) -> bool:

@@ -20,8 +20,9 @@ from markupsafe import Markup
 
 from bucketrun.events import codec, keys
 from bucketrun.events.errors import CorruptObject, NotFound
-from bucketrun.images.train_window.report import _outcome
+from bucketrun.events.status import attempt_outcome
 
+from ..jobcache import manifest_text
 from . import pages
 
 KIND = "train_window"
@@ -282,9 +283,9 @@ def _train_log(cache, job_id: str, attempt: int, live: bool) -> tuple[LogFollowe
 
 
 def _manifest(cache, job_id: str) -> dict[str, Any]:
-    from .views import _manifest as read  # the page's own memo of the manifest: no second read
-
-    text = cache.fetch(f"manifest:{job_id}", lambda: read(cache.bucket, keys.manifest_key(job_id)), live=False)
+    # the page's own memo of the manifest (views.job_page fetches it under this name): no second read
+    text = cache.fetch(f"manifest:{job_id}", lambda: manifest_text(cache.bucket, keys.manifest_key(job_id)),
+                       live=False)
     return json.loads(text) if text else {}
 
 
@@ -311,7 +312,7 @@ def window_section(cache, job_id: str, entry: dict[str, Any], links) -> Markup |
     attempts = []
     for n in range(1, current + 1):
         if n < current:
-            told = _outcome(history, n)
+            told = attempt_outcome(history, n)
             attempts.append({"attempt": n, "running": False, **told})
         else:
             err = status.get("error") or {}

@@ -10,6 +10,7 @@ from bucketrun.events import codec, keys
 from bucketrun.events.cost import cost_line, cost_of
 from bucketrun.events.errors import ConfigError, NotFound
 from bucketrun.events.lifecycle import JobView, read_view
+from bucketrun.events.status import attempt_outcome
 from bucketrun.events.storage import Bucket
 
 PART_NAMES = {"dataset": "dataset", "model_cache": "model cache", "environment": "environment"}
@@ -43,18 +44,6 @@ def host_finding(verdict: dict[str, Any]) -> str:
     return "; ".join(out) or "failed"
 
 
-def _outcome(history: list[Any], attempt: int) -> dict[str, Any]:
-    """How attempt `attempt` ended, as the transition log tells it: failed, retried after a failure (the next
-    attempt's `queued` carries it), or the last state it reached."""
-    mine = [t for t in history if t.attempt == attempt]
-    failed = next((t for t in reversed(mine) if t.state.value == "failed"), None)
-    retry = next((t.detail["retry"] for t in history if t.attempt == attempt + 1 and t.state.value == "queued"
-                  and isinstance(t.detail.get("retry"), dict)), None)
-    error = (failed.detail.get("error") if failed else None) or (retry or {}).get("error") or {}
-    state = "failed" if failed else "retried" if retry is not None else (mine[-1].state.value if mine else "unknown")
-    return {"outcome": state, "failure": {k: error.get(k) for k in ("class", "message", "where")} if error else None}
-
-
 def attempt_history(bucket: Bucket, job_id: str, attempt: int, state: str,
                     failure: dict[str, Any] | None, view: JobView | None = None) -> list[dict[str, Any]]:
     """Every attempt so far, from the per-attempt preflight records and the transition log (never from an earlier
@@ -75,7 +64,7 @@ def attempt_history(bucket: Bucket, job_id: str, attempt: int, state: str,
         if n == attempt:
             entry.update(outcome=state, failure=failure)
         else:
-            entry.update(_outcome(history, n))
+            entry.update(attempt_outcome(history, n))
         out.append(entry)
     return out
 
