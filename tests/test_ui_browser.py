@@ -159,6 +159,12 @@ class Tab:
         self.page.screenshot(path=str(path), full_page=True)
         return path
 
+    def shot_of(self, locator, label: str) -> Path:
+        """One part of the page, at its own size (a long page's full-page shot is hard to read)."""
+        path = self.artifacts / f"{self.name}-{label}.png"
+        locator.screenshot(path=str(path))
+        return path
+
     def no_script_ran(self) -> None:
         assert self.dialogs == [], self.dialogs
         assert self.page.evaluate("window.__xss === undefined"), self.page.evaluate("String(window.__xss)")
@@ -369,6 +375,7 @@ def test_the_fleet_page_marks_the_stale_worker_and_shows_the_eta_and_the_dead_le
     assert dead.count() == 1 and scenario.dead_letter in text_of(dead)
     assert "it killed its worker process" in text_of(dead)
     tab.shot("fleet")
+    tab.shot_of(fleet, "fleet-section")
     assert tab.errors == []
 
 
@@ -394,6 +401,7 @@ def test_the_window_page_names_the_host_that_failed_preflight_in_attempt_1(site,
                 assert text_of(c).startswith("ok"), text_of(c)
     assert [text_of(c).split()[0] for c in failed.locator('td[data-attempt="2"]').all()] == ["ok"] * 6
     tab.shot("window")
+    tab.shot_of(table, "preflight")
     assert tab.errors == []
 
 
