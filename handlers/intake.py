@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import posixpath
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from bucketrun.events.conditional import create_json, create_once, replace_json
 from bucketrun.events.envelope import MAX_MANIFEST_BYTES
 from bucketrun.events.errors import IllegalTransition, NotFound, StorageError
 from bucketrun.events.failures import FailureClass, error_detail
+from bucketrun.events.kinds import kind_names
 from bucketrun.events.kinds.validate import parse_manifest
 from bucketrun.events.lifecycle import JobState, JobView, append_transition, read_view
 from bucketrun.events.manifest import JobManifest, ManifestRejected
@@ -51,6 +53,9 @@ def decide_intake(inbox_key: str, etag: str, size: int, raw: bytes | None) -> In
         manifest = parse_manifest(raw)
     except ManifestRejected as exc:
         detail = error_detail(FailureClass.BAD_INPUT, exc.message[:2000], where=inbox_key, fields=exc.fields)
+        kind = _claimed_kind(raw)
+        if kind:
+            detail["kind"] = kind  # `ls` and the dashboard show what the rejected manifest meant to be
         return IntakeDecision(inbox_key, etag, token, proposed, None, detail)
     except Exception as exc:  # noqa: BLE001 - a validator crash must still leave a rejected job behind
         log.exception("validating %s crashed", inbox_key)
@@ -60,6 +65,16 @@ def decide_intake(inbox_key: str, etag: str, size: int, raw: bytes | None) -> In
     if manifest.request_id:
         token = keys.request_token(manifest.request_id)
     return IntakeDecision(inbox_key, etag, token, proposed, manifest, None)
+
+
+def _claimed_kind(raw: bytes | None) -> str | None:
+    """The `kind` a rejected manifest names, if it names a known one (never arbitrary text from the drop)."""
+    try:
+        obj = json.loads(raw) if raw else None
+    except (ValueError, RecursionError):
+        return None
+    kind = obj.get("kind") if isinstance(obj, dict) else None
+    return kind if isinstance(kind, str) and kind in kind_names() else None
 
 
 class Action(str, Enum):

@@ -56,6 +56,7 @@ def test_unfetchable_schemes_are_rejected_at_intake(bucket, launcher, url):
     fields = rejected_fields(view)
     assert "scheme" in fields["source.url"] and "not allowed" in fields["source.url"]
     assert not list(bucket.list(keys.job_prefix(view.job_id) + "launch/"))
+    assert view.history[0].detail["kind"] == "transcribe"  # `ls` and the dashboard show what it meant to be
 
 
 @pytest.mark.parametrize("host", ["169.254.169.254", "10.1.2.3", "127.0.0.1", "[::1]", "[::ffff:169.254.169.254]",
@@ -123,6 +124,7 @@ def test_a_rejection_never_echoes_the_input(bucket, launcher):
     _, view = drop(bucket, "inbox/huge-kind.json", {"kind": huge, "source": {"key": "a"}}, launcher)
     [(loc, msg)] = rejected_fields(view).items()
     assert loc == "kind" and msg.startswith("must be one of: ") and "transcribe" in msg
+    assert "kind" not in view.history[0].detail  # an unknown kind is never recorded as one
     _, view2 = drop(bucket, "inbox/huge-field.json", {**GOOD, huge: 1}, launcher)
     [(loc2, msg2)] = rejected_fields(view2).items()
     assert len(loc2) < 250 and "Extra inputs" in msg2

@@ -15,7 +15,8 @@ from ..board import ago
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;margin-bottom:1em}td,th{padding:.2em .6em;text-align:left;border-bottom:1px solid #ddd}
-nav a,.filters a{margin-right:.8em}.state-failed,.state-rejected,.bad,.stale{color:#b00}
+nav a,.filters a{margin-right:.8em}.filters a.on{font-weight:700;color:#222;text-decoration:none}
+.wide{overflow-x:auto;max-width:100%}.state-failed,.state-rejected,.bad,.stale{color:#b00}
 .state-succeeded,.good{color:#070}.state-waiting{color:#886;font-style:italic}code{font-size:.9em}
 footer{margin-top:2em;color:#777;font-size:.85em}pre.log{background:#f6f6f6;padding:.5em;max-height:30em;
 overflow:auto;white-space:pre-wrap}.chart{margin:1em 0;min-height:240px}.totals td{font-weight:600}
@@ -67,7 +68,7 @@ BASE = """<!doctype html>
 <body{% if live %} data-live="{{ live }}"{% endif %}>
 <nav><a href="{{ links.jobs() }}">Jobs</a><a href="{{ links.hosts() }}">Hosts</a>{{ links.banner() }}</nav>
 <main id="main">{{ main }}</main>
-<footer>bucket <code>{{ bucket_url }}</code> &middot; <span id="calls">{{ bucket_calls }}</span> requests to the bucket by this server (<span id="per-minute">{{ per_minute }}</span> in the last minute){% if live %} &middot; live{% endif %}</footer>
+<footer>bucket <code>{{ bucket_url }}</code> &middot; {% if live %}<span id="calls">{{ bucket_calls }}</span> requests to the bucket by this server (<span id="per-minute">{{ per_minute }}</span> in the last minute) &middot; live{% else %}written by a snapshot that read the bucket {{ bucket_calls }} times{% endif %}</footer>
 </body></html>"""
 
 JOBS = """<h1>Jobs</h1>
@@ -76,8 +77,8 @@ JOBS = """<h1>Jobs</h1>
 {% if state %}<input type="hidden" name="state" value="{{ state }}">{% endif %}
 {% if kind %}<input type="hidden" name="kind" value="{{ kind }}">{% endif %}
 <button>search</button></form>
-<p class="filters">state: <a href="{{ link(state=None) }}">all</a>{% for s in states %}<a href="{{ link(state=s) }}">{{ s }}</a>{% endfor %}</p>
-<p class="filters">kind: <a href="{{ link(kind=None) }}">all</a>{% for k in kinds %}<a href="{{ link(kind=k) }}">{{ k }}</a>{% endfor %}</p>{% endif %}
+<p class="filters">state: <a href="{{ link(state=None) }}"{% if not state %} class="on"{% endif %}>all</a>{% for s in states %}<a href="{{ link(state=s) }}"{% if s == state %} class="on"{% endif %}>{{ s }}</a>{% endfor %}</p>
+<p class="filters">kind: <a href="{{ link(kind=None) }}"{% if not kind %} class="on"{% endif %}>all</a>{% for k in kinds %}<a href="{{ link(kind=k) }}"{% if k == kind %} class="on"{% endif %}>{{ k }}</a>{% endfor %}</p>{% endif %}
 <table><thead><tr><th>id</th><th>kind</th><th>state</th><th>source</th><th>age</th><th>duration</th><th>attempt</th><th>progress</th></tr></thead>
 <tbody>
 {% for r in rows %}<tr class="job state-{{ r.state }}">
@@ -99,7 +100,7 @@ JOB = """<h1>Job <code>{{ job_id }}</code></h1>
 <p><b class="error-class">{{ status.error['class'] }}</b>: {{ status.error.message }}</p>
 {% if status.error.remedy %}<p>remedy: {{ status.error.remedy }}</p>{% endif %}</div>{% endif %}
 {% if status.note %}<p>{{ status.note }}</p>{% endif %}
-{{ section }}
+{{ section or '' }}
 <h2>Timeline</h2>
 <table class="timeline"><thead><tr><th>#</th><th>at</th><th>state</th><th>time in state</th><th>attempt</th><th>detail</th></tr></thead><tbody>
 {% for t, spent in timeline %}<tr><td>{{ t.seq }}</td><td>{{ t.at }}</td><td class="state-{{ t.state.value }}">{{ t.state.value }}</td>

@@ -385,14 +385,14 @@ def window_section(cache, job_id: str, entry: dict[str, Any], links) -> Markup |
 TEMPLATE = pages.ENV.from_string("""<section class="window">
 <h2>Preflight</h2>
 {% if not rows %}<p>no host has reported a preflight yet</p>{% else %}
-<table class="preflight"><thead><tr><th rowspan="2">host</th>
+<div class="wide"><table class="preflight"><thead><tr><th rowspan="2">host</th>
 {% for a in attempts %}<th colspan="{{ checks|length }}" class="attempt {% if a.failure %}bad{% elif a.outcome == 'succeeded' %}good{% endif %}">attempt {{ a.attempt }}: {{ a.outcome }}
 {%- if a.failure %} ({{ a.failure['class'] }}{% if a.failure.where %} at {{ a.failure.where }}{% endif %}){% endif %}</th>{% endfor %}</tr>
 <tr>{% for a in attempts %}{% for c in checks %}<th>{{ c }}</th>{% endfor %}{% endfor %}</tr></thead>
 <tbody>{% for r in rows %}<tr class="host"><th{% if r.attempts|selectattr('ok', 'false')|list %} class="bad"{% endif %}>{{ r.host }}{% if r.host == launch %} <small>(launch)</small>{% endif %}</th>
 {% for p in r.attempts %}{% if p.cells %}{% for c in checks %}{% set cell = p.cells[c] %}<td class="check {% if cell.ok %}good{% elif cell.ok is sameas false %}bad{% endif %}" data-attempt="{{ p.attempt }}" data-check="{{ c }}"><b>{% if cell.ok %}ok{% elif cell.ok is sameas false %}FAILED{% else %}-{% endif %}</b> {{ cell.text }}</td>{% endfor %}
 {% else %}<td colspan="{{ checks|length }}" class="check{% if p.ok is sameas false %} bad{% endif %}">{{ p.missing }}</td>{% endif %}{% endfor %}</tr>
-{% endfor %}</tbody></table>
+{% endfor %}</tbody></table></div>
 {% for a in attempts %}{% if a.failure %}<p class="bad">attempt {{ a.attempt }}: <b>{{ a.failure['class'] }}</b>{% if a.failure.where %} at {{ a.failure.where }}{% endif %}: {{ a.failure.message }}</p>{% endif %}{% endfor %}
 {% endif %}
 <h2>Steps</h2>

@@ -469,7 +469,8 @@ class Worker:
             log.warning("%s: item %d (%s) killed its quarantine process (%d of %d)", self.id, lo,
                         self.job.items[lo], lease.kills, limit)
         dead = [{"index": lo, "item": self.job.items[lo],
-                 "reason": f"it killed its worker process {lease.kills} times, alone in its shard and in quarantine"}]
+                 "reason": f"it killed its worker process {lease.kills} time{'s' if lease.kills != 1 else ''}, "
+                           "alone in its shard and in quarantine"}]
         log.warning("%s: item %d (%s) dead-lettered", self.id, lo, self.job.items[lo])
         await self._commit(work, lo, [], 0, time.monotonic(), children=[], dead=dead)
 
