@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -184,3 +185,35 @@ def test_a_worker_whose_last_beat_has_not_come_after_the_end_is_stopping_not_ali
     assert st["workers_stopping"] == len(PROCS["a"])
     text = cli_status(url, job)
     assert f"0 alive of {len(PROCS['a'])} ({len(PROCS['a'])} stopping)" in text, text
+
+
+def test_a_worker_stuck_on_an_item_reports_a_falling_rate_and_the_eta_grows(tmp_path):
+    """A worker whose shard runs far past the usual shard's time counts that time in its rate: the fleet's live
+    rate falls and its ETA grows while it is stuck, instead of promising its last rate (and 'ETA 0s') for ever."""
+    url = open_bucket(str(tmp_path / "bucket")).url
+    bucket = open_bucket(url)
+    bucket.put("items.jsonl", "\n".join(codec.dumps(f"item-{i:05d}").decode() for i in range(300)).encode())
+    manifest = fleet_manifest(0.01)
+    manifest["processor"] = {"entry_point": "fleet_probe:make",  # the third shard never ends
+                             "options": {"sleep_s": 0.01, "slow_items": {"item-00120": 3600}}}
+    job = harness.start_job(url, manifest)
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "FLEET_PROBE_DIR": str(probe)}
+    proc = subprocess.Popen(harness.worker_cmd(url, job, ["w0000"], grace_s=1), stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "w.log", "ab"), env=env)  # noqa: SIM115 - handed to the child
+    try:
+        def stuck():
+            st = fleet_status(bucket, job)
+            [w] = st["workers"] or [None]
+            return st if w and w["current_shard"] == keys.shard_id(100, 150) and w["items_per_s"] else None
+
+        first = wait_for(stuck, timeout=60)
+        time.sleep(8)
+        later = fleet_status(bucket, job)
+        assert later["items_done"] == first["items_done"] == 100  # nothing more was done meanwhile
+        assert later["items_per_s"] < first["items_per_s"] * 0.35, (first["items_per_s"], later["items_per_s"])
+        assert later["eta_s"] > first["eta_s"] * 2
+    finally:
+        proc.kill()
+        proc.wait()

@@ -103,6 +103,7 @@ class Worker:
                       "claims_lost": 0, "commits_refused": 0, "takeovers": 0, "dead_lettered": 0,
                       "quarantined": 0, "quarantine_kills": 0, "last_error": None}
         self.recent: collections.deque[tuple[int, float]] = collections.deque(maxlen=10)
+        self.current_started = 0.0  # monotonic start of the current shard: a stuck one slows the rate it reports
         self.idle_s = 0.5
         self.errors = 0
         self.all_done = False
@@ -365,6 +366,7 @@ class Worker:
     async def process(self, work: ShardWork) -> None:
         lease, lo, hi = work.lease, work.lo, work.hi
         self.current, self.current_since = lease.shard, codec.iso(codec.now())
+        self.current_started = time.monotonic()
         if lease.quarantined:
             await self._quarantine(work)
             return
@@ -523,6 +525,9 @@ class Worker:
     async def heartbeat(self, final: bool = False) -> None:
         recent_items = sum(n for n, _ in self.recent)
         recent_s = sum(s for _, s in self.recent)
+        if self.current and self.recent:  # a shard running past the usual shard's time counts that time, so a
+            usual = recent_s / len(self.recent)  # worker stuck on an item reports a falling rate, not its last one
+            recent_s += max(0.0, time.monotonic() - self.current_started - usual)
         beat = {"worker": self.id, "state": self.state, "at": codec.iso(codec.now()), **self.stats,
                 "items_per_s": round(recent_items / recent_s, 3) if recent_s > 0 else None,
                 "current_shard": self.current, "current_since": self.current_since if self.current else None,
