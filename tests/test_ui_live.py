@@ -11,7 +11,8 @@ import time
 import httpx
 
 from bucketrun.events import codec, keys
-from bucketrun.events.lifecycle import JobState, append_transition
+from bucketrun.events.cost import cost_line, cost_of
+from bucketrun.events.lifecycle import JobState, append_transition, read_view
 from bucketrun.events.storage import open_bucket
 from bucketrun.handlers.notify import Notifier
 from bucketrun.handlers.sweep import sweep
@@ -140,6 +141,9 @@ def test_a_job_page_shows_its_webhook_deliveries_and_worker_log(bucket_url, laun
     assert "HTTP 503" in page and "next at" in page
     assert "/hooks/bucketrun" in page and "team=a" not in page  # the URL's query may carry a receiver token
     assert "<h2>Worker log" in page
+    cost = cost_of(read_view(bucket, view.job_id))
+    assert cost["requests"]["total"] > 0  # every writer's requests, recorded in the transitions
+    assert f'<p class="cost">cost: {codec_escape(cost_line(cost))}</p>' in page
     log = bucket.get(keys.log_key(view.job_id, view.attempt)).data.decode()
     last = [line for line in log.splitlines() if line.strip()][-1]
     assert codec_escape(last) in page

@@ -100,6 +100,7 @@ JOB = """<h1>Job <code>{{ job_id }}</code></h1>
 <p><b class="error-class">{{ status.error['class'] }}</b>: {{ status.error.message }}</p>
 {% if status.error.remedy %}<p>remedy: {{ status.error.remedy }}</p>{% endif %}</div>{% endif %}
 {% if status.note %}<p>{{ status.note }}</p>{% endif %}
+{% if cost %}<p class="cost">cost: {{ cost }}</p>{% endif %}
 {{ section or '' }}
 <h2>Timeline</h2>
 <table class="timeline"><thead><tr><th>#</th><th>at</th><th>state</th><th>time in state</th><th>attempt</th><th>detail</th></tr></thead><tbody>

@@ -13,7 +13,9 @@ from urllib.parse import urlencode, urlsplit
 from markupsafe import Markup
 
 from bucketrun.events import codec, keys
-from bucketrun.events.errors import CorruptObject, NotFound
+from bucketrun.events.cost import cost_line, cost_of
+from bucketrun.events.errors import ConfigError, CorruptObject, NotFound
+from bucketrun.events.fleet.instances import read_instances
 from bucketrun.events.lifecycle import JobState
 from bucketrun.events.status import WAITING, waiting_in_inbox
 
@@ -97,7 +99,8 @@ def job_page(cache: Cache, job_id: str, links: Links) -> Page:
         return not_found("not a job id")
     bucket = cache.bucket
     entry = cache.job(job_id)
-    common = {"job_id": job_id, "summary": summary, "links": links, "section": None, "deliveries": [], "log": None}
+    common = {"job_id": job_id, "summary": summary, "links": links, "section": None, "deliveries": [], "log": None,
+              "cost": None}
     if entry is None:
         inbox = cache.fetch(f"inbox:{job_id}", lambda: waiting_in_inbox(bucket, job_id))
         if inbox is None:
@@ -118,11 +121,22 @@ def job_page(cache: Cache, job_id: str, links: Links) -> Page:
     common["section"] = sections.render(entry["kind"], cache, job_id, entry, links)
     common["deliveries"] = cache.fetch(f"notify:{job_id}", lambda: _deliveries(bucket, job_id), live=live) \
         if _notifies(manifest) else []
+    common["cost"] = cache.fetch(f"cost:{job_id}:{len(history)}", lambda: _cost(bucket, view, entry["kind"]),
+                                 live=live)
     common["log"] = cache.fetch(f"log:{job_id}:{status['attempt']}",
                                 lambda: _log_tail(bucket, job_id, status["attempt"]), live=live)
     return Page(200, job_id, pages.render(
         "job", kind=entry["kind"], source=entry["source"], status=status, percent=percent(status),
         timeline=list(zip(history, client.state_durations(history))), manifest=manifest, **common))
+
+
+def _cost(bucket, view, kind: str) -> str:
+    """The job's cost as `bucketrun status` prints it: requests from its history (no read), and for a fleet the GPU
+    time from its launcher's instance records (one listing)."""
+    try:
+        return cost_line(cost_of(view, read_instances(bucket, view.job_id) if kind == "fleet" else None))
+    except ConfigError as exc:  # a bad BUCKETRUN_PRICING: say so on the page, as status says it on stderr
+        return str(exc)
 
 
 def _notifies(manifest: str | None) -> bool:
