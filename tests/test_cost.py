@@ -258,3 +258,35 @@ def test_gpu_cost_from_the_launchers_instance_records(tmp_path, monkeypatch):
     assert cost_of(read_view(bucket, job_id), None, prices=TABLE["r2"])["gpu"]["usd"] is None
     unpriced = [{**r, "price_per_hour": None} for r in records]
     assert cost_of(read_view(bucket, job_id), unpriced, prices=TABLE["r2"], now=now)["gpu"]["usd"] is None
+
+
+def test_a_lost_race_carries_its_requests_into_the_write_that_wins(server_count):
+    """A writer deciding from a stale view loses the create (412), reads back and catches up, then writes the next
+    sequence number: the lost PUT and those reads are in the transition it does write, so the history still
+    sums to what the server served."""
+    from bucketrun.events.lifecycle import append_transition
+
+    url, counter = server_count
+    bucket = open_bucket(url)
+    job_id = keys.new_job_id()
+    _, stale = append_transition(bucket, job_id, JobState.SUBMITTED, writer="intake@h:1")
+    append_transition(bucket, job_id, JobState.QUEUED, writer="intake@h:1")
+    t, _ = append_transition(bucket, job_id, JobState.CANCELLED, writer="control@h:2", view=stale)
+    assert t.seq == 3  # it lost seq 2, caught up, and wrote 3
+    assert t.detail["requests"]["a"] >= 2 and t.detail["requests"]["b"] >= 1  # the lost PUT, the catch-up read
+    time.sleep(0.5)
+    served = counter.for_job(job_id)
+    recorded = {c: cost_of(read_view(bucket, job_id), prices=TABLE["s3"])["requests"][c] for c in meter.CLASSES}
+    assert recorded == served and served["d"] == 1, (recorded, served)
+
+
+def test_which_job_a_key_belongs_to():
+    job = "20261122T184512123Z-k3f9qz"
+    for key in (f"jobs/{job}/events/000001.json", f"jobs/{job}/events/", f"index/live/{job}.json",
+                f"inbox/{job}.json", f"control/cancel/{job}.json", f"index/agents/gpu/{job}-001-train.json",
+                f"index/fleet/{job}.json"):
+        assert meter.job_of(key) == job, key
+    for key in ("inbox/talk.json", "index/intake/ab12.json", "index/live/", "media/x.ogg", "index/hosts/a.json"):
+        assert meter.job_of(key) is None, key
+    assert [meter.op_class(op) for op in ("PutObject", "ListObjectsV2", "CopyObject", "UploadPart", "GetObject",
+                                          "HeadObject", "DeleteObject")] == ["a", "a", "a", "a", "b", "b", "d"]
