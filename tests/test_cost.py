@@ -213,6 +213,9 @@ def test_a_fleet_shows_requests_per_item_in_status_json(bucket_url, launcher):
     assert cost["gpu"]["instances"] == 2  # local worker processes: no price, so no GPU dollars
     text = _cli("--bucket", bucket.url, "status", job_id, env={"BUCKETRUN_PRICING": "r2"}).stdout
     assert "/item over 300 items" in text, text
+    fleet = json.loads(_cli("--bucket", bucket.url, "fleet", "status", job_id, "--json").stdout)["requests"]
+    assert fleet["total"] == req["total"] and fleet["per_item"] == pytest.approx(req["total"] / 300, abs=1e-6)
+    assert f"requests: {req['total']} recorded" in _cli("--bucket", bucket.url, "fleet", "status", job_id).stdout
     print("\nfleet: " + text.splitlines()[-1].strip())
 
 

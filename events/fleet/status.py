@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from .. import codec, keys
+from ..cost import recorded_requests
 from ..errors import NotFound
 from ..kinds.validate import load_job_manifest
 from ..lifecycle import read_view
@@ -110,7 +111,15 @@ def summarize(job_id: str, view, plan: dict[str, Any] | None, done_shards, worke
         "workers": sorted(workers, key=lambda w: w["worker"] or ""),
         "workers_alive": len(alive), "workers_stopping": sum(w["state"] == "stopping" for w in workers),
         "dataset": dataset, "cost": cost,
+        "requests": _requests(view, total),
     }
+
+
+def _requests(view, items: int | None) -> dict[str, Any]:
+    """The requests the fleet's writers recorded in its history (events/cost.py), and per item once it has items."""
+    req = recorded_requests(view)
+    per = round(req["total"] / items, 6) if items else None
+    return {"a": req["a"], "b": req["b"], "d": req["d"], "total": req["total"], "per_item": per}
 
 
 def fleet_status(bucket, job_id: str, now: datetime | None = None) -> dict[str, Any]:

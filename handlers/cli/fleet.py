@@ -59,6 +59,11 @@ def cmd_fleet(args) -> int:
               f"shard {w['current_shard'] or '-':<19} {rate:>9}  done {w['items_done']}")
     if st["cost"]:
         print(f"cost: ${st['cost']['total_usd']:.2f} over {len(st['cost']['instances'])} instances")
+    r = st.get("requests")
+    if r and r["total"]:
+        per = f", {r['per_item']:.3f}/item" if r["per_item"] is not None and st["state"] == "succeeded" else ""
+        print(f"requests: {r['total']} recorded (A {r['a']}, B {r['b']}){per}"
+              f"{'' if st['state'] == 'succeeded' else ' so far (the workers report theirs at the end)'}")
     if st["dataset"]:
         d = st["dataset"]
         print(f"dataset: {d['key']}  {d['rows']} rows in {d['shards']} parts, {d['bytes']} bytes")
