@@ -13,7 +13,8 @@ from typing import Any
 from . import codec
 from .lifecycle import JobView
 from .meter import CLASSES
-from .pricing import Prices, prices as prices_from_env
+from .pricing import Prices
+from .pricing import prices as prices_from_env
 
 NOT_RECORDED = "not recorded"
 
