@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -63,19 +62,23 @@ def build_cache(root: Path) -> Path:
     return cache
 
 
-@pytest.fixture
-def hosts(tmp_path):
+def make_hosts(under: Path) -> tuple[dict[str, Path], dict]:
     """Two host roots with the same dataset and model cache; fingerprints taken from host-a's copies."""
     make = _trainer_module().make_dataset
     roots = {}
     for label in ("host-a", "host-b"):
-        root = tmp_path / label
+        root = under / label
         make(root / "data", n_train=120, n_valid=30, n_test=30, dim=6, seed=1)
         build_cache(root)
         roots[label] = root
     fps = {"dataset": fingerprint_dataset(roots["host-a"] / "data", {"train": 100}).model_dump(mode="json"),
            "cache": fingerprint_hf_cache(roots["host-a"] / "hf" / "hub", REPO).model_dump(mode="json")}
     return roots, fps
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    return make_hosts(tmp_path)
 
 
 def manifest(fps, *flags, target=6, size=6, preflight=("host-a", "host-b"), **over):

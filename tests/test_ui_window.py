@@ -20,10 +20,10 @@ from bucketrun.events import codec, keys
 from bucketrun.events.storage import open_bucket
 from bucketrun.handlers.client import submit
 from bucketrun.handlers.control import retry
-from bucketrun.images.train_window.fingerprint import fingerprint_dataset, fingerprint_hf_cache, hf_repo_folder
+from bucketrun.images.train_window.fingerprint import hf_repo_folder
 
 from conftest import wait_for
-from test_train_window import COMMIT, REPO, Fleet, _trainer_module, build_cache, manifest
+from test_train_window import COMMIT, REPO, Fleet, make_hosts, manifest
 from test_ui import Server, calls
 
 TARGET = 6
@@ -34,15 +34,7 @@ def window(tmp_path_factory):
     """The window, ended: its bucket, its id, the blob host-b missed, the trainer's last checkpoint.json, the host
     roots and the fingerprints (for another window on the same hosts)."""
     tmp = tmp_path_factory.mktemp("window")
-    make = _trainer_module().make_dataset
-    roots = {}
-    for label in ("host-a", "host-b"):
-        root = tmp / label
-        make(root / "data", n_train=120, n_valid=30, n_test=30, dim=6, seed=1)
-        build_cache(root)
-        roots[label] = root
-    fps = {"dataset": fingerprint_dataset(roots["host-a"] / "data", {"train": 100}).model_dump(mode="json"),
-           "cache": fingerprint_hf_cache(roots["host-a"] / "hf" / "hub", REPO).model_dump(mode="json")}
+    roots, fps = make_hosts(tmp)
     link = hf_repo_folder(roots["host-b"] / "hf" / "hub", REPO, "model") / "snapshots" / COMMIT / "tokenizer.json"
     blob = link.parent / os.readlink(link)
     saved = blob.read_bytes()

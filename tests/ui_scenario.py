@@ -33,11 +33,11 @@ from bucketrun.handlers.control import retry
 from bucketrun.handlers.launchers import Routes
 from bucketrun.handlers.launchers.agent import AgentLauncher
 from bucketrun.handlers.launchers.local import LocalProcessLauncher
-from bucketrun.images.train_window.fingerprint import fingerprint_dataset, fingerprint_hf_cache, hf_repo_folder
+from bucketrun.images.train_window.fingerprint import hf_repo_folder
 from bucketrun.local_sim import fleet_harness as harness
 
 from conftest import jobs_by_inbox_key, wait_for
-from test_train_window import COMMIT, REPO, Fleet, _trainer_module, build_cache, manifest
+from test_train_window import COMMIT, REPO, Fleet, make_hosts, manifest
 
 TESTS = Path(__file__).resolve().parent
 # Each one sets a flag a test can read (window.__xss) and opens a dialog: if any runs, the test sees it.
@@ -80,16 +80,7 @@ class Scenario:
 
 def _hosts(root: Path) -> tuple[dict[str, Path], dict]:
     """test_train_window.py's `hosts` fixture, once: two host roots with one dataset and one model cache."""
-    make = _trainer_module().make_dataset
-    roots = {}
-    for label in ("host-a", "host-b"):
-        r = root / label
-        make(r / "data", n_train=120, n_valid=30, n_test=30, dim=6, seed=1)
-        build_cache(r)
-        roots[label] = r
-    fps = {"dataset": fingerprint_dataset(roots["host-a"] / "data", {"train": 100}).model_dump(mode="json"),
-           "cache": fingerprint_hf_cache(roots["host-a"] / "hf" / "hub", REPO).model_dump(mode="json")}
-    return roots, fps
+    return make_hosts(root)
 
 
 def _spawn_fleet_worker(url: str, job: str, ids: list[str], probe: Path, log: Path) -> subprocess.Popen:
