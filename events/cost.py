@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from . import codec
+from .fleet.instances import read_instances
 from .lifecycle import JobView
 from .meter import CLASSES
 from .pricing import Prices
@@ -90,6 +91,13 @@ def cost_of(view: JobView, instances: list[dict[str, Any]] | None = None, *, pri
             "requests_usd": round(requests_usd, 9), "gpu": gpu, "total_usd": round(total, 6)}
 
 
+def job_cost(bucket, view: JobView) -> dict[str, Any]:
+    """`cost_of` for a job: its history's requests; a fleet's GPU time from its launcher's instance records (the
+    only reads this adds, and only for a fleet)."""
+    kind = view.history[0].detail.get("kind") if view.history else None
+    return cost_of(view, read_instances(bucket, view.job_id) if kind == "fleet" else None)
+
+
 def usd(x: float | None) -> str:
     """Dollars to a width that shows a request's worth ($0.0000045) and a GPU's ($1.23) alike."""
     if x is None:
@@ -103,7 +111,7 @@ def cost_line(cost: dict[str, Any]) -> str:
     """One line for `bucketrun status`: requests by class, their price, and the GPU's."""
     r, g = cost["requests"], cost["gpu"]
     line = f"requests {r['total']} (A {r['a']}, B {r['b']}"
-    line += f", {r['d']} free deletes)" if r["d"] else ")"
+    line += f", {r['d']} free delete{'s' if r['d'] != 1 else ''})" if r["d"] else ")"
     if cost["per_item"]:
         line += f", {cost['per_item']['total']:.3f}/item over {cost['items']:,} items"
     line += f" ≈ {usd(cost['requests_usd'])} at {cost['pricing']['name']} list prices; GPU "

@@ -11,8 +11,7 @@ from bucketrun.events import codec, keys
 from bucketrun.events.errors import UnknownJob
 from bucketrun.events.lifecycle import JobState, default_writer, read_view
 from bucketrun.events.conditional import create_once
-from bucketrun.events.cost import cost_line, cost_of
-from bucketrun.events.fleet.instances import read_instances
+from bucketrun.events.cost import cost_line, job_cost
 from bucketrun.events.status import WAITING, host_teardown, job_status
 
 from .. import client
@@ -76,13 +75,6 @@ def _existing_job_note(bucket, job_id: str) -> str:
     if state == JobState.FAILED.value:
         note += f"; to run it again: bucketrun retry {job_id}"
     return note
-
-
-def job_cost(bucket, view) -> dict:
-    """`cost_of` for a job: its history's requests; a fleet's GPU time from its launcher's instance records (the
-    only reads this adds, and only for a fleet)."""
-    kind = view.history[0].detail.get("kind") if view.history else None
-    return cost_of(view, read_instances(bucket, view.job_id) if kind == "fleet" else None)
 
 
 def cmd_status(args) -> int:

@@ -13,9 +13,8 @@ from urllib.parse import urlencode, urlsplit
 from markupsafe import Markup
 
 from bucketrun.events import codec, keys
-from bucketrun.events.cost import cost_line, cost_of
+from bucketrun.events.cost import cost_line, job_cost
 from bucketrun.events.errors import ConfigError, CorruptObject, NotFound
-from bucketrun.events.fleet.instances import read_instances
 from bucketrun.events.lifecycle import JobState
 from bucketrun.events.status import WAITING, waiting_in_inbox
 
@@ -121,8 +120,7 @@ def job_page(cache: Cache, job_id: str, links: Links) -> Page:
     common["section"] = sections.render(entry["kind"], cache, job_id, entry, links)
     common["deliveries"] = cache.fetch(f"notify:{job_id}", lambda: _deliveries(bucket, job_id), live=live) \
         if _notifies(manifest) else []
-    common["cost"] = cache.fetch(f"cost:{job_id}:{len(history)}", lambda: _cost(bucket, view, entry["kind"]),
-                                 live=live)
+    common["cost"] = cache.fetch(f"cost:{job_id}:{len(history)}", lambda: _cost(bucket, view), live=live)
     common["log"] = cache.fetch(f"log:{job_id}:{status['attempt']}",
                                 lambda: _log_tail(bucket, job_id, status["attempt"]), live=live)
     return Page(200, job_id, pages.render(
@@ -130,11 +128,11 @@ def job_page(cache: Cache, job_id: str, links: Links) -> Page:
         timeline=list(zip(history, client.state_durations(history))), manifest=manifest, **common))
 
 
-def _cost(bucket, view, kind: str) -> str:
+def _cost(bucket, view) -> str:
     """The job's cost as `bucketrun status` prints it: requests from its history (no read), and for a fleet the GPU
     time from its launcher's instance records (one listing)."""
     try:
-        return cost_line(cost_of(view, read_instances(bucket, view.job_id) if kind == "fleet" else None))
+        return cost_line(job_cost(bucket, view))
     except ConfigError as exc:  # a bad BUCKETRUN_PRICING: say so on the page, as status says it on stderr
         return str(exc)
 
