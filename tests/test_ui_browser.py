@@ -214,7 +214,7 @@ def open_job(site: Site, tab: Tab, job_id: str):
 def test_the_jobs_page_shows_every_job_with_its_kind_and_state(site, scenario, tab):
     page = tab.open(site.jobs())
     expect = {scenario.transcription: ("transcribe", "succeeded"), scenario.window: ("train_window", "succeeded"),
-              scenario.rejected: ("-", "rejected"), scenario.fleet: ("fleet", "running"),
+              scenario.rejected: ("transcribe", "rejected"), scenario.fleet: ("fleet", "running"),
               scenario.waiting: ("transcribe", "waiting")}
     ids = page.locator("tr.job td:first-child a").all_inner_texts()
     assert sorted(ids) == sorted(expect)
