@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -187,9 +188,10 @@ def test_a_worker_whose_last_beat_has_not_come_after_the_end_is_stopping_not_ali
     assert f"0 alive of {len(PROCS['a'])} ({len(PROCS['a'])} stopping)" in text, text
 
 
-def test_a_worker_stuck_on_an_item_reports_a_falling_rate_and_the_eta_grows(tmp_path):
+def test_a_worker_stuck_on_an_item_reports_a_falling_rate_and_the_eta_grows_then_it_drains(tmp_path):
     """A worker whose shard runs far past the usual shard's time counts that time in its rate: the fleet's live
-    rate falls and its ETA grows while it is stuck, instead of promising its last rate (and 'ETA 0s') for ever."""
+    rate falls and its ETA grows while it is stuck, instead of promising its last rate (and 'ETA 0s') for ever.
+    Sent SIGTERM, it shows as draining (finishing its shard, claiming no other), not alive."""
     url = open_bucket(str(tmp_path / "bucket")).url
     bucket = open_bucket(url)
     bucket.put("items.jsonl", "\n".join(codec.dumps(f"item-{i:05d}").decode() for i in range(300)).encode())
@@ -200,7 +202,7 @@ def test_a_worker_stuck_on_an_item_reports_a_falling_rate_and_the_eta_grows(tmp_
     probe = tmp_path / "probe"
     probe.mkdir()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "FLEET_PROBE_DIR": str(probe)}
-    proc = subprocess.Popen(harness.worker_cmd(url, job, ["w0000"], grace_s=1), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(harness.worker_cmd(url, job, ["w0000"], grace_s=60), stdout=subprocess.DEVNULL,
                             stderr=open(tmp_path / "w.log", "ab"), env=env)  # noqa: SIM115 - handed to the child
     try:
         def stuck():
@@ -214,6 +216,10 @@ def test_a_worker_stuck_on_an_item_reports_a_falling_rate_and_the_eta_grows(tmp_
         assert later["items_done"] == first["items_done"] == 100  # nothing more was done meanwhile
         assert later["items_per_s"] < first["items_per_s"] * 0.35, (first["items_per_s"], later["items_per_s"])
         assert later["eta_s"] > first["eta_s"] * 2
+        proc.send_signal(signal.SIGTERM)  # drain: it finishes its shard (here, never) and claims no other
+        drained = wait_for(lambda: (st := fleet_status(bucket, job))["workers"][0]["state"] == "draining" and st,
+                           timeout=30)
+        assert drained["workers_alive"] == 0 and drained["items_per_s"] is not None
     finally:
         proc.kill()
         proc.wait()

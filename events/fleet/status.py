@@ -31,9 +31,13 @@ def covered_items(done_shards) -> int:
 
 
 def worker_state(beat: dict[str, Any], age_s: float, heartbeat_s: float) -> str:
+    """offline (it said so), stale (silent past two beats), draining (told to stop: it finishes its shard and
+    claims no other) or alive."""
     if beat.get("state") in ("offline", "finished"):
         return "offline"
-    return "alive" if age_s < 2 * heartbeat_s else "stale"
+    if age_s >= 2 * heartbeat_s:
+        return "stale"
+    return "draining" if beat.get("state") == "draining" else "alive"
 
 
 def wall_clock(history) -> tuple[str | None, str | None]:
@@ -87,16 +91,17 @@ def summarize(job_id: str, view, plan: dict[str, Any] | None, done_shards, worke
     ended = view.state is not None and view.state.terminal
     if ended:  # a beat from before the end is not a live worker: it is on its way out, its counts not yet final
         for w in workers:
-            if w["state"] == "alive":
+            if w["state"] in ("alive", "draining"):
                 w["state"] = "stopping"
     alive = [w for w in workers if w["state"] == "alive"]
+    working = alive + [w for w in workers if w["state"] == "draining"]  # a draining worker finishes its shard
     started_at, ended_at = wall_clock(view.history)
     wall = max(0.0, _seconds(started_at, ended_at)) if started_at and ended_at else None
     if ended:  # the average over the wall time (None if it never ran); no ETA
         rate = items_done / wall if wall else None
         eta = None
-    else:  # live: the alive workers' recent rates
-        rate = sum(w["items_per_s"] or 0.0 for w in alive)
+    else:  # live: the recent rates of the workers still at work
+        rate = sum(w["items_per_s"] or 0.0 for w in working)
         left = (total - items_done) if total is not None else None
         eta = round(left / rate, 1) if rate and left else None
     return {

@@ -18,8 +18,9 @@ kept here between refreshes:
 An ended fleet (live=False) is read once more and never again.
 
 The worker rows and the totals are `events.fleet.status` (`worker_row`, `summarize`), as `bucketrun fleet status`
-shows them: a worker is alive, stale (no beat for 2 x heartbeat_s), offline (it said so), or stopping (the fleet
-has ended and its last beat has not come); the rate is the alive workers' recent rates while the fleet runs and
+shows them: a worker is alive, draining (told to stop: it finishes its shard and claims no other), stale (no beat
+for 2 x heartbeat_s), offline (it said so), or stopping (the fleet has ended and its last beat has not come); the
+rate is the recent rates of the workers at work (alive or draining) while the fleet runs and
 its average over the wall time once it has ended (never 0 for a fleet that did work)."""
 
 from __future__ import annotations
@@ -238,9 +239,9 @@ class FleetReads:
         last ten shards, from its heartbeat): ("recent"). None for a worker with neither."""
         samples = [s for s in self.samples.get(worker, ()) if s[0] >= t_now - RATE_WINDOW_S]
         if len(samples) >= 2 and samples[-1][0] > samples[0][0]:
-            end = t_now if state != "alive" else samples[-1][0]  # a silent worker has done nothing since
+            end = t_now if state not in ("alive", "draining") else samples[-1][0]  # a silent one did nothing since
             return (60.0 * (samples[-1][1] - samples[0][1]) / max(end - samples[0][0], 1e-9), "window")
-        if state == "alive" and beat.get("items_per_s") is not None:
+        if state in ("alive", "draining") and beat.get("items_per_s") is not None:
             return (60.0 * float(beat["items_per_s"]), "recent")
         return None
 
@@ -422,7 +423,7 @@ FLEET = """<section class="fleet"><h2>Fleet</h2>
 <h3>Workers</h3>
 <table class="fleet-workers"><thead><tr><th>worker</th><th>backend</th><th>GPU</th><th>state</th><th>shard</th><th>for</th><th>items done</th><th>items/min (5 min)</th><th>failures</th><th>last error</th><th>$/h</th></tr></thead><tbody>
 {% for w in st.workers %}<tr class="worker worker-{{ w.state }}"><td>{{ w.worker }}</td><td>{{ w.backend }}</td><td>{{ w.gpu or '-' }}</td>
-<td class="state {{ 'good' if w.state == 'alive' else ('stale' if w.state == 'stale' else '') }}">{{ w.state }}</td>
+<td class="state {{ 'good' if w.state in ('alive', 'draining') else ('stale' if w.state == 'stale' else '') }}">{{ w.state }}</td>
 <td>{% if w.current_shard %}{% if w.state != 'alive' %}<small>was on</small> {% endif %}{{ w.current_shard }}{% else %}-{% endif %}</td><td>{{ duration(w.for_s) if w.current_shard and w.state == 'alive' else '-' }}</td><td>{{ w.items_done }}</td>
 <td>{% if w.per_min %}{{ '%.1f' % w.per_min[0] }}{% if w.per_min[1] == 'recent' %} <small>(recent)</small>{% endif %}{% else %}-{% endif %}</td>
 <td>{{ w.items_failed + w.dead_lettered }}</td><td{% if w.last_error %} class="bad" title="{{ w.last_error }}"{% endif %}>{{ (w.last_error or '-') | truncate(120) }}</td>

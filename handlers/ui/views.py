@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -13,8 +14,9 @@ from urllib.parse import urlencode, urlsplit
 from markupsafe import Markup
 
 from bucketrun.events import codec, keys
-from bucketrun.events.cost import cost_line, job_cost
+from bucketrun.events.cost import cost_line, cost_of
 from bucketrun.events.errors import ConfigError, CorruptObject, NotFound
+from bucketrun.events.fleet.instances import read_instances
 from bucketrun.events.lifecycle import JobState
 from bucketrun.events.status import WAITING, waiting_in_inbox
 
@@ -23,6 +25,7 @@ from ..board import summary
 from . import assets, pages, sections
 from ..jobcache import Cache, manifest_text, percent
 
+INSTANCES_S = 60.0  # a running fleet's instance records (its GPU cost) are listed at most this often
 LOG_LINES = 200  # the tail of a worker log a job page shows; `bucketrun logs --worker` prints all of it
 
 
@@ -120,7 +123,7 @@ def job_page(cache: Cache, job_id: str, links: Links) -> Page:
     common["section"] = sections.render(entry["kind"], cache, job_id, entry, links)
     common["deliveries"] = cache.fetch(f"notify:{job_id}", lambda: _deliveries(bucket, job_id), live=live) \
         if _notifies(manifest) else []
-    common["cost"] = cache.fetch(f"cost:{job_id}:{len(history)}", lambda: _cost(bucket, view), live=live)
+    common["cost"] = _cost(cache, view, entry["kind"], live)
     common["log"] = cache.fetch(f"log:{job_id}:{status['attempt']}",
                                 lambda: _log_tail(bucket, job_id, status["attempt"]), live=live)
     return Page(200, job_id, pages.render(
@@ -128,11 +131,16 @@ def job_page(cache: Cache, job_id: str, links: Links) -> Page:
         timeline=list(zip(history, client.state_durations(history))), manifest=manifest, **common))
 
 
-def _cost(bucket, view) -> str:
-    """The job's cost as `bucketrun status` prints it: requests from its history (no read), and for a fleet the GPU
-    time from its launcher's instance records (one listing)."""
+def _cost(cache: Cache, view, kind: str, live: bool) -> str:
+    """The job's cost as `bucketrun status` prints it: requests from its history (no read); a fleet's GPU time from
+    its launcher's instance records, listed at most once a minute while it runs (the fleet section's pace)."""
+    instances = None
+    if kind == "fleet":
+        minute = int(time.monotonic() // INSTANCES_S) if live else "ended"
+        instances = cache.fetch(f"instances:{view.job_id}:{minute}",
+                                lambda: read_instances(cache.bucket, view.job_id), live=False)
     try:
-        return cost_line(job_cost(bucket, view))
+        return cost_line(cost_of(view, instances))
     except ConfigError as exc:  # a bad BUCKETRUN_PRICING: say so on the page, as status says it on stderr
         return str(exc)
 

@@ -103,7 +103,7 @@ class Worker:
                       "claims_lost": 0, "commits_refused": 0, "takeovers": 0, "dead_lettered": 0,
                       "quarantined": 0, "quarantine_kills": 0, "last_error": None}
         self.recent: collections.deque[tuple[int, float]] = collections.deque(maxlen=10)
-        self.current_started = 0.0  # monotonic start of the current shard: a stuck one slows the rate it reports
+        self.current_started = 0.0  # monotonic start of the current shard, or of the wait for one (heartbeat())
         self.idle_s = 0.5
         self.errors = 0
         self.all_done = False
@@ -525,10 +525,12 @@ class Worker:
     async def heartbeat(self, final: bool = False) -> None:
         recent_items = sum(n for n, _ in self.recent)
         recent_s = sum(s for _, s in self.recent)
-        if self.current and self.recent:  # a shard running past the usual shard's time counts that time, so a
-            usual = recent_s / len(self.recent)  # worker stuck on an item reports a falling rate, not its last one
-            recent_s += max(0.0, time.monotonic() - self.current_started - usual)
-        beat = {"worker": self.id, "state": self.state, "at": codec.iso(codec.now()), **self.stats,
+        if self.recent and self.state != "finished":  # a shard (or a wait for one) running past the usual shard's
+            usual = recent_s / len(self.recent)  # time counts that time: a worker stuck on an item, or idle with
+            recent_s += max(0.0, time.monotonic() - self.current_started - usual)  # nothing to do, reports a
+            # falling rate rather than its last one, so the fleet's live rate and ETA follow what it does now
+        state = "draining" if self.state == "running" and self.stop.draining.is_set() else self.state
+        beat = {"worker": self.id, "state": state, "at": codec.iso(codec.now()), **self.stats,
                 "items_per_s": round(recent_items / recent_s, 3) if recent_s > 0 else None,
                 "current_shard": self.current, "current_since": self.current_since if self.current else None,
                 "holding": [{"shard": s, "generation": lease.generation} for s, lease in self.holding.items()]}
@@ -584,7 +586,7 @@ class Worker:
                     await self._drop(work.lease, exc)
                     if isinstance(exc, quarantine.QuarantineFailed):
                         await self._pause(exc)
-                self.current = None
+                self.current, self.current_started = None, time.monotonic()  # idle from now: see heartbeat()
         finally:
             if ahead is not None:
                 ahead.cancel()
