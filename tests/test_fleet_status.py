@@ -223,3 +223,28 @@ def test_a_worker_stuck_on_an_item_reports_a_falling_rate_and_the_eta_grows_then
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_shard_picked_ahead_by_a_stuck_worker_is_done_by_its_idle_sibling(tmp_path):
+    """Two workers in one process; the one stuck on an hour-long item had picked its next shard ahead. Its idle
+    sibling takes that pick once it is older than a lease (the stuck one's claim then loses), so every other shard
+    is done while the stuck one waits."""
+    url = open_bucket(str(tmp_path / "bucket")).url
+    bucket = open_bucket(url)
+    bucket.put("items.jsonl", "\n".join(codec.dumps(f"item-{i:05d}").decode() for i in range(300)).encode())
+    manifest = fleet_manifest(0.01)
+    manifest["lease_s"] = 4
+    manifest["processor"] = {"entry_point": "fleet_probe:make",
+                             "options": {"sleep_s": 0.01, "slow_items": {"item-00010": 3600}}}
+    job = harness.start_job(url, manifest)
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "FLEET_PROBE_DIR": str(probe)}
+    proc = subprocess.Popen(harness.worker_cmd(url, job, ["w0000", "w0001"], grace_s=1), stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "w.log", "ab"), env=env)  # noqa: SIM115 - handed to the child
+    try:
+        done = wait_for(lambda: (st := fleet_status(bucket, job))["shards_done"] >= 5 and st, timeout=45)
+        assert done["items_done"] == 250 and done["state"] == "running"  # all but the stuck shard
+    finally:
+        proc.kill()
+        proc.wait()

@@ -65,7 +65,7 @@ class FleetJob:
         self.unledgered: dict[str, dict[str, Any]] = {}  # markers this process won since its last ledger
         self.ledgers = 0
         self.workers: list[Any] = []  # this process's workers (images/fleet/worker.py), for what they hold
-        self.picked: set[str] = set()  # shards a worker here picked and is fetching, not yet claimed
+        self.picked: dict[str, float] = {}  # shards a worker here picked (fetching, not yet claimed), and when
         self.taking: set[str] = set()  # lapsed leases a worker here is taking over right now
         self._tail: TailLook | None = None
         self._ledger_lock = asyncio.Lock()
@@ -205,9 +205,13 @@ class FleetJob:
             self._tail = TailLook(self.bucket, self.job_id, self.marker_cache)
         return self._tail
 
-    def held_or_picked(self) -> set[str]:
-        """Shards this process's own workers hold or are about to claim: they need no look from the bucket."""
-        return set(self.picked).union(*(w.holding for w in self.workers))
+    def held_or_picked(self, pick_s: float) -> set[str]:
+        """Shards this process's own workers hold or are about to claim: they need no look from the bucket. A pick
+        older than `pick_s` (a lease's life) is not counted: its picker is stuck in the shard before it, and a
+        sibling with nothing to do may claim it (the picker's own claim then loses, as to any other worker)."""
+        now = time.monotonic()
+        picked = {s for s, at in self.picked.items() if now - at < pick_s}
+        return picked.union(*(w.holding for w in self.workers))
 
     async def learn_ledgers(self) -> None:
         """Other processes' won markers from their ledgers (one LIST page, a GET per new ledger), into this

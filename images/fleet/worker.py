@@ -155,7 +155,7 @@ class Worker:
         free = [s for s in self.shards if s not in self.unavailable]
         if len(free) > tail.TAIL_SHARDS:
             return await self.learn_leases()
-        look = await self.job.tail.look(free, self.job.held_or_picked())
+        look = await self.job.tail.look(free, self.job.held_or_picked(self.body.lease_s))
         taken = {s for s, snap in look.leases.items() if snap is not None}
         self.done |= look.done
         self.unavailable |= look.done | taken
@@ -186,17 +186,17 @@ class Worker:
             return None
         shard = self.shards[i]
         self.unavailable.add(shard)
-        self.job.picked.add(shard)
+        self.job.picked[shard] = time.monotonic()
         lo, hi = keys.parse_shard_id(shard)
         try:
             return Candidate(i, shard, lo, hi, await self._fetch(lo, hi))
         except BaseException:
-            self.job.picked.discard(shard)
+            self.job.picked.pop(shard, None)
             raise
 
     async def claim(self, cand: Candidate) -> ShardWork | None:
         """Claim the picked shard as its work starts; None if it was taken."""
-        self.job.picked.discard(cand.shard)  # from here on it is held (the holding map) or someone else's
+        self.job.picked.pop(cand.shard, None)  # from here on it is held (the holding map) or someone else's
         lease = await claims.claim_fresh(self.bucket, keys.fleet_lease_key(self.job.job_id, cand.shard), self.id,
                                          self.body.lease_s)
         self.leased.add(cand.shard)  # won or lost, the lease exists from here on
@@ -310,14 +310,15 @@ class Worker:
         pending = [s for s in pending if s not in self.job.marker_cache]
         if len(pending) <= PARTS_EARLY:
             self.job.parts_listing()  # the finalizer's listing of parts/, under way while the last shards run
-        look = await self.job.tail.look(pending, self.job.held_or_picked())
+        look = await self.job.tail.look(pending, self.job.held_or_picked(self.body.lease_s))
         self.done |= look.done
         if look.children - set(self.shards):
             self.shards = sorted(set(self.shards) | look.children)
         if not any(s not in self.done and s not in self.job.marker_cache for s in self.shards):
             self.all_done = True
             return await self.finalize()
-        fresh = {s for s, snap in look.leases.items() if snap is None} - self.job.held_or_picked()
+        mine = self.job.held_or_picked(self.body.lease_s)
+        fresh = {s for s, snap in look.leases.items() if snap is None} - mine
         if fresh:  # never claimed as of the look: a create-if-absent tells whether someone was first
             self.unavailable -= fresh
             self.leased -= fresh
