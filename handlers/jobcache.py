@@ -122,12 +122,13 @@ class Cache:
             self._depth = 0
             self._tokens -= self.bucket.calls - before
 
-    def fetch(self, name: str, fn: Callable[[], T], live: bool = True) -> T:
-        """`fn()`'s value, kept under `name`: re-read when older than `refresh` and the budget allows; a value
-        fetched with live=False (an ended job's) is never read again."""
+    def fetch(self, name: str, fn: Callable[[], T], live: bool = True, every: float | None = None) -> T:
+        """`fn()`'s value, kept under `name`: re-read when older than `refresh` (or `every`, for what changes
+        slowly) and the budget allows; a value fetched with live=False (an ended job's) is never read again."""
         with self._lock:
             hit = self._memo.get(name)
-            if hit is not None and (not hit[2] or self._fresh(hit[0]) or not self._may_reread()):
+            fresh = hit is not None and (self._fresh(hit[0]) if every is None else time.monotonic() - hit[0] < every)
+            if hit is not None and (not hit[2] or fresh or not self._may_reread()):
                 return hit[1]
             value = self._charged(fn, first=hit is None)
             self._memo[name] = (time.monotonic(), value, live)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import posixpath
-import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -136,9 +135,8 @@ def _cost(cache: Cache, view, kind: str, live: bool) -> str:
     its launcher's instance records, listed at most once a minute while it runs (the fleet section's pace)."""
     instances = None
     if kind == "fleet":
-        minute = int(time.monotonic() // INSTANCES_S) if live else "ended"
-        instances = cache.fetch(f"instances:{view.job_id}:{minute}",
-                                lambda: read_instances(cache.bucket, view.job_id), live=False)
+        instances = cache.fetch(f"instances:{view.job_id}", lambda: read_instances(cache.bucket, view.job_id),
+                                live=live, every=INSTANCES_S)
     try:
         return cost_line(cost_of(view, instances))
     except ConfigError as exc:  # a bad BUCKETRUN_PRICING: say so on the page, as status says it on stderr
