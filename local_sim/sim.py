@@ -3,7 +3,8 @@
 A folder bucket is watched with watchfiles; an s3:// bucket is polled by listing the whole inbox, for stores
 without notifications (names users drop are in no order, so only a full listing never misses one). On start it
 reconciles the inbox, so anything dropped while it was down is taken in. Polls and sweeps back off while they
-find nothing (`Pacing`), so an idle simulation costs a few requests a minute.
+find nothing (`Pacing`), so an idle simulation costs a few requests a minute. The reconcile and the sweep loop are
+handlers/listen's, shared with `bucketrun listen` (a daemon fed by the store's own notifications).
 """
 
 from __future__ import annotations
@@ -11,57 +12,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote_plus
 
 import watchfiles
 
-from bucketrun.events import codec, keys
-from bucketrun.events.lifecycle import default_writer, live_jobs
+from bucketrun.events import keys
+from bucketrun.events.lifecycle import default_writer
 from bucketrun.events.storage import Bucket, ObjectInfo
 from bucketrun.events.storage.local import LocalBucket
-from bucketrun.handlers.dispatch import DispatchContext, dispatch
+from bucketrun.handlers.dispatch import DispatchContext
 from bucketrun.handlers.launchers import Launcher, Routes
-from bucketrun.handlers.launchers.agent import AgentLauncher
-from bucketrun.handlers.launchers.fleet import FleetLauncher
-from bucketrun.handlers.launchers.fleet_local import LocalFleetBackend
-from bucketrun.handlers.sweep import sweep
+from bucketrun.handlers.listen.local import local_routes
+from bucketrun.handlers.listen.reconcile import Inbox, s3_record
+from bucketrun.handlers.listen.sweeper import Pacing, Sweeper
+
+__all__ = ["Pacing", "Simulation", "s3_record"]  # s3_record and Pacing live in handlers/listen, shared with `listen`
 
 log = logging.getLogger("bucketrun.sim")
-
-
-def s3_record(bucket: Bucket, info: ObjectInfo) -> dict[str, Any]:
-    """One record shaped as AWS sends it: the key URL-encoded, the ETag unquoted."""
-    return {
-        "eventVersion": "2.1",
-        "eventSource": "aws:s3",
-        "awsRegion": "local",
-        "eventTime": codec.iso(info.last_modified or codec.now()),
-        "eventName": "ObjectCreated:Put",
-        "s3": {
-            "s3SchemaVersion": "1.0",
-            "bucket": {"name": bucket.name, "arn": f"arn:aws:s3:::{bucket.name}"},
-            "object": {"key": quote_plus(bucket.full_key(info.key), safe="/"), "size": info.size,
-                       "eTag": info.etag.strip('"'), "sequencer": f"{int(codec.now().timestamp() * 1e6):016X}"},
-        },
-    }
-
-
-@dataclass(frozen=True)
-class Pacing:
-    """The wait before the next pass: `base` after a pass that found work, doubling up to `cap` after each one
-    that found none. Idle passes on S3 are billed requests; a busy bucket is still served at `base`."""
-
-    base: float
-    cap: float
-
-    def next(self, current: float | None, busy: bool) -> float:
-        """`current`: the last wait (None before the first)."""
-        if busy or current is None:
-            return self.base
-        return min(current * 2, max(self.cap, self.base))
 
 
 class Simulation:
@@ -74,129 +41,67 @@ class Simulation:
         self.bucket = bucket
         self._fleets = None
         if not isinstance(launcher, Routes):  # one process launcher for every kind; fleets get local processes
-            self._fleets = FleetLauncher({"local": LocalFleetBackend()})
-            launcher = Routes(default=launcher, by_kind={"fleet": self._fleets, "train_window": AgentLauncher()})
+            launcher, self._fleets = local_routes(launcher)
         self.ctx = DispatchContext(bucket, launcher, writer or default_writer("sim"))
         self.poll_pacing = Pacing(poll_s, poll_max_s)
+        self.sweeper = Sweeper(self.ctx, sweep_s, sweep_max_s, snapshot_s, log=log)
+        self.inbox = Inbox(self.ctx, on_dispatched=self.sweeper.wake, log=log)
         self.sweep_s = sweep_s
-        self.sweep_pacing = Pacing(sweep_s or 0.0, sweep_max_s)
         self.stop_event = threading.Event()
-        self._wake_sweep = threading.Event()  # set when a new job was dispatched: the sweep comes back to its base
-        self.seen: dict[str, str] = {}  # inbox key -> the ETag dispatched
-        self.failed: dict[str, str] = {}  # inbox key -> the ETag whose dispatch failed (retried every pass)
-        self.dispatched = 0
-        self.errors = 0
         self.reconcile_s = 30.0
         self.ready = threading.Event()
-        self.sweeps = 0  # completed sweep passes, so a test can tell that sweeps really ran
-        self.polls = 0  # completed inbox listings (s3 polling and reconciles)
-        self.snapshot_s = snapshot_s
-        self.snapshots = None  # the snapshot refresher, made on the first pass that wants one
-        self._snapshot_owed = True  # jobs were live since the last refresh (or the sim just started)
+
+    # The inbox and the sweep are handlers/listen's, shared with `bucketrun listen`; these name what tests read.
+    @property
+    def seen(self) -> dict[str, str]:
+        return self.inbox.seen
+
+    @seen.setter
+    def seen(self, value: dict[str, str]) -> None:
+        self.inbox.seen = value
+
+    @property
+    def dispatched(self) -> int:
+        return self.inbox.dispatched
+
+    @property
+    def errors(self) -> int:
+        return self.inbox.errors
+
+    @property
+    def polls(self) -> int:
+        """Completed inbox listings (s3 polling and reconciles)."""
+        return self.inbox.polls
+
+    @property
+    def sweeps(self) -> int:
+        return self.sweeper.sweeps
+
+    @property
+    def snapshots(self):
+        return self.sweeper.snapshots
 
     def handle(self, info: ObjectInfo) -> bool:
-        """Dispatch an object not yet seen with this ETag. True if it is new: not seen, and not a retry of a
-        failed dispatch (which must not keep the poll at its fastest forever)."""
-        etag = info.etag
-        if self.seen.get(info.key) == etag:
-            return False
-        new = self.failed.get(info.key) != etag
-        self.seen[info.key] = etag
-        try:
-            dispatch({"Records": [s3_record(self.bucket, info)]}, self.ctx)  # it logs "key -> job" itself
-            self.dispatched += 1
-            self.failed.pop(info.key, None)
-            self._snapshot_owed = True  # even a job that ends before the next sweep is in the next snapshot
-            self._wake_sweep.set()
-        except Exception as exc:  # noqa: BLE001 - the simulation must keep running whatever one object does
-            self.errors += 1
-            self.seen.pop(info.key, None)  # try again on the next pass
-            self.failed[info.key] = etag
-            log.error("dispatch of %s failed: %s: %s", info.key, type(exc).__name__, exc)
-        return new
+        return self.inbox.handle(info)
 
     def reconcile(self) -> int:
-        """Take in every inbox manifest not seen yet, from one full listing; returns how many were new."""
-        listed: set[str] = set()
-        new = 0
-        for info in self.bucket.list(keys.INBOX):
-            if keys.is_inbox_manifest(info.key):
-                listed.add(info.key)
-                new += self.handle(info)
-        # Objects gone from the inbox (`bucketrun gc`) are forgotten, so memory follows the inbox, not history.
-        self.seen = {k: v for k, v in self.seen.items() if k in listed}
-        self.failed = {k: v for k, v in self.failed.items() if k in listed}
-        self.polls += 1
-        return new
+        return self.inbox.reconcile()
 
     def sweep_once(self) -> bool:
-        """One sweep pass, if there is anything to sweep; True if jobs are live, so the pacing knows whether to
-        back off. Idle, the probe costs five listings (live jobs, owed notices and next stages, fleets and hosts to
-        tear down)."""
-        live = bool(live_jobs(self.bucket))
-        if live or any(next(iter(self.bucket.list(prefix)), None) is not None
-                       for prefix in (keys.NOTIFY_WATCH, keys.THEN_WATCH, keys.FLEET_INDEX, keys.TEARDOWN)):
-            sweep(self.bucket, self.ctx.launchers, self.ctx.writer)
-        return live
-
-    def _sweep_loop(self) -> None:
-        """The scheduled sweep, simulated: stalled jobs are retried or failed, retries are launched, notices
-        sent. Every `sweep_s` while jobs are live (stall detection needs passes well within stall_after_s);
-        backing off to `sweep_max_s` while none are, and back to `sweep_s` as soon as a new job is dispatched."""
-        wait = self.sweep_pacing.base
-        while True:
-            self._wake_sweep.wait(wait)
-            if self.stop_event.is_set():
-                return
-            self._wake_sweep.clear()
-            try:
-                live = self.sweep_once()
-                self.sweeps += 1
-            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
-                log.error("sweep failed: %s", exc)
-                live = False
-            self.refresh_snapshot(live)
-            wait = self.sweep_pacing.next(wait, live)
+        return self.sweeper.sweep_once()
 
     def refresh_snapshot(self, live: bool) -> None:
-        """After a sweep pass: refresh the dashboard snapshot (handlers/ui/snapshot.py) if the bucket has one, at
-        most every `snapshot_s`, while jobs are live and once more after the last one ended. An idle bucket costs
-        nothing more; on a busy one the check is one GET of dashboard/state.json per period."""
-        self._snapshot_owed = self._snapshot_owed or live
-        if self.snapshot_s == 0 or not self._snapshot_owed:
-            return
-        try:
-            if self.snapshots is None:
-                # late: the snapshot renders with jinja2 (the ui extra), which a sim without it does not need
-                from bucketrun.handlers.ui.snapshot import Refresher
-
-                self.snapshots = Refresher(self.bucket, self.snapshot_s)
-            if not self.snapshots.due():
-                return
-            self.snapshots.maybe_refresh()
-            self._snapshot_owed = live
-        except ImportError as exc:
-            log.info("dashboard snapshot not refreshed: %s (pip install 'bucketrun[ui]')", exc)
-            self.snapshot_s = 0
-        except Exception as exc:  # noqa: BLE001 - a snapshot never stops the sweep; the next period tries again
-            log.error("dashboard snapshot failed: %s: %s", type(exc).__name__, exc)
+        self.sweeper.refresh_snapshot(live)
 
     def run(self) -> None:
-        if self.sweep_s:
-            threading.Thread(target=self._sweep_loop, name="bucketrun-sweep", daemon=True).start()
+        self.sweeper.start()
         if isinstance(self.bucket, LocalBucket):
             self._watch(self.bucket)
         else:
             self._poll()
 
     def _reconcile_logged(self) -> int:
-        try:
-            n = self.reconcile()
-            log.debug("reconciled %s: %d new inbox object(s)", self.bucket.url, n)
-            return n
-        except Exception as exc:  # noqa: BLE001 - a failed listing is retried on the next round
-            log.error("reconcile of %s failed: %s", self.bucket.url, exc)
-            return 0
+        return self.inbox.reconcile_logged()
 
     def _watch(self, bucket: LocalBucket) -> None:
         """Reconcile once the watcher is live (its first timeout), so nothing dropped meanwhile is missed,
@@ -239,6 +144,6 @@ class Simulation:
 
     def stop(self) -> None:
         self.stop_event.set()
-        self._wake_sweep.set()
+        self.sweeper.stop()
         if self._fleets is not None:  # fleet workers still running are drained (SIGTERM), then stopped
             self._fleets.close()

@@ -13,11 +13,11 @@ import argcomplete
 from bucketrun.events.errors import BucketrunError, NotFound
 from bucketrun.events.manifest import ManifestRejected
 
-from . import agents, bucket, fleet, get, jobs, local, logs, ls, maintenance, top, train, ui
+from . import agents, bucket, fleet, get, jobs, listen, local, logs, ls, maintenance, top, train, ui
 from . import jobref
 from .common import CliError, Parser, bucket_of
 
-COMMAND_GROUPS = (jobs, ls, logs, get, fleet, train, agents, bucket, maintenance, local, top, ui)
+COMMAND_GROUPS = (jobs, ls, logs, get, fleet, train, agents, bucket, maintenance, local, listen, top, ui)
 
 
 def build_parser() -> argparse.ArgumentParser:
