@@ -158,9 +158,12 @@ class QueuesClient:
         raise CloudflareError(what)
 
     def pull(self, queue_id: str, batch_size: int, visibility_timeout_ms: int) -> list[dict[str, Any]]:
-        """POST .../queues/{id}/messages/pull: up to `batch_size` messages, each leased for the timeout."""
-        result = self._call("POST", f"/queues/{quote(queue_id, safe='')}/messages/pull",
-                            {"batch_size": batch_size, "visibility_timeout_ms": visibility_timeout_ms}).get("result")
+        """POST .../queues/{id}/messages/pull: up to `batch_size` messages, each leased for the timeout. The API
+        reference names the timeout `visibility_timeout_ms`; the pull-consumer guide's examples (and Cloudflare's
+        changelog) send `visibility_timeout`, in milliseconds too: both are sent, with the same value."""
+        body = {"batch_size": batch_size, "visibility_timeout_ms": visibility_timeout_ms,
+                "visibility_timeout": visibility_timeout_ms}
+        result = self._call("POST", f"/queues/{quote(queue_id, safe='')}/messages/pull", body).get("result")
         messages = result.get("messages") if isinstance(result, dict) else None
         return [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
 
