@@ -113,3 +113,9 @@ def ago(seconds: float | None) -> str:
         if seconds >= size * (2 if unit != "d" else 1):
             return f"{seconds / size:.0f}{unit}"
     return f"{seconds:.0f}s"
+
+
+def screen_line(line: str) -> str:
+    """A line as a terminal shows it: a `\\r`-redrawn progress bar in its last drawn state."""
+    drawn = [part for part in line.split("\r") if part.strip()]
+    return drawn[-1] if drawn else line.rsplit("\r", 1)[-1]

@@ -20,7 +20,7 @@ from bucketrun.events.lifecycle import JobState
 from bucketrun.events.status import WAITING, waiting_in_inbox
 
 from .. import client
-from ..board import summary
+from ..board import screen_line, summary
 from . import assets, pages, sections
 from ..jobcache import Cache, manifest_text, percent
 
@@ -168,8 +168,7 @@ def _log_tail(bucket, job_id: str, attempt: int) -> dict[str, Any] | None:
     except NotFound:
         return None
     lines = data.decode("utf-8", "replace").replace("\r\n", "\n").split("\n")
-    # a trainer's \r progress bar is one line redrawn: show its last state, as a terminal would
-    lines = [line.rsplit("\r", 1)[-1] for line in lines]
+    lines = [screen_line(line) for line in lines]  # a `\r` bar in its last state, as a terminal shows it
     tail = lines[-LOG_LINES:]
     return {"attempt": attempt, "lines": len(tail), "text": "\n".join(tail)}
 

@@ -22,6 +22,7 @@ from bucketrun.events import codec, keys
 from bucketrun.events.errors import CorruptObject, NotFound
 from bucketrun.events.status import attempt_outcome
 
+from ..board import screen_line
 from ..jobcache import manifest_text
 from . import pages
 
@@ -41,12 +42,6 @@ STAGE_RE = re.compile(r"step (\d+)/(\d+)")
 
 
 # -- pure parsing ------------------------------------------------------------------------------------------
-
-def screen_line(line: str) -> str:
-    """A line as a terminal shows it: a `\\r`-redrawn progress bar in its last drawn state."""
-    drawn = [part for part in line.split("\r") if part.strip()]
-    return drawn[-1] if drawn else line.rsplit("\r", 1)[-1]
-
 
 class LogFollower:
     """One attempt's training log, fed chunk by chunk as they appear (each read once): the last LOG_LINES lines as
