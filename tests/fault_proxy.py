@@ -15,9 +15,13 @@ SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, fault_rate: float = 0.05, seed: int = 7):
+    def __init__(self, upstream: str, fault_rate: float = 0.05, seed: int = 7, even: bool = False):
+        """even: exactly one fault in each run of 1/fault_rate requests, at a random place, the kinds taking
+        turns, so a test's count of each kind follows from its request count instead of luck."""
         self.upstream = urlsplit(upstream)
         self.rate, self.rng, self.lock = fault_rate, random.Random(seed), threading.Lock()
+        self.even, self.seen, self.period = even, 0, max(1, round(1 / fault_rate)) if fault_rate else 0
+        self.slot = self.rng.randrange(self.period) if even and self.period else -1
         self.counts = {"forwarded": 0, "slow_down": 0, "dropped": 0}
         outer = self
 
@@ -68,10 +72,22 @@ class FaultProxy:
 
     def _fault(self) -> str | None:
         with self.lock:
+            if self.even:
+                return self._even_fault()
             r = self.rng.random()
             kind = None if r >= self.rate else ("slow_down" if r < self.rate / 2 else "dropped")
             self.counts[kind or "forwarded"] += 1
             return kind
+
+    def _even_fault(self) -> str | None:
+        """Under the lock: request number `seen` within its block of `period` is faulted iff it is the slot."""
+        block, at = divmod(self.seen, self.period) if self.period else (0, -1)
+        self.seen += 1
+        kind = ("slow_down" if block % 2 == 0 else "dropped") if at == self.slot else None
+        if self.period and at == self.period - 1:
+            self.slot = self.rng.randrange(self.period)
+        self.counts[kind or "forwarded"] += 1
+        return kind
 
     def __enter__(self) -> "FaultProxy":
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

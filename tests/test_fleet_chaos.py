@@ -278,20 +278,21 @@ def test_every_worker_process_leaves_within_5_s_of_succeeded_at_real_settings(bu
 
 @pytest.mark.parametrize("rate", [0.05])
 def test_fleet_completes_through_s3_faults(s3_endpoint, tmp_path, rate):
-
-
+    """Shards of 25, so that the run makes some 800 requests even as a shard's request count falls, and the
+    proxy's even schedule: every kind of fault is met at least ten times by construction, not by luck."""
     from bucketrun.events.storage import open_bucket
 
     url = f"s3://{make_s3_bucket()}/faults"
     bucket = open_bucket(url)
     n = 5_000
     put_items(bucket, n)
-    job = harness.start_job(url, fleet())
-    with FaultProxy(s3_endpoint, fault_rate=rate) as proxy:
+    job = harness.start_job(url, fleet(shard_size=25))
+    with FaultProxy(s3_endpoint, fault_rate=rate, even=True) as proxy:
         env = {"AWS_ENDPOINT_URL_S3": proxy.url}
         procs = [spawn(url, job, [f"f{p}{i}" for i in range(3)], env, tmp_path / f"{p}.log") for p in range(2)]
         result = finish(url, job, procs)
     assert proxy.counts["slow_down"] > 10 and proxy.counts["dropped"] > 10, proxy.counts
+    print("faults:", proxy.counts)
     stats = harness.verify(url, result["dataset"])
     assert stats["items"] == n and stats["rows"] == n
     for info in bucket.list(keys.fleet_done_prefix(job)):  # nothing torn: every marker parses whole
