@@ -1,14 +1,17 @@
-"""What bench/fleet.py and its Postgres baseline (bench/fleet_pg.py) share: logging, worker ids, process groups,
-the progress monitor."""
+"""What bench/fleet.py's sides share: logging, worker ids, process groups, the progress monitor, and the reading of
+what a run left in its bucket (the tail, a stall's diagnosis) from a store view that sends no request."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import json
 import os
 import signal
 import statistics
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +186,85 @@ def _count(what: str) -> str:
     """The progress figure a status line leads with ("9,197/10,148 shards done, ..." -> "9,197/10,148"): the
     figure, not the text up to its first comma, which a thousands separator would cut short."""
     return what.split(" ", 1)[0]
+
+
+# ==============================================================================================================
+# what a run left in its bucket, read without the bucket API (a store view: keys(prefix), body(key), mtime(key))
+# ==============================================================================================================
+def _json(store, key: str) -> Any:
+    try:
+        return json.loads(store.body(key))
+    except Exception:  # noqa: BLE001 - a diagnosis must not fail
+        return None
+
+
+def tail_timeline(store, job_id: str, t99_wall: float | None, t_succ_wall: float) -> dict[str, Any]:
+    """Where the tail went: done markers written after 99% (how many, when the last came, how many were
+    take-overs, whose lease), and the dataset manifest, in seconds after 99%."""
+    if t99_wall is None:
+        return {}
+    prefix = f"jobs/{job_id}/fleet/done/"
+    after, taken = [], []
+    for k in store.keys(prefix):
+        t = store.mtime(k)
+        if t is None or t < t99_wall:
+            continue
+        gen = (_json(store, k) or {}).get("generation", 1)
+        after.append((t - t99_wall, gen))
+        if gen and gen > 1 and len(taken) < 8:  # a take-over in the tail: whose lease, since when
+            lb = _json(store, k.replace("/fleet/done/", "/fleet/leases/")) or {}
+            acq = lb.get("acquired_at")
+            taken.append({"shard": k.rsplit("/", 1)[-1][:-5], "marker_s": round(t - t99_wall, 2),
+                          "holder": lb.get("holder"), "taken_from": lb.get("taken_from"),
+                          "deaths": lb.get("deaths"), "kills": lb.get("kills"),
+                          "acquired_s": round(datetime.fromisoformat(acq.replace("Z", "+00:00")).timestamp()
+                                              - t99_wall, 2) if acq else None})
+    after.sort()
+    data_t = [store.mtime(k) - t99_wall for k in store.keys(f"jobs/{job_id}/") if k.endswith("/dataset.json")]
+    pick = lambda q: round(after[min(len(after) - 1, int(q * len(after)))][0], 2) if after else None  # noqa: E731
+    return {"markers_after_99": len(after), "marker_s_p50": pick(0.5), "marker_s_p90": pick(0.9),
+            "last_marker_s": round(after[-1][0], 2) if after else None,
+            "takeovers_after_99": sum(1 for _, g in after if g and g > 1),
+            "takeover_marker_s": [round(t, 2) for t, g in after if g and g > 1][:20], "takeovers": taken,
+            "dataset_s": round(max(data_t), 2) if data_t else None, "succeeded_s": round(t_succ_wall - t99_wall, 2)}
+
+
+def store_diagnosis(store, job_id: str) -> dict[str, Any]:
+    """What a stuck fleet left: objects per folder of the job, the job's newest state, the role leases, and the
+    workers' heartbeat states."""
+    prefix = f"jobs/{job_id}/"
+    keys_ = sorted(store.keys(prefix))
+    folders = collections.Counter("/".join(k[len(prefix):].split("/")[:2]) if k.count("/") > 3
+                                  else k[len(prefix):] for k in keys_)
+    events = [k for k in keys_ if k.startswith(f"{prefix}events/")]
+    latest = _json(store, events[-1]) if events else None
+    roles = {k.rsplit("/", 1)[-1]: _json(store, k) for k in keys_ if k.startswith(f"{prefix}fleet/roles/")}
+    beats = [_json(store, k) for k in keys_ if k.startswith(f"{prefix}fleet/heartbeats/")]
+    holders = {(v or {}).get("holder") for v in roles.values()}
+    notable = {hb["worker"]: {k: hb.get(k) for k in ("state", "at", "current_shard", "holding", "last_error",
+                                                      "shards_written", "claims_lost", "takeovers")}
+               for hb in beats if hb and (hb.get("worker") in holders or hb.get("last_error"))}
+    return {"objects": dict(folders), "job_state": (latest or {}).get("state"), "role_holders_and_errors": notable,
+            "progress": _json(store, f"{prefix}progress.json"),
+            "roles": {k: {f: v.get(f) for f in ("holder", "state", "renewed_at", "ttl_s")} if v else None
+                      for k, v in roles.items()},
+            "worker_states": dict(collections.Counter((hb or {}).get("state") for hb in beats)),
+            "leases_held_per_heartbeats": sum(len((hb or {}).get("holding") or []) for hb in beats),
+            "dataset_written": any(k.endswith("/dataset.json") for k in keys_)}
+
+
+def t99_from_markers(store, job_id: str, size: int) -> float | None:
+    """Wall time the done markers first covered 99% of the items (their write times, from the store, no
+    request): the monitor samples once a second, which at a few dozen shards is after the end."""
+    marks = []
+    for k in store.keys(f"jobs/{job_id}/fleet/done/"):
+        lo_hi = k.rsplit("/", 1)[-1][:-len(".json")].split("-")
+        t = store.mtime(k)
+        if len(lo_hi) == 2 and all(x.isdigit() for x in lo_hi) and t is not None:
+            marks.append((t, int(lo_hi[1]) - int(lo_hi[0])))
+    covered = 0
+    for t, n in sorted(marks):
+        covered += n
+        if covered >= 0.99 * size:
+            return t
+    return None
