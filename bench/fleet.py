@@ -228,6 +228,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--repeat", type=int, default=3, help="runs per small size; medians are quoted (default 3)")
     ap.add_argument("--sides", type=lambda s: [x for x in s.replace(" ", ",").split(",") if x],
                     default=list(SIDES), help=f"comma separated, of {', '.join(SIDES)} (default all three)")
+    ap.add_argument("--only", choices=("bucketrun", *SIDES), help="old spelling of --sides (bucketrun: folder,moto)")
     ap.add_argument("--workers", type=int, default=100)
     ap.add_argument("--procs", type=int, default=4, help="OS processes the workers are spread over")
     ap.add_argument("--shard-size", type=int, default=50)
@@ -252,6 +253,8 @@ def parse_args() -> argparse.Namespace:
     args = ap.parse_args()
     args.sizes = sorted(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES))
     args.pg_durable = not args.pg_nondurable
+    if args.only:
+        args.sides = ["folder", "moto"] if args.only == "bucketrun" else [args.only]
     bad = [s for s in args.sides if s not in SIDES]
     if bad:
         ap.error(f"--sides: unknown {', '.join(bad)} (choose from {', '.join(SIDES)})")

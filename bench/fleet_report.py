@@ -92,6 +92,14 @@ def derive(res: dict[str, Any]) -> None:
     res["scale"] = sc
 
 
+def _sum_refused(runs: list[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in runs:
+        for k, v in ((r.get("requests") or {}).get("refused") or {}).items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
 def _f(x: Any, fmt: str = ",.0f", none: str = "-") -> str:
     return none if x is None else format(x, fmt)
 
@@ -163,6 +171,12 @@ def report(res: dict[str, Any], where: str) -> str:  # noqa: C901 - one table af
                                               for _, m in moto_sizes) + " |")
         L.append("| **total** | " + " | ".join(f"**{m['median_requests_per_item']['total']:.4f}**"
                                               for _, m in moto_sizes) + " |")
+        refused = {s: sum(n for r in m["runs"] if "requests" in r for n in r["requests"]["refused"].values())
+                   for s, m in moto_sizes}
+        L += ["", "Refused answers (412 lost create/replace, 404 missing key), in all runs: " + "; ".join(
+            f"{int(s):,}: {refused[s]:,}" + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(
+                _sum_refused(m["runs"]).items(), key=lambda kv: -kv[1])[:6]) + ")" if refused[s] else "")
+            for s, m in moto_sizes)]
         L += ["", "by HTTP op:", "", f"| HTTP op | {hdr} |", "|---" * (len(moto_sizes) + 1) + "|"]
         for op in HTTP_OPS:
             if any(m["median_requests_per_item"].get(op) for _, m in moto_sizes):
