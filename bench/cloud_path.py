@@ -1,6 +1,7 @@
 """Benchmark the cloud path on loopback: S3 requests per complete job, and dispatch-event -> `launched` latency.
 
-Real parts: moto's S3-protocol server, the runpod SDK's local API server running our worker handler, the
+The job runs twice on one bucket: first a result-cache miss (it transcribes and leaves an entry pointing at its
+artifacts), then the identical job again, a hit served from that entry. Real parts: moto's S3-protocol server, the runpod SDK's local API server running our worker handler, the
 Lambda entry point called in-process with the sample S3 put event's shape. Every S3 request from every
 process is counted at the server. Latency is the Lambda call from event to `launched` written, against a
 baseline measured in the same run: one bare POST /run to the same server (the part no dispatcher can avoid).
@@ -34,6 +35,8 @@ class S3Counter(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
         self.ops: collections.Counter[str] = collections.Counter()
+        self.cache_prefixes: tuple[str, ...] = ("/cache/",)  # paths whose requests are the result cache's
+        self.cache = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         m = _REQUEST.search(record.getMessage())
@@ -41,11 +44,17 @@ class S3Counter(logging.Handler):
             method, path = m["method"], m["path"]
             op = "LIST" if method == "GET" and "list-type=2" in path else method
             self.ops[op] += 1
+            if any(p in path for p in self.cache_prefixes):
+                self.cache += 1
 
     def take(self) -> dict[str, int]:
         out = dict(self.ops)
         self.ops.clear()
         return {**out, "total": sum(out.values())}
+
+    def take_cache(self) -> int:
+        n, self.cache = self.cache, 0
+        return n
 
 
 def free_port() -> int:
@@ -119,24 +128,15 @@ def main() -> None:
         moto.stop()
 
 
-def run(args: argparse.Namespace, counter: S3Counter, endpoint: str) -> None:
-    from bucketrun.events import codec
+def one_job(bucket, counter: S3Counter, launcher, manifest: bytes, key: str, label: str) -> str:
+    """Dispatch one job from an S3 event, let the worker finish it, and print its requests phase by phase."""
     from bucketrun.events.lifecycle import JobState, read_view
-    from bucketrun.events.storage import open_bucket
     from bucketrun.handlers import aws_lambda
-    from bucketrun.handlers.launchers.runpod import RunpodLauncher
 
-    bucket = open_bucket("s3://bench-bucket")
-    bucket.put("media/speech.ogg", (ROOT / "local_sim" / "assets" / "demo-speech.ogg").read_bytes())
-    manifest = codec.dumps({"kind": "transcribe", "source": {"key": "media/speech.ogg"},
-                            "options": {"language": "en"}})
-    aws_lambda.dispatch_handler({"source": "aws.events", "detail-type": "Scheduled Event"})  # warm the container
-    launcher = RunpodLauncher("bench", endpoint_url=endpoint, timeout_s=600)
-
-    # 1. One complete job, phase by phase. The user's PutObject is the trigger, not the system's cost.
-    key = "inbox/one job.json"
+    # The user's PutObject is the trigger, not the system's cost.
     etag = bucket.put(key, manifest, "application/json")
     counter.take()
+    counter.take_cache()
     answer = aws_lambda.dispatch_handler(s3_event("bench-bucket", key, len(manifest), etag))
     job_id = answer["jobs"][0]["job_id"]
     phases = {"dispatch (Lambda)": counter.take()}
@@ -152,18 +152,42 @@ def run(args: argparse.Namespace, counter: S3Counter, endpoint: str) -> None:
         worker[op] -= n
         worker["total"] -= n
     phases["worker (GPU side)"] = worker
+    cache_requests = counter.take_cache()
     view = read_view(bucket, job_id)
     assert view.state is JobState.SUCCEEDED, view.state
+    assert view.latest.detail["cache"]["hit"] is (label == "hit"), view.latest.detail["cache"]
     counter.take()
     aws_lambda.sweep_handler({})
     phases["one sweep pass over it"] = counter.take()
     total = sum(p["total"] for name, p in phases.items() if not name.startswith("one sweep"))
-    print(f"S3 requests for one complete transcription job ({len(view.history)} transitions, "
+    print(f"S3 requests for one complete transcription job, result cache {label} ({len(view.history)} transitions, "
           f"{len(view.latest.detail['artifacts'])} artifacts, {view.latest.detail['summary']['duration']:.0f} s clip):")
     for name, ops in phases.items():
         detail = ", ".join(f"{k} {v}" for k, v in sorted(ops.items()) if k != "total")
         print(f"  {name:<24} {ops['total']:>4}   ({detail})")
-    print(f"  {'job total (excl. sweep)':<24} {total:>4}")
+    print(f"  {'job total (excl. sweep)':<24} {total:>4}   of which the result cache's: {cache_requests}")
+    return job_id
+
+
+def run(args: argparse.Namespace, counter: S3Counter, endpoint: str) -> None:
+    from bucketrun.events import codec
+    from bucketrun.events.lifecycle import read_view
+    from bucketrun.events.storage import open_bucket
+    from bucketrun.handlers import aws_lambda
+    from bucketrun.handlers.launchers.runpod import RunpodLauncher
+
+    bucket = open_bucket("s3://bench-bucket")
+    bucket.put("media/speech.ogg", (ROOT / "local_sim" / "assets" / "demo-speech.ogg").read_bytes())
+    manifest = codec.dumps({"kind": "transcribe", "source": {"key": "media/speech.ogg"},
+                            "options": {"language": "en"}})
+    aws_lambda.dispatch_handler({"source": "aws.events", "detail-type": "Scheduled Event"})  # warm the container
+    launcher = RunpodLauncher("bench", endpoint_url=endpoint, timeout_s=600)
+
+    # 1. One complete job, phase by phase, twice: a cache miss, then the identical job served from the cache.
+    miss = one_job(bucket, counter, launcher, manifest, "inbox/one job.json", "miss")
+    # the hit's cache requests: its entry lookup, and its reads of the producing job's artifacts it copies
+    counter.cache_prefixes = ("/cache/", f"/jobs/{miss}/artifacts/")
+    one_job(bucket, counter, launcher, manifest, "inbox/same job.json", "hit")
 
     # 2. Latency, event -> launched, against a bare POST /run to the same server.
     ours, bare, gaps = [], [], []

@@ -391,13 +391,14 @@ TRANSCRIPT_CACHE = f"{CACHE}transcribe/"
 
 
 def transcript_cache_entry_key(options_digest: str, media_sha256: str) -> str:
-    """cache/transcribe/<options>/media/<sha256 of the fetched media>.json: one write-once entry per result."""
+    """cache/transcribe/<options>/media/<sha256 of the fetched media>.json: one entry per result, created once and
+    replaced only when found broken (the artifacts it points at deleted or changed)."""
     return f"{TRANSCRIPT_CACHE}{options_digest}/media/{media_sha256}.json"
 
 
 def transcript_cache_files_prefix(options_digest: str, media_sha256: str, job_id: str, attempt: int) -> str:
-    """The entry's own copies of the outputs, per producing attempt, so racing producers never overwrite each
-    other and the loser can remove exactly its own files; a job's artifacts may be deleted, the cache's stay."""
+    """The entry's own copies of the formats its producing attempt did not write as artifacts (the entry points at
+    those it did), per attempt, so racing producers never overwrite each other and a loser removes exactly its own."""
     return f"{TRANSCRIPT_CACHE}{options_digest}/files/{media_sha256}/{job_id}-{attempt:03d}/"
 
 

@@ -51,6 +51,10 @@ def job_of(key: str) -> str | None:
 
 def count(cls: str, key: str, n: int = 1) -> None:
     """One request of class `cls` on `key`; keys that name no job are not kept."""
+    charged = getattr(_local, "charged", None)
+    if charged is not None:
+        count_for(charged, cls, n)
+        return
     job = job_of(key)
     if job is None:
         pending = getattr(_local, "pending", None)
@@ -81,6 +85,17 @@ def working_for(job_id: str) -> Iterator[None]:
         yield
     finally:
         _local.job = outer
+
+
+@contextlib.contextmanager
+def charged_to(job_id: str) -> Iterator[None]:
+    """Every request of this thread meanwhile is the job's, even on another job's keys: a cache hit reading the
+    producing job's artifacts does it for the new job, and the producer never records it."""
+    outer, _local.charged = getattr(_local, "charged", None), job_id
+    try:
+        yield
+    finally:
+        _local.charged = outer
 
 
 def count_for(job: str, cls: str, n: int = 1) -> None:

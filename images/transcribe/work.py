@@ -31,6 +31,7 @@ def transcribe(ctx: Attempt) -> dict[str, Any]:
     resolved = settings.output_options(opts, choice, decoding, vad)
     digest = options_digest(resolved)
     ctx.progress("fetch", 0.0)
+    broken: tuple[str | None, str | None] = (None, None)  # (media sha256 looked up, ETag of its broken entry)
     with contextlib.ExitStack() as stack:
         media_id = None
         if source.url:
@@ -41,9 +42,11 @@ def transcribe(ctx: Attempt) -> dict[str, Any]:
             if opts.cache and media_id:
                 with st("cache"):
                     known = cache.lookup_alias(ctx.bucket, digest, media_id)
-                    entry = cache.lookup(ctx.bucket, digest, known) if known else None
+                    entry, etag = cache.lookup(ctx.bucket, digest, known) if known else (None, None)
                 if entry and (served := _serve(ctx, entry, opts.formats, digest)):
                     return served
+                if known:  # looked up already: the media's own lookup below is not repeated
+                    broken = (known, etag)
             with st("fetch"):
                 path = session.download()
         else:
@@ -52,11 +55,12 @@ def transcribe(ctx: Attempt) -> dict[str, Any]:
     with st("hash"):
         media_sha256 = model.sha256_file(path)
     log.info("fetched %s (%d bytes, sha256 %s…)", path.name, path.stat().st_size, media_sha256[:12])
-    if opts.cache:
+    if opts.cache and broken[0] != media_sha256:
         with st("cache"):
-            entry = cache.lookup(ctx.bucket, digest, media_sha256)
+            entry, etag = cache.lookup(ctx.bucket, digest, media_sha256)
         if entry and (served := _serve(ctx, entry, opts.formats, digest)):
             return served
+        broken = (media_sha256, etag)
     ctx.check()
     with st("probe"):
         hint = stream.probe(path)
@@ -70,8 +74,9 @@ def transcribe(ctx: Attempt) -> dict[str, Any]:
     with pace:
         run = engine.transcribe_file(path, whisper, choice, decoding, opts, vad, stages=st, check=ctx.check,
                                      on_segment=pace.reached, on_window=pace.reached)
-    duration, result = run.duration, run.result(resolved)
-    ctx.progress("upload", 1.0, duration, duration)
+    result = run.result(resolved)
+    # No progress write for the writes that follow: the `succeeded` transition comes within them, and status
+    # reports a succeeded job at 100%, so a forced "upload 100%" PUT would be read by nobody.
     with st("render"):
         rendered = engine.render_all(run.segments, result)
     with st("write"):
@@ -85,7 +90,9 @@ def transcribe(ctx: Attempt) -> dict[str, Any]:
     if opts.cache:
         with st("cache-store"):
             out["cache"] = {"hit": False, **cache.store(ctx.bucket, ctx.job_id, ctx.attempt, digest,
-                                                         media_sha256, media_id, resolved, rendered, summary)}
+                                                         media_sha256, media_id, resolved, rendered, summary,
+                                                         ctx.artifacts, broken[1] if broken[0] == media_sha256
+                                                         else None)}
     return out
 
 
@@ -98,7 +105,6 @@ def _serve(ctx: Attempt, entry, formats: list[str], digest: str) -> dict[str, An
         log.warning("cache entry for %s… is broken (%s); transcribing afresh", entry.media_sha256[:12], exc)
         ctx.artifacts.clear()
         return None
-    ctx.progress("upload", 1.0, entry.summary.get("duration"), entry.summary.get("duration"))
     log.info("served from the cache: %s (made by job %s)", entry.media_sha256[:12], entry.job_id)
     return {"summary": {**entry.summary, "cached": True}, "media_sha256": entry.media_sha256,
             "model_seconds": 0.0, "gpu_seconds": 0.0,
