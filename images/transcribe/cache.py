@@ -29,7 +29,11 @@ class BrokenEntry(Exception):
     its result replaces the entry."""
 
 
-def lookup(bucket: Bucket, digest: str, media_sha256: str) -> tuple[CacheEntry | None, str | None]:
+def lookup(bucket: Bucket, digest: str, media_sha256: str) -> CacheEntry | None:
+    return find(bucket, digest, media_sha256)[0]
+
+
+def find(bucket: Bucket, digest: str, media_sha256: str) -> tuple[CacheEntry | None, str | None]:
     """(the entry, its ETag) when one is readable; (None, its ETag) when the key holds something unreadable; both
     ETags let a fresh result replace an entry found broken. (None, None) when there is none."""
     try:
@@ -83,11 +87,11 @@ def serve(ctx: Attempt, entry: CacheEntry, formats: list[str]) -> None:
 
 def store(bucket: Bucket, job_id: str, attempt: int, digest: str, media_sha256: str, media_id: str | None,
           options: dict[str, Any], rendered: dict[str, tuple[bytes, str]], summary: dict[str, Any],
-          artifacts: list[dict[str, Any]], broken_etag: str | None = None) -> dict[str, Any]:
+          artifacts: list[dict[str, Any]] = (), broken_etag: str | None = None) -> dict[str, Any]:
     """The entry (create-if-absent, or replacing the broken entry with ETag `broken_etag`) that makes job
     `job_id`'s `attempt` artifacts a result; formats the job did not write as artifacts are put under the cache's
-    own prefix first. A producer that loses the race removes only those copies and leaves the winner's entry.
-    Returns what the job records about the cache."""
+    own prefix first (all of them for a caller with no artifacts, the fleet processor). A producer that loses the
+    race removes only those copies and leaves the winner's entry. Returns what the job records about the cache."""
     written = {a.get("format"): a for a in artifacts}
     prefix = keys.transcript_cache_files_prefix(digest, media_sha256, job_id, attempt)
     files, copies = [], []

@@ -42,7 +42,7 @@ def transcribe(ctx: Attempt) -> dict[str, Any]:
             if opts.cache and media_id:
                 with st("cache"):
                     known = cache.lookup_alias(ctx.bucket, digest, media_id)
-                    entry, etag = cache.lookup(ctx.bucket, digest, known) if known else (None, None)
+                    entry, etag = cache.find(ctx.bucket, digest, known) if known else (None, None)
                 if entry and (served := _serve(ctx, entry, opts.formats, digest)):
                     return served
                 if known:  # looked up already: the media's own lookup below is not repeated
@@ -57,7 +57,7 @@ def transcribe(ctx: Attempt) -> dict[str, Any]:
     log.info("fetched %s (%d bytes, sha256 %s…)", path.name, path.stat().st_size, media_sha256[:12])
     if opts.cache and broken[0] != media_sha256:
         with st("cache"):
-            entry, etag = cache.lookup(ctx.bucket, digest, media_sha256)
+            entry, etag = cache.find(ctx.bucket, digest, media_sha256)
         if entry and (served := _serve(ctx, entry, opts.formats, digest)):
             return served
         broken = (media_sha256, etag)
