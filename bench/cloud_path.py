@@ -37,6 +37,7 @@ class S3Counter(logging.Handler):
         self.ops: collections.Counter[str] = collections.Counter()
         self.cache_prefixes: tuple[str, ...] = ("/cache/",)  # paths whose requests are the result cache's
         self.cache = 0
+        self.progress = 0  # PUTs of progress.json: about one a second of work, so they vary with the machine
 
     def emit(self, record: logging.LogRecord) -> None:
         m = _REQUEST.search(record.getMessage())
@@ -46,15 +47,18 @@ class S3Counter(logging.Handler):
             self.ops[op] += 1
             if any(p in path for p in self.cache_prefixes):
                 self.cache += 1
+            if method == "PUT" and path.endswith("/progress.json"):
+                self.progress += 1
 
     def take(self) -> dict[str, int]:
         out = dict(self.ops)
         self.ops.clear()
         return {**out, "total": sum(out.values())}
 
-    def take_cache(self) -> int:
-        n, self.cache = self.cache, 0
-        return n
+    def take_cache(self) -> tuple[int, int]:
+        """(the result cache's requests, progress writes) since the last call."""
+        out, self.cache, self.progress = (self.cache, self.progress), 0, 0
+        return out
 
 
 def free_port() -> int:
@@ -152,7 +156,7 @@ def one_job(bucket, counter: S3Counter, launcher, manifest: bytes, key: str, lab
         worker[op] -= n
         worker["total"] -= n
     phases["worker (GPU side)"] = worker
-    cache_requests = counter.take_cache()
+    cache_requests, progress_writes = counter.take_cache()
     view = read_view(bucket, job_id)
     assert view.state is JobState.SUCCEEDED, view.state
     assert view.latest.detail["cache"]["hit"] is (label == "hit"), view.latest.detail["cache"]
@@ -165,7 +169,8 @@ def one_job(bucket, counter: S3Counter, launcher, manifest: bytes, key: str, lab
     for name, ops in phases.items():
         detail = ", ".join(f"{k} {v}" for k, v in sorted(ops.items()) if k != "total")
         print(f"  {name:<24} {ops['total']:>4}   ({detail})")
-    print(f"  {'job total (excl. sweep)':<24} {total:>4}   of which the result cache's: {cache_requests}")
+    print(f"  {'job total (excl. sweep)':<24} {total:>4}   of which the result cache's {cache_requests}, "
+          f"progress writes {progress_writes} (timed: about one a second of work)")
     return job_id
 
 
