@@ -40,7 +40,8 @@ def decide(state: JobState | None, instances: list[dict[str, Any]], heartbeat_ag
 
 
 def heartbeat_ages(bucket: Bucket, job_id: str, now: datetime) -> dict[str, float]:
-    """Seconds since each worker's heartbeat was written, from one listing (Last-Modified, no reads)."""
+    """Seconds since each worker's heartbeat was written, from one listing (Last-Modified, no reads). A beat's
+    key names its process's first worker: an instance runs one process, named by its instance's worker."""
     prefix = keys.fleet_heartbeats_prefix(job_id)
     return {info.key[len(prefix):-len(".json")]: (now - info.last_modified).total_seconds()
             for info in bucket.list(prefix) if info.last_modified is not None}

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from bucketrun.events import codec, keys
+from bucketrun.events.errors import NotFound
+from bucketrun.events.fleet.status import beat_workers
 from bucketrun.events.lifecycle import JobState, read_view
 from bucketrun.local_sim import fleet_harness as harness
 
@@ -42,6 +44,14 @@ def spawn(bucket_url: str, job_id: str, workers: list[str], env: dict | None = N
     return subprocess.Popen(harness.worker_cmd(bucket_url, job_id, workers, grace_s=20),
                             env={**os.environ, "PYTHONPATH": str(TESTS), **(env or {})},
                             stdout=out, stderr=out)
+
+
+def bucket_has(bucket, key: str) -> bool:
+    try:
+        bucket.head(key)
+        return True
+    except NotFound:
+        return False
 
 
 def done_count(bucket, job_id: str) -> int:
@@ -152,7 +162,11 @@ def test_sigterm_finishes_the_item_and_nothing_done_is_redone(bucket_url, bucket
     wait_for(lambda: finished_by_a() > seen, timeout=60, every=0.005)
     a.send_signal(signal.SIGTERM)
     assert a.wait(timeout=30) == 0  # within the grace period, cleanly
-    beats = {w: codec.loads(bucket.get(keys.fleet_heartbeat_key(job, w)).data) for w in ("ta0", "ta1")}
+    # One beat for the process, named by its first worker, with each worker's last state (images/fleet/beat.py)
+    prefix = keys.fleet_heartbeats_prefix(job)
+    beats = beat_workers(keys.fleet_heartbeat_key(job, "ta0"), prefix,
+                         codec.loads(bucket.get(keys.fleet_heartbeat_key(job, "ta0")).data))
+    assert set(beats) == {"ta0", "ta1"} and not bucket_has(bucket, keys.fleet_heartbeat_key(job, "ta1"))
     assert all(b_["state"] == "offline" and b_["holding"] == [] for b_ in beats.values())
     result = finish(bucket_url, job, [b])
     harness.verify(bucket_url, result["dataset"])
@@ -198,7 +212,9 @@ def run_poison_fleet(bucket_url: str, bucket, tmp_path: Path, n: int, poison_at:
     return {"result": result, "items": items, "crashed": crashed, "exits": exits, "probe": probe, "ids": ids,
             "crashed_proc": crashed_proc,
             "leases": leases(bucket, job), "markers": markers(bucket, job), "job": job,
-            "beats": [codec.loads(bucket.get(i.key).data) for i in bucket.list(keys.fleet_heartbeats_prefix(job))],
+            "beats": [b for i in bucket.list(keys.fleet_heartbeats_prefix(job))  # each worker's, from its process's
+                      for b in beat_workers(i.key, keys.fleet_heartbeats_prefix(job),
+                                            codec.loads(bucket.get(i.key).data)).values()],
             "succeeded_at": succeeded_at(bucket, job)}
 
 

@@ -72,9 +72,19 @@ def worker_row(worker: str | None, beat: dict[str, Any], age_s: float, heartbeat
 
 
 def heartbeat_worker(key: str, prefix: str, beat: dict[str, Any]) -> str | None:
-    """A worker writes its heartbeat under its own id (keys.fleet_heartbeat_key): the key names the worker,
-    whatever the body says (never a process's writer, fleet:w0001,w0002,...)."""
+    """A beat's key names its process's first worker (keys.fleet_heartbeat_key), whatever the body says (never
+    a process's writer, fleet:w0001,w0002,...)."""
     return key[len(prefix):-len(".json")] if key.endswith(".json") else beat.get("worker")
+
+
+def beat_workers(key: str, prefix: str, beat: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Worker id -> its beat. A process writes one beat for all its workers (images/fleet/beat.py), each entry
+    beside the process's own fields (host, GPU, version); a beat from before that named one worker."""
+    entries = beat.get("workers")
+    if not isinstance(entries, dict):
+        return {heartbeat_worker(key, prefix, beat) or "?": beat}
+    shared = {k: v for k, v in beat.items() if k != "workers"}
+    return {w: {**shared, **e, "worker": w} for w, e in entries.items() if isinstance(e, dict)}
 
 
 def summarize(job_id: str, view, plan: dict[str, Any] | None, done_shards, workers: list[dict[str, Any]],
@@ -141,6 +151,6 @@ def fleet_status(bucket, job_id: str, now: datetime | None = None) -> dict[str, 
         if beat is None:
             continue
         age = (now - info.last_modified).total_seconds() if info.last_modified else float("inf")
-        workers.append(worker_row(heartbeat_worker(info.key, hb_prefix, beat), beat, age, body.heartbeat_s))
+        workers += [worker_row(w, b, age, body.heartbeat_s) for w, b in beat_workers(info.key, hb_prefix, beat).items()]
     cost = _get(bucket, keys.fleet_prefix(job_id) + "cost.json")
     return summarize(job_id, view, plan, done, workers, cost)

@@ -38,7 +38,7 @@ from markupsafe import Markup
 from bucketrun.events import codec, keys
 from bucketrun.events.errors import BucketrunError, CorruptObject, NotFound
 from bucketrun.events.fleet.instances import fleet_cost
-from bucketrun.events.fleet.status import heartbeat_worker, summarize, worker_row
+from bucketrun.events.fleet.status import beat_workers, heartbeat_worker, summarize, worker_row
 from bucketrun.events.kinds.validate import load_job_manifest
 from bucketrun.events.lease import RELEASED
 
@@ -136,15 +136,16 @@ class FleetReads:
             beat = _get(bucket, key)
             if beat is not None:
                 beats[worker] = (at, beat, at)
-                self._sample(worker, beat, at)
+                for w, b in beat_workers(key, hb_prefix, beat).items():
+                    self._sample(w, b, at)
         beats = {w: b for w, b in beats.items() if b[1] is not None}
         self.beats = beats
-        for worker in beats:
-            if worker not in self.registrations:
+        for worker, (_, beat, _) in beats.items():  # a beat from before process beats: its registration
+            if "workers" not in beat and worker not in self.registrations:
                 self.registrations[worker] = _get(bucket, keys.fleet_worker_key(job_id, worker))
 
-        held = {h.get("shard") for _, beat, _ in beats.values() if beat.get("state") not in ("offline", "finished")
-                for h in beat.get("holding") or []}
+        held = {h.get("shard") for b in self.worker_beats().values() if b[1].get("state") not in ("offline", "finished")
+                for h in b[1].get("holding") or []}
         lease_prefix = keys.fleet_leases_prefix(job_id)
         leases, reads = {}, 0
         for info in bucket.list(lease_prefix):
@@ -166,6 +167,12 @@ class FleetReads:
         if not live:
             self.cost = _get(bucket, keys.fleet_prefix(job_id) + "cost.json")
         return self.model(view, now, held)
+
+    def worker_beats(self) -> dict[str, tuple[float, dict[str, Any]]]:
+        """Worker -> (its beat's Last-Modified, its beat): a process's beat names all its workers."""
+        prefix = keys.fleet_heartbeats_prefix(self.job_id)
+        return {w: (at, b) for name, (at, beat, _) in self.beats.items()
+                for w, b in beat_workers(f"{prefix}{name}.json", prefix, beat).items()}
 
     def _sample(self, worker: str, beat: dict[str, Any], at: float) -> None:
         """The worker's items_done at its beat's time; a restarted worker (its count went down) starts over."""
@@ -200,9 +207,9 @@ class FleetReads:
         instances = [r for _, r in self.instances.values()]
         price = {r.get("worker"): r.get("price_per_hour") for r in instances if not r.get("terminated_at")}
         rows = []
-        for worker, (at, beat, _) in self.beats.items():
+        for worker, (at, beat) in self.worker_beats().items():
             row = worker_row(worker, beat, t_now - at, body.heartbeat_s)
-            reg = self.registrations.get(worker) or {}
+            reg = beat if beat.get("process") else self.registrations.get(worker) or {}
             gpu = (reg.get("gpu") or {}).get("name") if isinstance(reg.get("gpu"), dict) else None
             row.update({"backend": body.workers.backend, "gpu": gpu or body.workers.gpu_type or reg.get("device"),
                         "for_s": (t_now - _epoch(row["current_since"])) if row["current_shard"]

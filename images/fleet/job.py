@@ -76,6 +76,9 @@ class FleetJob:
         self._children: set[str] = set()
         self._children_of = 0  # markers of the cache (in insertion order) whose children are counted
         self.finished = asyncio.Event()  # the dataset is committed: every worker of this process leaves
+        self.finalizing = asyncio.Lock()  # one worker of this process at a time goes for the finalize role
+        self.role_seen = False  # the finalize role exists: look at it by a read, not a losing create
+        self.beat_started = asyncio.Event()  # a worker here claimed: the process beats (images/fleet/beat.py)
         self._dataset_watch: asyncio.Task | None = None
         self._quarantine: Quarantine | None = None
         self._stack = AsyncExitStack()

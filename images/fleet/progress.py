@@ -21,7 +21,8 @@ LIST_S_PER_PAGE = 1.0
 
 
 async def fleet_progress(bucket, job_id: str, total: int, heartbeat_s: float) -> dict[str, Any]:
-    """Two listings: done markers (items done) and heartbeats (workers alive by the store's Last-Modified)."""
+    """Two listings: done markers (items done) and heartbeats (worker processes alive by the store's
+    Last-Modified: a process beats for all its workers, images/fleet/beat.py)."""
     done = await list_shards(bucket, keys.fleet_done_prefix(job_id))
     now = codec.now()
     alive = 0
@@ -29,7 +30,7 @@ async def fleet_progress(bucket, job_id: str, total: int, heartbeat_s: float) ->
         if info.last_modified and (now - info.last_modified).total_seconds() < 2 * heartbeat_s:
             alive += 1
     return {"items_done": min(total, covered_items(done)), "items_total": total, "shards_done": len(done),
-            "workers_alive": alive}
+            "processes_alive": alive}
 
 
 class ProgressDuty:

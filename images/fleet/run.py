@@ -23,6 +23,7 @@ from bucketrun.events.retry import record_failure
 from bucketrun.events.storage import open_bucket
 
 try:  # pyarrow (and aioboto3) come with the fleet extra: without them main() fails the job, not just this process
+    from .beat import ProcessBeat
     from .job import FleetJob, FleetStopped
     from .progress import ProgressDuty
     from .worker import GRACE_S, Stop, Worker
@@ -58,11 +59,18 @@ async def run_workers(bucket_url: str, job_id: str, worker_ids: list[str], devic
         watcher = asyncio.create_task(_watch_job(job, stop))
         duty = ProgressDuty(job, worker_ids[0])
         duty_task = asyncio.create_task(duty.loop(stop))
+        beat = ProcessBeat(job, worker_ids)
+        last = await beat.last()  # one read for the process: what its workers' previous lives held
+        beating = asyncio.create_task(beat.loop())
         try:
-            outcomes = await asyncio.gather(*(Worker(job, w, stop).run() for w in worker_ids))
+            workers = [Worker(job, w, stop) for w in worker_ids]
+            outcomes = await asyncio.gather(*(w.run(last.get(w.id)) for w in workers))
         finally:
             watcher.cancel()
             duty_task.cancel()
+            beating.cancel()
+            await asyncio.gather(beating, return_exceptions=True)  # a beat under way must not land after the last
+            await beat.final()
             if install_signals:  # a dump asked for as the process ends must not end it (SIGUSR1's default)
                 loop.remove_signal_handler(signal.SIGUSR1)
                 signal.signal(signal.SIGUSR1, signal.SIG_IGN)

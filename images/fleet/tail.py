@@ -20,14 +20,22 @@ from bucketrun.events import aconditional, keys
 from bucketrun.events.fleet import claims
 from bucketrun.events.lease import Snapshot
 
-# Pending shards up to which direct reads beat a full listing: S3 prices a LIST as 12.5 GETs, and a listing of
-# 10,000 shards is 22 LISTs, so 512 GETs cost about what two full listings do; a look drops each shard it finds
-# done, so only the first one reads that many. (A process counts as pending the markers of other processes not
-# yet in their ledgers, up to LEDGER_BATCH each.)
+# Pending shards up to which direct reads beat a full listing: S3 and R2 price a LIST as 12.5 GETs, and a full
+# look by listing is two listings (leases, done markers) of a page per 1,000 shards: 25 reads a page. So 10,000
+# shards (22 pages) read up to 512 one by one, and a fleet of 1,000 shards or fewer only its last 25: reading
+# all 400 shards of a 20,000-item fleet at every look was a third of its requests. A look drops each shard it
+# finds done, so only the first one reads that many. (A process counts as pending the markers of other
+# processes not yet in their ledgers, up to LEDGER_BATCH each.)
 TAIL_SHARDS = 512
+TAIL_SHARDS_PER_PAGE = 25
 LOOK_MIN_S = 1.0  # a process looks at most this often...
 LOOK_S_PER_SHARD = 0.01  # ...or less often by this much per shard it reads
 READ_CONCURRENCY = 8  # per process: the tail's reads must leave the store to the last commits
+
+
+def tail_limit(n_shards: int) -> int:
+    """Pending shards from which a process reads them one by one rather than list: see TAIL_SHARDS_PER_PAGE."""
+    return min(TAIL_SHARDS, TAIL_SHARDS_PER_PAGE * max(1, math.ceil(n_shards / 1000)))
 
 
 @dataclass

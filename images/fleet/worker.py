@@ -13,7 +13,6 @@ import collections
 import contextlib
 import hashlib
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from bucketrun.events.errors import BucketrunError, NotFound
 from bucketrun.events.fleet import claims
 from bucketrun.events.lease import LeaseLost
 
-from . import finalize, host, quarantine, tail
+from . import finalize, quarantine, tail
 from .commit import RowsDoNotCheck, commit_shard, list_shards
 from .job import FleetJob
 from .processors import CURRENT_WORKER
@@ -103,28 +102,17 @@ class Worker:
                       "claims_lost": 0, "commits_refused": 0, "takeovers": 0, "dead_lettered": 0,
                       "quarantined": 0, "quarantine_kills": 0, "last_error": None}
         self.recent: collections.deque[tuple[int, float]] = collections.deque(maxlen=10)
-        self.current_started = 0.0  # monotonic start of the current shard, or of the wait for one (heartbeat())
+        self.current_started = 0.0  # monotonic start of the current shard, or of the wait for one (beat_entry())
         self.idle_s = 0.5
         self.errors = 0
         self.all_done = False
-        self.role_seen = False
         job.workers.append(self)
 
     # -- start ---------------------------------------------------------------------------------------
-    async def register(self) -> None:
-        config = {"worker": self.id, "host": os.uname().nodename, "pid": os.getpid(),
-                  "processor": self.body.processor.name or self.body.processor.entry_point,
-                  "batch_size": self.body.shard_size, "device": self.job.device, "gpu": host.gpu(),
-                  "version": host.version(), "started_at": codec.iso(codec.now())}
-        await self.bucket.put(keys.fleet_worker_key(self.job.job_id, self.id), codec.dumps(config), "application/json")
-
-    async def recover(self) -> None:
-        """A restarted worker (same id) hands back what its last life held, a death each, then learns the fleet."""
-        try:
-            last = codec.loads((await self.bucket.get(keys.fleet_heartbeat_key(self.job.job_id, self.id))).data)
-        except NotFound:
-            last = None
-        if last and last.get("state") != "offline":
+    async def recover(self, last: dict[str, Any] | None) -> None:
+        """A restarted worker (same id) hands back what its last life held, a death each, then learns the fleet.
+        `last` is its entry in its process's last beat (images/fleet/beat.py)."""
+        if last and last.get("state") not in ("offline", "finished"):
             for held in last.get("holding", []):
                 key = keys.fleet_lease_key(self.job.job_id, held["shard"])
                 if await self.bucket_has(keys.fleet_done_key(self.job.job_id, held["shard"])):
@@ -153,7 +141,7 @@ class Worker:
         (images/fleet/tail.py); else list the leases. In the tail a hundred workers colliding on the last free
         shards made these listings most of the time from 99% done to the end."""
         free = [s for s in self.shards if s not in self.unavailable]
-        if len(free) > tail.TAIL_SHARDS:
+        if len(free) > tail.tail_limit(len(self.shards)):
             return await self.learn_leases()
         look = await self.job.tail.look(free, self.job.held_or_picked(self.body.lease_s))
         taken = {s for s, snap in look.leases.items() if snap is not None}
@@ -212,6 +200,7 @@ class Worker:
         self.collisions = 0
         self.cursor = cand.index + 1
         self.holding[lease.shard] = lease
+        self.job.beat_started.set()  # this process beats from its first claim on (images/fleet/beat.py)
         return ShardWork(lease, cand.lo, cand.hi, cand.payloads)
 
     async def _fetch(self, lo: int, hi: int) -> list[Any]:
@@ -232,6 +221,7 @@ class Worker:
     async def _prepare(self, lease: claims.ShardLease) -> ShardWork:
         """A shard taken over: a suspected one's inputs are fetched by its quarantine process, not here."""
         self.holding[lease.shard] = lease
+        self.job.beat_started.set()
         lo, hi = keys.parse_shard_id(lease.shard)
         return ShardWork(lease, lo, hi, [] if lease.quarantined else await self._fetch(lo, hi))
 
@@ -246,10 +236,11 @@ class Worker:
         if self.job.children() - set(self.shards):  # remainders and split-off parts named by known markers
             self.shards = sorted(set(self.shards) | self.job.children())
         pending = [s for s in self.shards if s not in self.done and s not in self.job.marker_cache]
-        if len(pending) > tail.TAIL_SHARDS:  # the other processes' ledgers may show the tail is near
+        limit = tail.tail_limit(len(self.shards))
+        if len(pending) > limit:  # the other processes' ledgers may show the tail is near
             await self.job.learn_ledgers()
             pending = [s for s in pending if s not in self.job.marker_cache]
-        if len(pending) <= tail.TAIL_SHARDS:
+        if len(pending) <= limit:
             return await self._tail(pending)
         leases = await self.learn()
         pending = [s for s in self.shards if s not in self.done]
@@ -523,7 +514,8 @@ class Worker:
         """Every shard is done: one elected writer commits the dataset manifest, then `succeeded`."""
         return await finalize.finalize(self)
 
-    async def heartbeat(self, final: bool = False) -> None:
+    def beat_entry(self) -> dict[str, Any]:
+        """This worker in its process's beat (images/fleet/beat.py): state, counts, current shard, holdings."""
         recent_items = sum(n for n, _ in self.recent)
         recent_s = sum(s for _, s in self.recent)
         if self.recent and self.state != "finished":  # a shard (or a wait for one) running past the usual shard's
@@ -531,32 +523,17 @@ class Worker:
             recent_s += max(0.0, time.monotonic() - self.current_started - usual)  # nothing to do, reports a
             # falling rate rather than its last one, so the fleet's live rate and ETA follow what it does now
         state = "draining" if self.state == "running" and self.stop.draining.is_set() else self.state
-        beat = {"worker": self.id, "state": state, "at": codec.iso(codec.now()), **self.stats,
+        return {"worker": self.id, "state": state, **self.stats,
                 "items_per_s": round(recent_items / recent_s, 3) if recent_s > 0 else None,
                 "current_shard": self.current, "current_since": self.current_since if self.current else None,
                 "holding": [{"shard": s, "generation": lease.generation} for s, lease in self.holding.items()]}
-        try:
-            await self.bucket.put(keys.fleet_heartbeat_key(self.job.job_id, self.id), codec.dumps(beat),
-                                  "application/json")
-        except BucketrunError as exc:
-            if final:
-                raise
-            log.warning("%s: heartbeat not written: %s", self.id, exc)
-
-    async def heartbeat_loop(self) -> None:
-        every = self.body.heartbeat_s
-        while True:
-            await asyncio.sleep(every * self.rng.uniform(0.8, 1.2))
-            await self.heartbeat()
 
     # -- the loop ------------------------------------------------------------------------------------
-    async def run(self) -> str:
+    async def run(self, last: dict[str, Any] | None = None) -> str:
         CURRENT_WORKER.set(self.id)  # this task's context (and its to_thread calls): rows name this worker
-        await self.register()
-        await self.recover()
+        await self.recover(last)
         self.state = "running"
-        await self.heartbeat()
-        tasks = [asyncio.create_task(self.heartbeat_loop()), asyncio.create_task(self.renew_loop())]
+        tasks = [asyncio.create_task(self.renew_loop())]
         outcome = "stopped"
         ahead: asyncio.Task | None = None
         try:
@@ -587,7 +564,7 @@ class Worker:
                     await self._drop(work.lease, exc)
                     if isinstance(exc, quarantine.QuarantineFailed):
                         await self._pause(exc)
-                self.current, self.current_started = None, time.monotonic()  # idle from now: see heartbeat()
+                self.current, self.current_started = None, time.monotonic()  # idle from now: see beat_entry()
         finally:
             if ahead is not None:
                 ahead.cancel()
@@ -599,11 +576,7 @@ class Worker:
                 await self._release(lease)
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)  # a beat under way must not land after the last
+            await asyncio.gather(*tasks, return_exceptions=True)
             self.state = "offline" if outcome != "finished" else "finished"
-            self.current = None
-            try:
-                await self.heartbeat(final=True)
-            except BucketrunError:
-                pass
+            self.current = None  # the process's last beat (run.py) says so
         return outcome

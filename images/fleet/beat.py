@@ -1,0 +1,84 @@
+"""One heartbeat object per worker process, not per worker: `heartbeats/<first worker id>.json` holds where the
+process runs (what the registration used to say) and every one of its workers' states, counts and holdings.
+
+A hundred workers over four processes wrote a hundred registrations and a beat each every heartbeat_s; now four
+processes write one beat each. Liveness is the object's Last-Modified, the same for every worker of a process,
+as it is in fact: a process dies whole. Lazy: a process writes nothing until one of its workers claims a shard,
+so a process that never works costs no request. A restarted process (same worker ids, as a relaunched instance
+is given) finds its last beat by key and hands back what each worker held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from typing import Any
+
+from bucketrun.events import codec, keys
+from bucketrun.events.errors import BucketrunError, NotFound
+
+from . import host
+
+log = logging.getLogger("bucketrun.fleet")
+
+
+class ProcessBeat:
+    def __init__(self, job, worker_ids: list[str]):
+        self.job, self.ids = job, list(worker_ids)
+        self.key = keys.fleet_heartbeat_key(job.job_id, self.ids[0])
+        self.started: asyncio.Event = job.beat_started  # a worker here claimed a shard: the process beats
+        self.written = False
+        self.config: dict[str, Any] | None = None
+
+    def _config(self) -> dict[str, Any]:
+        if self.config is None:
+            body = self.job.body
+            self.config = {"worker": self.ids[0], "process": True, "host": os.uname().nodename, "pid": os.getpid(),
+                           "processor": body.processor.name or body.processor.entry_point,
+                           "batch_size": body.shard_size, "device": self.job.device, "gpu": host.gpu(),
+                           "version": host.version(), "started_at": codec.iso(codec.now())}
+        return self.config
+
+    async def last(self) -> dict[str, dict[str, Any]]:
+        """Each worker's entry in this process's last beat (a previous life under the same ids), else {}."""
+        try:
+            body = codec.loads((await self.job.bucket.get(self.key)).data)
+        except NotFound:
+            return {}
+        workers = body.get("workers") if isinstance(body, dict) else None
+        return {w: e for w, e in (workers or {}).items() if w in self.ids and isinstance(e, dict)}
+
+    def body(self) -> dict[str, Any]:
+        entries = {w.id: w.beat_entry() for w in self.job.workers if w.id in self.ids}
+        states = {e["state"] for e in entries.values()}
+        state = "running" if states - {"offline", "finished"} else ("finished" if states == {"finished"}
+                                                                     else "offline")
+        return {**self._config(), "state": state, "at": codec.iso(codec.now()), "workers": entries}
+
+    async def write(self, final: bool = False) -> None:
+        try:
+            await self.job.bucket.put(self.key, codec.dumps(self.body()), "application/json")
+            self.written = True
+        except BucketrunError as exc:
+            if final:
+                raise
+            log.warning("heartbeat not written: %s", exc)
+
+    async def loop(self) -> None:
+        """The first beat as soon as a worker here claims; then one every heartbeat_s (jittered)."""
+        await self.started.wait()
+        await self.write()
+        every = self.job.body.heartbeat_s
+        while True:
+            await asyncio.sleep(every * random.uniform(0.8, 1.2))
+            await self.write()
+
+    async def final(self) -> None:
+        """The workers' last states, if this process ever beat: a process that never worked stays silent."""
+        if self.written or self.started.is_set():
+            try:
+                await self.write(final=True)
+            except BucketrunError as exc:
+                log.warning("last heartbeat not written: %s", exc)
