@@ -24,7 +24,12 @@ class NotFound(StorageError):
 
 
 class PreconditionFailed(StorageError):
-    """A conditional write lost: the key already existed, or its ETag changed."""
+    """A conditional write lost: the key already existed, or its ETag changed. `retried`: the write may have been
+    sent more than once, so the 412 may answer our own first try that landed; False: the loss is certain."""
+
+    def __init__(self, message: str = "", retried: bool = True):
+        super().__init__(message)
+        self.retried = retried
 
 
 class ConditionalConflict(StorageError):

@@ -76,12 +76,20 @@ async def read(bucket, key: str) -> Snapshot | None:
 async def claim_fresh(bucket, key: str, holder: str, ttl_s: float) -> ShardLease | None:
     """One request: a create-if-absent. A 412 means taken, unless the lease holds our own write token: the
     client retried a create whose first try landed. Without that read-back the lease would sit unprocessed,
-    held by nobody who knows it, until it expired (the fleet's tail waited on such leases)."""
+    held by nobody who knows it, until it expired (the fleet's tail waited on such leases). A 412 that cannot
+    answer a resend (the folder backend's) is a loss for certain, and needs no read."""
     body = {**_body(holder, ttl_s, 1, 0), aconditional.TOKEN: aconditional.new_token()}
     started = time.monotonic()
     try:
         etag = await bucket.create(key, codec.dumps(body), aconditional.JSON)
-    except (PreconditionFailed, ConditionalConflict):  # a 409: a racing create the store could not order
+    except PreconditionFailed as exc:
+        if not exc.retried:
+            return None
+        current, etag = await aconditional.read_json(bucket, key)
+        if current is None or current.get(aconditional.TOKEN) != body[aconditional.TOKEN]:
+            return None
+        body = current
+    except ConditionalConflict:  # a 409: a racing create the store could not order
         current, etag = await aconditional.read_json(bucket, key)
         if current is None or current.get(aconditional.TOKEN) != body[aconditional.TOKEN]:
             return None

@@ -116,7 +116,7 @@ class LocalBucket(Bucket):
                 except FileNotFoundError:
                     continue
                 except FileExistsError as exc:
-                    raise PreconditionFailed(f"{self._rel(path)} already exists") from exc
+                    raise PreconditionFailed(f"{self._rel(path)} already exists", retried=False) from exc
                 except (NotADirectoryError, IsADirectoryError) as exc:
                     raise InvalidKey(f"key {self._rel(path)!r} clashes with an existing key") from exc
                 except OSError as exc:

@@ -110,6 +110,8 @@ def translate(exc: Exception, op: str, key: str, url: str = "") -> Exception:
     code = error_code(exc)
     where = f" in {url}" if url else ""
     if code in PRECONDITION_CODES:
+        # A 412 here may answer a resend of ours that no layer reports (aiohttp's resend of a request whose
+        # answer was dropped shows in neither botocore's RetryAttempts nor its events): `retried` stays True.
         return PreconditionFailed(f"{op} {key}{where}: precondition failed ({code})")
     if code in CONFLICT_CODES:
         return ConditionalConflict(f"{op} {key}{where}: a concurrent conditional write is in flight ({code})")
