@@ -134,6 +134,31 @@ def read_view(bucket: Bucket, job_id: str, known: JobView | None = None) -> JobV
     return JobView(job_id, tuple(history))
 
 
+def read_next(bucket: Bucket, job_id: str, known: JobView) -> JobView:
+    """The one transition after those known, by its key: a GET, no LIST. Any later one is not looked for: a
+    conditional append at the next sequence number loses its race to it and re-reads (`append_transition`)."""
+    key = keys.event_key(job_id, known.next_seq)
+    try:
+        obj = codec.loads(bucket.get(key).data)
+    except NotFound:
+        return known
+    except CorruptObject as exc:
+        raise CorruptObject(f"{key} is not valid JSON ({exc})") from exc
+    return JobView(job_id, known.history + (Transition.from_json(obj, key),))
+
+
+def view_from_json(job_id: str, events: Any) -> JobView | None:
+    """A view handed over as JSON (a launch request's copy of the log so far), or None if it is not one: gaps or
+    foreign events make it useless, and the reader then reads the bucket as before."""
+    try:
+        history = tuple(Transition.from_json(e) for e in events)
+    except (CorruptObject, TypeError):
+        return None
+    if not history or [t.seq for t in history] != list(range(1, len(history) + 1)):
+        return None
+    return JobView(job_id, history)
+
+
 def require_view(bucket: Bucket, job_id: str) -> JobView:
     view = read_view(bucket, job_id)
     if not view.history:

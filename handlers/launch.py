@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 from bucketrun.events import codec, keys
@@ -39,6 +40,12 @@ def cancel_backend(bucket: Bucket, job_id: str, launchers: Routes | Launcher, ba
         log.warning("backend cancel of %s failed (the worker stops at its next heartbeat): %s", backend_id, exc)
 
 
+def handoff(view: JobView, manifest: dict) -> dict:
+    """What a launch request may carry besides the job's name: its log up to `queued` and its manifest (which holds
+    no secrets: intake refuses them). The worker trusts the manifest only if `launched` carries its sha256."""
+    return {"events": [t.to_json() for t in view.history], "manifest": manifest}
+
+
 def launch_attempt(bucket: Bucket, view: JobView, launchers: Routes | Launcher, writer: str,
                    manifest: JobManifest | None = None) -> JobView | None:
     """Launch the job's current attempt once, however many dispatchers or sweeps race here.
@@ -54,10 +61,14 @@ def launch_attempt(bucket: Bucket, view: JobView, launchers: Routes | Launcher, 
         return None
     if manifest is None:  # intake passes what it just validated; the sweep reads it back
         manifest = load_job_manifest(bucket, job_id)
+    body = manifest.to_json()
     launcher = None
     try:
         launcher = as_routes(launchers).for_job(manifest)
-        backend_id = launcher.launch(bucket.url, job_id, attempt, manifest)
+        if getattr(launcher, "takes_handoff", False):  # the worker need not read back what we just wrote
+            backend_id = launcher.launch(bucket.url, job_id, attempt, manifest, handoff=handoff(view, body))
+        else:
+            backend_id = launcher.launch(bucket.url, job_id, attempt, manifest)
     except LaunchError as exc:
         where = launcher.name if launcher is not None else f"kind {manifest.kind}"
         error = error_detail(exc.cls, f"launch on {where} failed: {exc}", where="launch")["error"]
@@ -67,7 +78,8 @@ def launch_attempt(bucket: Bucket, view: JobView, launchers: Routes | Launcher, 
     try:
         _, view = append_transition(bucket, job_id, JobState.LAUNCHED, writer=writer, attempt=attempt,
                                     expect=JobState.QUEUED, view=view,
-                                    detail={"backend": launcher.name, "backend_id": backend_id})
+                                    detail={"backend": launcher.name, "backend_id": backend_id,
+                                            "manifest_sha256": hashlib.sha256(codec.dumps(body)).hexdigest()})
     except IllegalTransition:
         log.warning("job %s left queued (cancelled?) while launching; cancelling %s", job_id, backend_id)
         try:

@@ -143,7 +143,7 @@ def test_s3_put_to_lambda_to_runpod_transcribes_real_speech(cloud, runpod_server
     assert written and not [k for k in written if k.startswith(("inbox/", "control/"))]
 
 
-def test_the_launch_input_names_only_the_job(cloud):
+def test_the_launch_input_names_the_job_and_carries_no_secret(cloud):
     fake = ScriptedRunpod([(200, {"id": "rp-1", "status": "IN_QUEUE"})])
     try:
         bucket = cloud(fake.url)
@@ -151,7 +151,10 @@ def test_the_launch_input_names_only_the_job(cloud):
         aws_lambda.dispatch_handler({"Records": [_record(bucket, "inbox/a.json")]})
         (method, path, body), = fake.requests
         assert (method, path) == ("POST", "/v2/ep123/run")
-        assert set(body["input"]) == {"job_id", "bucket", "manifest_key", "attempt"}
+        assert set(body["input"]) == {"job_id", "bucket", "manifest_key", "attempt", "events", "manifest"}
+        # what the worker would otherwise read back: the log up to `queued` and the manifest intake wrote
+        assert [e["state"] for e in body["input"]["events"]] == ["submitted", "queued"]
+        assert codec.dumps(body["input"]["manifest"]) == bucket.get(keys.manifest_key(body["input"]["job_id"])).data
         assert body["policy"] == {"executionTimeout": 900_000, "ttl": 7_200_000}
         assert "rp-test-not-a-real-key" not in json.dumps(body) and "testing" not in json.dumps(body)
     finally:

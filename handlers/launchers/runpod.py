@@ -1,8 +1,9 @@
 """Runpod serverless as GPU capacity, over its HTTP API (stdlib and urllib3, which boto3 already
 brings, so the dispatch function stays light).
 
-The job input names only the job (id, bucket URL, manifest key, attempt): Runpod keeps inputs in its own
-logs, so credentials never go there; the worker reads bucket credentials from its own environment.
+The job input names the job (id, bucket URL, manifest key, attempt) and carries its manifest and log so far, so
+the worker need not read them back: Runpod keeps inputs in its own logs, so credentials never go there (manifests
+hold none: intake refuses them); the worker reads bucket credentials from its own environment.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ DEFAULT_API = "https://api.runpod.ai"
 
 class RunpodLauncher:
     name = "runpod"
+    takes_handoff = True  # the /run input carries the job's log so far and its manifest (handlers/launch.py)
 
     def __init__(self, endpoint_id: str, api_key: str | None = None, *, api_base: str | None = None,
                  endpoint_url: str | None = None, retries: int = 4, backoff_base_s: float = 0.5,
@@ -91,19 +93,20 @@ class RunpodLauncher:
                               FailureClass.CODE_ERROR)
 
     # -- Launcher ------------------------------------------------------------------------------------
-    def run_payload(self, bucket_url: str, job_id: str, attempt: int, policy: RunpodPolicy) -> dict[str, Any]:
+    def run_payload(self, bucket_url: str, job_id: str, attempt: int, policy: RunpodPolicy,
+                    handoff: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
             "input": {"job_id": job_id, "bucket": bucket_url, "manifest_key": keys.manifest_key(job_id),
-                      "attempt": attempt},
+                      "attempt": attempt, **(handoff or {})},
             "policy": {"executionTimeout": int(policy.execution_timeout_s * 1000),
                        "ttl": int(policy.ttl_s * 1000)},
         }
 
-    def launch(self, bucket_url: str, job_id: str, attempt: int, manifest: JobManifest | None = None) -> str:
+    def launch(self, bucket_url: str, job_id: str, attempt: int, manifest: JobManifest | None = None,
+               handoff: dict[str, Any] | None = None) -> str:
         policy = manifest.launch.runpod if manifest is not None else RunpodPolicy()
         try:
-            answer = self._request("POST", "run", self.run_payload(bucket_url, job_id, attempt,
-                                                                   policy))
+            answer = self._request("POST", "run", self.run_payload(bucket_url, job_id, attempt, policy, handoff))
         except _NotFound as exc:
             raise LaunchError(str(exc), FailureClass.CONFIG_ERROR) from exc
         if not answer.get("id"):

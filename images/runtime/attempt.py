@@ -19,12 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bucketrun.events import keys, meter, needs
+from bucketrun.events import codec, keys, meter, needs
 from bucketrun.events.errors import BucketrunError, IllegalTransition, StaleAttempt
 from bucketrun.events.failures import FailureClass, JobFailure, error_detail
 from bucketrun.events.kinds import get_kind
-from bucketrun.events.kinds.validate import load_job_manifest
-from bucketrun.events.lifecycle import JobState, JobView, append_transition, default_writer, read_view
+from bucketrun.events.kinds.validate import load_job_manifest, validate_manifest
+from bucketrun.events.lifecycle import (JobState, JobView, append_transition, default_writer, read_next, read_view,
+                                        view_from_json)
 from bucketrun.events.manifest import JobManifest
 from bucketrun.events.retry import record_failure
 from bucketrun.events.storage import Bucket, open_bucket
@@ -128,31 +129,50 @@ class LogShipper:
             log.debug("worker log not shipped: %s", exc)
 
 
-def wait_for_launch(bucket: Bucket, job_id: str, attempt: int, timeout_s: float = 30.0) -> JobView:
-    """The launcher appends `launched` after the backend accepts the job, so a fast worker waits for it."""
+def wait_for_launch(bucket: Bucket, job_id: str, attempt: int, timeout_s: float = 30.0,
+                    known: JobView | None = None) -> JobView:
+    """The launcher appends `launched` after the backend accepts the job, so a fast worker waits for it. With the
+    log as the launcher knew it (`known`, the launch request's copy, ending at `queued`), the next transition is
+    read by its key alone; anything but this attempt's `launched` there is checked against the whole log."""
     deadline = time.monotonic() + timeout_s
-    view = read_view(bucket, job_id)
+    handed = known is not None and known.state is JobState.QUEUED and known.attempt == attempt
+    view = read_next(bucket, job_id, known) if handed else read_view(bucket, job_id)
     pause = 0.005  # the transition is usually milliseconds behind: look again soon, then back off to 0.2 s
     while view.state is JobState.QUEUED and view.attempt == attempt and time.monotonic() < deadline:
         time.sleep(pause)
         pause = min(pause * 2, 0.2)
-        view = read_view(bucket, job_id, known=view)
+        view = read_next(bucket, job_id, view) if handed else read_view(bucket, job_id, known=view)
+    if handed and (view.state is not JobState.LAUNCHED or view.attempt != attempt):
+        view = read_view(bucket, job_id, known=view)  # not the expected next step: the log's latest decides
     return view
 
 
 def run_attempt(bucket_url: str, job_id: str, attempt: int, writer: str | None = None,
-                work: Work | None = None) -> dict[str, Any]:
+                work: Work | None = None, handoff: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one attempt to a terminal transition; returns a small summary (never secrets). `work` overrides
-    the kind's registered callable (tests)."""
+    the kind's registered callable (tests). `handoff` is what the launch request carried (handlers/launch.py):
+    the log up to `queued` and the manifest, which spare the worker reading them back."""
     with meter.working_for(job_id):  # the media and cache keys it reads name no job: they are this one's
-        return _run_attempt(bucket_url, job_id, attempt, writer, work)
+        return _run_attempt(bucket_url, job_id, attempt, writer, work, handoff or {})
+
+
+def handed_manifest(handoff: dict[str, Any], view: JobView, attempt: int) -> JobManifest | None:
+    """The manifest the launch request carried, if the `launched` transition read from the bucket vouches for
+    it (the sha256 of the manifest the launcher launched with); else None, and the worker reads it back."""
+    raw = handoff.get("manifest")
+    launched = next((t for t in reversed(view.history) if t.attempt == attempt and t.state is JobState.LAUNCHED), None)
+    if not isinstance(raw, dict) or launched is None:
+        return None
+    if launched.detail.get("manifest_sha256") != hashlib.sha256(codec.dumps(raw)).hexdigest():
+        return None
+    return validate_manifest(raw)  # as load_job_manifest would: a failure here fails the job the same way
 
 
 def _run_attempt(bucket_url: str, job_id: str, attempt: int, writer: str | None,
-                 work: Work | None) -> dict[str, Any]:
+                 work: Work | None, handoff: dict[str, Any]) -> dict[str, Any]:
     bucket = open_bucket(bucket_url)
     writer = writer or default_writer("worker")
-    view = wait_for_launch(bucket, job_id, attempt)
+    view = wait_for_launch(bucket, job_id, attempt, known=view_from_json(job_id, handoff.get("events")))
     if view.state is not JobState.LAUNCHED or view.attempt != attempt:
         return {"job_id": job_id, "attempt": attempt, "status": "skipped",
                 "reason": f"job is {view.state.value if view.state else 'unknown'} on attempt {view.attempt}"}
@@ -178,7 +198,7 @@ def _run_attempt(bucket_url: str, job_id: str, attempt: int, writer: str | None,
     try:
         beat = None
         try:
-            manifest = load_job_manifest(bucket, job_id)
+            manifest = handed_manifest(handoff, view, attempt) or load_job_manifest(bucket, job_id)
             spec = get_kind(manifest.kind)
             assert spec is not None  # intake validated the kind
             run = work or spec.load_work()

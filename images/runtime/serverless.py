@@ -1,5 +1,5 @@
-"""Runpod serverless around the attempt runtime: the job input names only the job; bucket credentials come
-from the worker's environment. Each image's handler module calls `main([its kinds])`.
+"""Runpod serverless around the attempt runtime: the job input names the job and carries its manifest and log
+so far (never credentials); bucket credentials come from the worker's environment. Each image's handler module calls `main([its kinds])`.
 
 Run locally with `python -m bucketrun.images.transcribe.handler --rp_serve_api --rp_api_port N` (the SDK's own
 /run and /status server) or once with `--test_input '{"input": {...}}'`.
@@ -24,7 +24,8 @@ def handler(job: dict[str, Any]) -> dict[str, Any]:
     if missing:
         return {"error": f"job input lacks {', '.join(missing)}"}
     try:
-        return run_attempt(str(data["bucket"]), str(data["job_id"]), int(data["attempt"]))
+        handoff = {k: data[k] for k in ("events", "manifest") if k in data}  # spares reading them back
+        return run_attempt(str(data["bucket"]), str(data["job_id"]), int(data["attempt"]), handoff=handoff)
     except BucketrunError as exc:  # the bucket itself failed: the sweep will see silence and retry
         return {"error": f"{type(exc).__name__}: {exc}"}
     finally:
