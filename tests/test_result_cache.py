@@ -1,11 +1,12 @@
 """The transcription result cache: identical jobs racing leave one entry, pointing at the winner's artifacts, and
 two succeeded jobs; a later identical job is served from it with no model time; `cache: false` and a broken
 entry (its files deleted or changed) run fresh. Its bill, counted at the S3 server: a miss pays 2 requests (the
-lookup and the entry), a hit at most 10."""
+lookup and the entry) and a whole miss job at most 25, a hit's cache share at most 10."""
 
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import re
 import threading
@@ -34,12 +35,14 @@ class ThreadLauncher:
     """Each attempt in its own thread of this process, all started as dispatch reaches them: a real race."""
 
     name = "thread"
+    takes_handoff = True  # as Runpod's: the worker gets the log so far and the manifest, through JSON as on the wire
 
     def __init__(self):
         self.threads: list[threading.Thread] = []
 
-    def launch(self, bucket_url, job_id, attempt, manifest):
-        t = threading.Thread(target=run_attempt, args=(bucket_url, job_id, attempt))
+    def launch(self, bucket_url, job_id, attempt, manifest, handoff=None):
+        t = threading.Thread(target=run_attempt, args=(bucket_url, job_id, attempt),
+                             kwargs={"handoff": json.loads(json.dumps(handoff))})
         t.start()
         self.threads.append(t)
         return f"thread-{len(self.threads)}"
@@ -235,10 +238,16 @@ def test_a_miss_pays_the_cache_two_requests_and_a_hit_at_most_ten(served, media_
     progress = keys.progress_key(miss["job_id"]), keys.progress_key(off["job_id"])
     timed = [(op, key) for op, key in off_requests + miss_requests if key in progress]  # ~1 a second of work
     assert all(op == "PUT" for op, _ in timed)
-    # A miss: one lookup and one entry (no copies), 25 requests in all besides its timed progress writes.
+    # A miss: one lookup and one entry (no copies), at most 25 requests for the whole job, its timed progress
+    # writes included (issue 23); the worker reads neither the manifest nor the events the launch handed it.
     assert bill(miss_requests, keys.TRANSCRIPT_CACHE) == {"GET": 1, "PUT": 1, "total": 2}
+    assert bill(miss_requests)["total"] <= 25, bill(miss_requests)
+    events = keys.events_prefix(miss["job_id"])
+    assert bill(miss_requests, keys.manifest_key(miss["job_id"])) == {"PUT": 1, "total": 1}
+    handed = {keys.event_key(miss["job_id"], 1), keys.event_key(miss["job_id"], 2)}  # submitted, queued
+    assert not [r for r in miss_requests if r[0] == "LIST" and r[1].startswith(events)]
+    assert not [r for r in miss_requests if r[0] == "GET" and r[1] in handed]
     fixed = [r for r in miss_requests if r[1] not in progress]
-    assert bill(fixed)["total"] <= 25, bill(fixed)
     assert bill(fixed)["total"] == bill([r for r in off_requests if r[1] not in progress])["total"] + 2
     # A hit: the lookup and a read of each file it serves, checked against its sha256, then its own copies.
     producer = keys.artifacts_prefix(miss["job_id"], 1)
@@ -248,6 +257,7 @@ def test_a_miss_pays_the_cache_two_requests_and_a_hit_at_most_ten(served, media_
     assert not [r for r in hit_requests if r[1] == keys.progress_key(hit["job_id"])]
     assert hit["model_seconds"] == 0 and [a["sha256"] for a in hit["artifacts"]] == \
         [a["sha256"] for a in miss["artifacts"]]
+    assert bill([r for r in hit_requests if r[1] not in progress])["total"] <= bill(fixed)["total"] - 2 + 5 + 4
     print(f"\nrequests: cache off {bill(off_requests)}, miss {bill(miss_requests)}, hit {bill(hit_requests)}")
 
 
