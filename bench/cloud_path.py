@@ -167,7 +167,7 @@ def one_job(bucket, counter: S3Counter, launcher, manifest: bytes, key: str, lab
     print(f"S3 requests for one complete transcription job, result cache {label} ({len(view.history)} transitions, "
           f"{len(view.latest.detail['artifacts'])} artifacts, {view.latest.detail['summary']['duration']:.0f} s clip):")
     for name, ops in phases.items():
-        detail = ", ".join(f"{k} {v}" for k, v in sorted(ops.items()) if k != "total")
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(ops.items()) if k != "total" and v)
         print(f"  {name:<24} {ops['total']:>4}   ({detail})")
     print(f"  {'job total (excl. sweep)':<24} {total:>4}   of which the result cache's {cache_requests}, "
           f"progress writes {progress_writes} (timed: about one a second of work)")
