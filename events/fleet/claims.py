@@ -181,9 +181,10 @@ JUMP_CHOICES = 8  # a worker out of its own run jumps into one of this many long
 
 
 def pick(shards: list[str], unavailable: set[str], cursor: int | None, rng: random.Random) -> int | None:
-    """Go on from the cursor while its shards are free; else jump into one of the longest runs of free shards,
-    at a random point of its middle half: far from the run's owner working its way up, and (as the workers of a
-    process share one view) not where the other jumpers land."""
+    """Go on from the cursor while its shards are free; else jump to the last shard of one of the longest runs
+    of free shards, to work down it (the caller steps by -1 after a jump): the run's owner works its way up
+    from its start, so the two meet once, at most one lost claim a run, where a jump into its middle lost one
+    at each end."""
     n = len(shards)
     if cursor is not None and 0 <= cursor < n and shards[cursor] not in unavailable:
         return cursor
@@ -200,6 +201,4 @@ def pick(shards: list[str], unavailable: set[str], cursor: int | None, rng: rand
     runs.sort(reverse=True)
     cut = runs[min(len(runs), JUMP_CHOICES) - 1][0]  # ties at the cut all count: in the tail every run is one
     length, start = rng.choice([r for r in runs if r[0] >= cut])
-    if length <= 2:
-        return start + length // 2
-    return start + rng.randrange(length // 4, length - length // 4)
+    return start + length - 1

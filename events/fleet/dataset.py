@@ -223,13 +223,16 @@ def read_part(entry: dict[str, Any], data: bytes | None) -> PartCheck:
                           f"sha256 {digest[:12]}...; the manifest says {entry.get('bytes')} bytes, sha256 "
                           f"{str(entry.get('sha256'))[:12]}...)"], False)
     try:
-        names = pq.read_schema(io.BytesIO(data)).names
+        # ParquetFile, not read_table: half the time a part, and no pyarrow.dataset import on a worker's first
+        # commit (50 ms). No Arrow thread pool: one outliving the interpreter aborts the process at exit
+        # (apache/arrow#34314).
+        pf = pq.ParquetFile(io.BytesIO(data))
+        names = pf.schema_arrow.names
         absent = [c for c in ROW_COLUMNS if c not in names]
         if "item_index" in absent:
             return PartCheck([f"part {key} has no item_index column"], False)
         columns = [c for c in (*ROW_COLUMNS, "item") if c in names]
-        # No Arrow thread pool: one outliving the interpreter aborts the process at exit (apache/arrow#34314).
-        table = pq.read_table(io.BytesIO(data), columns=columns, use_threads=False, pre_buffer=False)
+        table = pf.read(columns=columns, use_threads=False)
     except (pa.ArrowException, OSError, ValueError) as exc:
         return PartCheck([f"part {key} is not a readable parquet file ({exc})"], False)
     bad_types = [f"part {key}: its {c} column is {table.schema.field(c).type}, not integers"

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Iterator
 
 from . import open_bucket, resolve_bucket_url, split_s3_url
 from .base import Blob, Bucket, ObjectInfo
-from .s3_async import AsyncS3Bucket
 
 
 def _take(it: Iterator[ObjectInfo], n: int) -> list[ObjectInfo]:
@@ -77,5 +76,7 @@ def open_async_bucket(url: str | None = None):
     url = resolve_bucket_url(url)
     if url.startswith("s3://"):
         name, prefix = split_s3_url(url)
+        from .s3_async import AsyncS3Bucket  # late, as open_bucket's boto3: aioboto3 only for an s3:// bucket
+
         return AsyncS3Bucket(name, prefix)
     return AsyncLocalBucket(url)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import random
+import re
 import tempfile
 import time
 from contextlib import AsyncExitStack
@@ -18,6 +20,7 @@ import pyarrow as pa
 from bucketrun.events import aconditional, keys, meter
 from bucketrun.events.errors import BucketrunError, IllegalTransition, NotFound, StaleAttempt
 from bucketrun.events.failures import FailureClass, error_detail
+from bucketrun.events.fleet import claims
 from bucketrun.events.fleet.plan import (Plan, PlanError, list_items, load_items, plan_source, read_items_file,
                                          read_plan, write_plan)
 from bucketrun.events.kinds import get_kind
@@ -37,6 +40,7 @@ from .tail import TailLook
 log = logging.getLogger("bucketrun.fleet")
 LEDGER_LOOK_S = 2.0  # a process reads new ledgers at most this often
 DATASET_POLL_S = 1.0  # once a worker of this process is idle, it looks for the committed dataset this often
+FRESH_WAIT_S = 2.0  # another process's never-claimed shard is left to its owner this long (ripe())
 
 
 class FleetStopped(Exception):
@@ -78,7 +82,8 @@ class FleetJob:
         self.finished = asyncio.Event()  # the dataset is committed: every worker of this process leaves
         self.finalizing = asyncio.Lock()  # one worker of this process at a time goes for the finalize role
         self.role_seen = False  # the finalize role exists: look at it by a read, not a losing create
-        self.beat_started = asyncio.Event()  # a worker here claimed: the process beats (images/fleet/beat.py)
+        self.beat_started = asyncio.Event()
+        self.fresh_since: dict[str, float] = {}  # shard -> when a listing first showed it never claimed  # a worker here claimed: the process beats (images/fleet/beat.py)
         self._dataset_watch: asyncio.Task | None = None
         self._quarantine: Quarantine | None = None
         self._stack = AsyncExitStack()
@@ -207,6 +212,53 @@ class FleetJob:
         if self._tail is None:
             self._tail = TailLook(self.bucket, self.job_id, self.marker_cache)
         return self._tail
+
+    def keep_to_own_runs(self) -> None:
+        """Until a listing shows a shard never claimed (ripe()), this process's workers claim only in the runs
+        they start on (claims.start_point): a run elsewhere looks free only because its owner, in another
+        process, has not been seen claiming it, and a jump into it lost a claim to that owner. Called once the
+        process's workers exist."""
+        shards = self.plan.base_shards()
+        runs = self.own_runs(len(shards))
+        if runs:
+            inside = {s for lo, hi in runs for s in shards[lo:hi]}
+            self.unavailable |= set(shards) - inside
+
+    def own_runs(self, n_shards: int) -> list[tuple[int, int]] | None:
+        """The index ranges this process's workers start on; None for ids the launcher did not spread evenly."""
+        count = self.body.workers.count
+        if not self.workers or n_shards != self.plan.n_shards or count < 2:
+            return None
+        if not all(re.fullmatch(r"w\d+", w.id) and int(w.id[1:]) <= count for w in self.workers):
+            return None
+        share = max(1, math.ceil(n_shards / count))
+        starts = sorted(claims.start_point(w.id, count, n_shards, 0) for w in self.workers)
+        merged: list[tuple[int, int]] = []
+        for lo in starts:
+            hi = min(n_shards, lo + share)
+            if merged and lo <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+            else:
+                merged.append((lo, hi))
+        return merged
+
+    def ripe(self, fresh: list[str], shards: list[str]) -> tuple[set[str], float]:
+        """Of the shards a listing shows never claimed, those this process may claim now: its own runs' at once,
+        another process's only once unclaimed for FRESH_WAIT_S (its owner may be a process still starting: a
+        hundred workers over forty shards lost four claims in ten to owners that came a second late). Also the
+        seconds until the next one ripens."""
+        now = time.monotonic()
+        runs = self.own_runs(len(shards))
+        index = {s: i for i, s in enumerate(shards)} if runs else {}
+        ripe, wait = set(), FRESH_WAIT_S
+        for s in fresh:
+            since = self.fresh_since.setdefault(s, now)
+            mine = runs is None or any(lo <= index.get(s, -1) < hi for lo, hi in runs)
+            if mine or now - since >= FRESH_WAIT_S:
+                ripe.add(s)
+            else:
+                wait = min(wait, FRESH_WAIT_S - (now - since))
+        return ripe, wait
 
     def held_or_picked(self, pick_s: float) -> set[str]:
         """Shards this process's own workers hold or are about to claim: they need no look from the bucket. A pick

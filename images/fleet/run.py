@@ -64,6 +64,7 @@ async def run_workers(bucket_url: str, job_id: str, worker_ids: list[str], devic
         beating = asyncio.create_task(beat.loop())
         try:
             workers = [Worker(job, w, stop) for w in worker_ids]
+            job.keep_to_own_runs()
             outcomes = await asyncio.gather(*(w.run(last.get(w.id)) for w in workers))
         finally:
             watcher.cancel()

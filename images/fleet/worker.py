@@ -90,6 +90,7 @@ class Worker:
         self.seen_etags: dict[str, str] = {}
         digest = int(hashlib.sha256(worker_id.encode()).hexdigest(), 16)
         self.cursor: int | None = claims.start_point(worker_id, job.body.workers.count, len(self.shards), digest)
+        self.step = 1  # up its own run; down a run it jumped into (claims.pick)
         self.rng = random.Random(digest)
         self.holding: dict[str, claims.ShardLease] = {}
         self.roles: dict[str, claims.ShardLease] = {}  # one-writer duties held now (finalize), by key
@@ -172,6 +173,8 @@ class Worker:
         i = claims.pick(self.shards, self.unavailable, self.cursor, self.rng)
         if i is None:
             return None
+        if i != self.cursor:
+            self.step = -1
         shard = self.shards[i]
         self.unavailable.add(shard)
         self.job.picked[shard] = time.monotonic()
@@ -198,7 +201,7 @@ class Worker:
                 self.collisions = 0
             return None
         self.collisions = 0
-        self.cursor = cand.index + 1
+        self.cursor = cand.index + self.step
         self.holding[lease.shard] = lease
         self.job.beat_started.set()  # this process beats from its first claim on (images/fleet/beat.py)
         return ShardWork(lease, cand.lo, cand.hi, cand.payloads)
@@ -251,7 +254,11 @@ class Worker:
         # listing does not show it: counting it fresh again would spin on 412s and starve the takeovers below.
         fresh = [s for s in pending if s not in leases and s not in self.leased]
         if fresh:
-            self.unavailable -= set(fresh)
+            ripe, wait = self.job.ripe(fresh, self.shards)
+            if ripe:
+                self.unavailable -= ripe
+            else:
+                await self.sleep(wait + self.rng.uniform(0, 0.2))
             return None
         await self.job.write_ledger(self.id)  # nothing left to claim fresh: hand the finalizer our markers
         now = codec.now()
@@ -311,8 +318,11 @@ class Worker:
         mine = self.job.held_or_picked(self.body.lease_s)
         fresh = {s for s, snap in look.leases.items() if snap is None} - mine
         if fresh:  # never claimed as of the look: a create-if-absent tells whether someone was first
-            self.unavailable -= fresh
-            self.leased -= fresh
+            ripe, wait = self.job.ripe(sorted(fresh), self.shards)
+            self.unavailable -= ripe
+            self.leased -= ripe
+            if not ripe:
+                await self.sleep(min(wait, self.job.tail.interval(len(pending))) + self.rng.uniform(0, 0.2))
             return None
         lapsed = [(s, snap) for s, snap in look.leases.items() if snap is not None and not snap.live
                   and s not in self.job.taking]
