@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import random
+import time
 from typing import Any
 
 from bucketrun.events import codec, keys
@@ -22,6 +23,21 @@ from bucketrun.events.errors import BucketrunError, NotFound
 from . import host
 
 log = logging.getLogger("bucketrun.fleet")
+
+
+def worker_entry(w) -> dict[str, Any]:
+    """A worker (images/fleet/worker.py) in its process's beat: state, counts, current shard, holdings."""
+    recent_items = sum(n for n, _ in w.recent)
+    recent_s = sum(s for _, s in w.recent)
+    if w.recent and w.state != "finished":  # a shard (or a wait for one) running past the usual shard's time
+        usual = recent_s / len(w.recent)  # counts that time: a worker stuck on an item, or idle with nothing to
+        recent_s += max(0.0, time.monotonic() - w.current_started - usual)  # do, reports a falling rate rather
+        # than its last one, so the fleet's live rate and ETA follow what it does now
+    state = "draining" if w.state == "running" and w.stop.draining.is_set() else w.state
+    return {"worker": w.id, "state": state, **w.stats,
+            "items_per_s": round(recent_items / recent_s, 3) if recent_s > 0 else None,
+            "current_shard": w.current, "current_since": w.current_since if w.current else None,
+            "holding": [{"shard": s, "generation": lease.generation} for s, lease in w.holding.items()]}
 
 
 class ProcessBeat:
@@ -51,7 +67,7 @@ class ProcessBeat:
         return {w: e for w, e in (workers or {}).items() if w in self.ids and isinstance(e, dict)}
 
     def body(self) -> dict[str, Any]:
-        entries = {w.id: w.beat_entry() for w in self.job.workers if w.id in self.ids}
+        entries = {w.id: worker_entry(w) for w in self.job.workers if w.id in self.ids}
         states = {e["state"] for e in entries.values()}
         state = "running" if states - {"offline", "finished"} else ("finished" if states == {"finished"}
                                                                      else "offline")

@@ -31,7 +31,7 @@ from .processors import CURRENT_WORKER
 log = logging.getLogger("bucketrun.fleet")
 GRACE_S = 25.0
 MAX_IDLE_SLEEP_S = 20.0  # a waiting worker looks again at least this often
-LISTING_MAX_AGE_S = 2.0  # workers of one process share a listing this young...
+LISTING_MAX_AGE_S = 1.0  # workers of one process share a listing this young...
 LISTING_S_PER_PAGE = 0.5  # ...or younger by this much per page it took: 22 pages (10,000 shards) are shared 11 s
 LEDGER_BATCH = 50  # a process hands its won markers to the others and the finalizer in ledgers of this many
 PARTS_EARLY = 256  # pending shards from which a process lists parts/ for its finalizer
@@ -103,7 +103,7 @@ class Worker:
                       "claims_lost": 0, "commits_refused": 0, "takeovers": 0, "dead_lettered": 0,
                       "quarantined": 0, "quarantine_kills": 0, "last_error": None}
         self.recent: collections.deque[tuple[int, float]] = collections.deque(maxlen=10)
-        self.current_started = 0.0  # monotonic start of the current shard, or of the wait for one (beat_entry())
+        self.current_started = 0.0  # monotonic start of the current shard or of the wait for one (beat.py)
         self.idle_s = 0.5
         self.errors = 0
         self.all_done = False
@@ -207,6 +207,9 @@ class Worker:
         return ShardWork(lease, cand.lo, cand.hi, cand.payloads)
 
     async def _fetch(self, lo: int, hi: int) -> list[Any]:
+        if not getattr(self.job.processor, "fetches", True):
+            return [None] * (hi - lo)
+
         async def one(item: str) -> Any:
             try:
                 return await self.job.processor.fetch(item)
@@ -250,6 +253,8 @@ class Worker:
         if not pending:
             self.all_done = True
             return await self.finalize()
+        if len(pending) <= limit:  # the listing shows the tail: look at it now rather than nap past its end
+            return await self._tail([s for s in pending if s not in self.job.marker_cache])
         # Never claimed, as far as anyone here knows. A shard we lost a claim on is leased even if the (older)
         # listing does not show it: counting it fresh again would spin on 412s and starve the takeovers below.
         fresh = [s for s in pending if s not in leases and s not in self.leased]
@@ -257,8 +262,8 @@ class Worker:
             ripe, wait = self.job.ripe(fresh, self.shards)
             if ripe:
                 self.unavailable -= ripe
-            else:
-                await self.sleep(wait + self.rng.uniform(0, 0.2))
+            else:  # a short nap, not the whole wait: the listing may be older than their claims, and the
+                await self.sleep(min(wait, 0.5) + self.rng.uniform(0, 0.2))  # tail may end meanwhile
             return None
         await self.job.write_ledger(self.id)  # nothing left to claim fresh: hand the finalizer our markers
         now = codec.now()
@@ -296,6 +301,9 @@ class Worker:
                 return await self._prepare(lease)
         if candidates:
             self.idle_s = 0.5  # there is work about to free up: look again soon
+        if len(pending) <= 2 * limit:  # the tail is near (the listing may be a second old): a nap past the
+            await self.sleep(0.25 + self.rng.uniform(0, 0.25))  # last commit held `succeeded` back 1.7 s
+            return None
         await self.sleep(min(MAX_IDLE_SLEEP_S, max(self.idle_s, wake)) + self.rng.uniform(0, 1))
         self.idle_s = min(MAX_IDLE_SLEEP_S, self.idle_s * 2)
         return None
@@ -322,7 +330,7 @@ class Worker:
             self.unavailable -= ripe
             self.leased -= ripe
             if not ripe:
-                await self.sleep(min(wait, self.job.tail.interval(len(pending))) + self.rng.uniform(0, 0.2))
+                await self.sleep(min(wait, 0.5) + self.rng.uniform(0, 0.2))
             return None
         lapsed = [(s, snap) for s, snap in look.leases.items() if snap is not None and not snap.live
                   and s not in self.job.taking]
@@ -421,6 +429,7 @@ class Worker:
                         lease.shard, result.marker.get("generation"))
             return
         self.job.won(lease.shard, result.marker)
+        self.job.tail.nudge()
         if len(self.job.unledgered) >= LEDGER_BATCH:
             await self.job.write_ledger(self.id)
         self.stats["dead_lettered"] += len(dead)
@@ -524,20 +533,6 @@ class Worker:
         """Every shard is done: one elected writer commits the dataset manifest, then `succeeded`."""
         return await finalize.finalize(self)
 
-    def beat_entry(self) -> dict[str, Any]:
-        """This worker in its process's beat (images/fleet/beat.py): state, counts, current shard, holdings."""
-        recent_items = sum(n for n, _ in self.recent)
-        recent_s = sum(s for _, s in self.recent)
-        if self.recent and self.state != "finished":  # a shard (or a wait for one) running past the usual shard's
-            usual = recent_s / len(self.recent)  # time counts that time: a worker stuck on an item, or idle with
-            recent_s += max(0.0, time.monotonic() - self.current_started - usual)  # nothing to do, reports a
-            # falling rate rather than its last one, so the fleet's live rate and ETA follow what it does now
-        state = "draining" if self.state == "running" and self.stop.draining.is_set() else self.state
-        return {"worker": self.id, "state": state, **self.stats,
-                "items_per_s": round(recent_items / recent_s, 3) if recent_s > 0 else None,
-                "current_shard": self.current, "current_since": self.current_since if self.current else None,
-                "holding": [{"shard": s, "generation": lease.generation} for s, lease in self.holding.items()]}
-
     # -- the loop ------------------------------------------------------------------------------------
     async def run(self, last: dict[str, Any] | None = None) -> str:
         CURRENT_WORKER.set(self.id)  # this task's context (and its to_thread calls): rows name this worker
@@ -574,7 +569,7 @@ class Worker:
                     await self._drop(work.lease, exc)
                     if isinstance(exc, quarantine.QuarantineFailed):
                         await self._pause(exc)
-                self.current, self.current_started = None, time.monotonic()  # idle from now: see beat_entry()
+                self.current, self.current_started = None, time.monotonic()  # idle from now: see beat.worker_entry()
         finally:
             if ahead is not None:
                 ahead.cancel()

@@ -16,6 +16,7 @@ from . import CURRENT_WORKER, ProcessorContext
 
 class Noop:
     columns = {"length": pa.int64(), "worker": pa.string()}
+    fetches = False  # no inputs: the worker skips fetch() (images/fleet/processors/__init__.py)
 
     def __init__(self, options: NoopOptions, ctx: ProcessorContext):
         self.options, self.ctx = options, ctx
