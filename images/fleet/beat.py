@@ -19,8 +19,10 @@ from typing import Any
 
 from bucketrun.events import codec, keys
 from bucketrun.events.errors import BucketrunError, NotFound
+from bucketrun.events.fleet import claims
 
 from . import host
+from .commit import list_shards
 
 log = logging.getLogger("bucketrun.fleet")
 
@@ -47,6 +49,7 @@ class ProcessBeat:
         self.started: asyncio.Event = job.beat_started  # a worker here claimed a shard: the process beats
         self.written = False
         self.config: dict[str, Any] | None = None
+        self.last_at: str | None = None  # when the previous life (same ids) last beat
 
     def _config(self) -> dict[str, Any]:
         if self.config is None:
@@ -64,7 +67,41 @@ class ProcessBeat:
         except NotFound:
             return {}
         workers = body.get("workers") if isinstance(body, dict) else None
+        self.last_at = body.get("at") if isinstance(body, dict) and body.get("state") != "offline" else None
         return {w: e for w, e in (workers or {}).items() if w in self.ids and isinstance(e, dict)}
+
+    async def reclaim(self) -> int:
+        """A previous life that died (no `offline` beat) held, besides what its last beat names, the shards it
+        claimed after that beat. They would wait out their leases (lease_s, a kill -9's whole tail); instead the
+        process lists leases and markers (the listing its workers then share) and reads each lease written since
+        that beat and not done (the fleet's in-flight shards, about one per worker): ours go back, a death each.
+        Returns how many."""
+        if self.last_at is None:
+            return 0
+        since = codec.parse_iso(self.last_at)
+        job_id = self.job.job_id
+
+        async def both():
+            return (await list_shards(self.job.bucket, keys.fleet_done_prefix(job_id)),
+                    await list_shards(self.job.bucket, keys.fleet_leases_prefix(job_id)))
+
+        done, leases = await self.job.shared_listing("both", both, 0.0, 0.0)
+        recent = [info.key for s, info in leases.items()
+                  if s not in done and info.last_modified is not None and info.last_modified >= since]
+        sem, released = asyncio.Semaphore(16), 0
+
+        async def one(key: str) -> None:
+            nonlocal released
+            async with sem:
+                snap = await claims.read(self.job.bucket, key)
+                holder = (snap.body.get("holder") if snap is not None else None) or ""
+                if holder in self.ids and snap.state == claims.HELD:
+                    released += await claims.release_stale(self.job.bucket, key, holder, snap.generation)
+
+        await asyncio.gather(*(one(k) for k in recent))
+        if released:
+            log.info("released %d shards held by this process's previous life since its last beat", released)
+        return released
 
     def body(self) -> dict[str, Any]:
         entries = {w.id: worker_entry(w) for w in self.job.workers if w.id in self.ids}

@@ -61,6 +61,7 @@ async def run_workers(bucket_url: str, job_id: str, worker_ids: list[str], devic
         duty_task = asyncio.create_task(duty.loop(stop))
         beat = ProcessBeat(job, worker_ids)
         last = await beat.last()  # one read for the process: what its workers' previous lives held
+        await beat.reclaim()  # and what they claimed after that beat
         beating = asyncio.create_task(beat.loop())
         try:
             workers = [Worker(job, w, stop) for w in worker_ids]
