@@ -286,6 +286,18 @@ def available_sides(args: argparse.Namespace, notes: list[str]) -> tuple[list[st
     return sides, bindir
 
 
+def compile_bucketrun(notes: list[str]) -> None:
+    """Byte-compile bucketrun's own modules first, as `pip install` does for an installed package: a checkout
+    under PYTHONDONTWRITEBYTECODE (this machine sets it) would otherwise compile every worker process's imports
+    from source at its start, a cost no installed user pays and Postgres's workers do not."""
+    import compileall
+
+    dirs = [ROOT / d for d in ("events", "handlers", "images", "local_sim") if (ROOT / d).is_dir()]
+    ok = all(compileall.compile_dir(str(d), quiet=1, force=False) for d in dirs)
+    notes.append("bucketrun's modules were byte-compiled before the runs, as pip install does"
+                 + ("" if ok else " (some failed to compile)"))
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_pg_worker":
         pg_worker_main(sys.argv[2:])
@@ -294,6 +306,7 @@ def main() -> None:
     started = time.perf_counter()
     logging.getLogger("bucketrun").setLevel(logging.WARNING)
     notes: list[str] = []
+    compile_bucketrun(notes)
     sides, bindir = available_sides(args, notes)
     if not sides:
         raise SystemExit("nothing to run")
