@@ -213,9 +213,8 @@ def durability(args: argparse.Namespace, folder_fs: str | None) -> dict[str, str
     pg = ("synchronous_commit=on, fsync=on: a commit returns once its WAL is flushed" if args.pg_durable else
           "synchronous_commit=off: commits return before their WAL is flushed (up to ~3 x wal_writer_delay lost "
           "on a crash)")
-    folder = (f"every object's bytes fsynced as written (events/storage/local.py _tmp), then renamed or linked "
-              f"into place, the folder itself not fsynced after (a power cut may lose the newest names); on "
-              f"{folder_fs or '?'}")
+    folder = (f"every object fsynced as written, its bytes and then its folder once linked or renamed into place "
+              f"(events/storage/local.py): an acknowledged write survives a power cut; on {folder_fs or '?'}")
     return {"postgres": pg, "folder": folder, "moto": "in memory (an emulator: requests are its figure)",
             "summary": "equal: Postgres and the folder both fsync before an item counts as done" if args.pg_durable
             else "NOT equal: Postgres without synchronous commit, the folder side fsyncing every object"}

@@ -1,7 +1,8 @@
 """A local folder standing in for a bucket, with S3's conditional-write guarantees across processes.
 
 Creates are os.link() of a finished temp file (atomic, never torn, fails if the key exists); replaces and
-deletes hold an flock stripe for the key so If-Match compare-and-swap is linearisable between processes.
+deletes hold an flock stripe for the key so If-Match compare-and-swap is linearisable between processes. Every
+write fsyncs the file, then its folder: an acknowledged write survives a power cut, name and bytes.
 """
 
 from __future__ import annotations
@@ -46,6 +47,16 @@ def _copy(src, out, progress=None) -> str:
         if progress is not None:
             progress(len(chunk))
     return '"' + h.hexdigest() + '"'
+
+
+def _sync_dir(folder: Path) -> None:
+    """fsync a folder after a name was linked or renamed into it: the file's fsync makes its bytes durable, this
+    its name, so an object acknowledged as written survives a power cut (as a Postgres commit with fsync does)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _mtime(st: os.stat_result) -> datetime:
@@ -112,6 +123,7 @@ class LocalBucket(Bucket):
                         if path.is_dir():
                             raise InvalidKey(f"key {self._rel(path)!r} clashes with a folder of keys")
                         os.replace(tmp, path)
+                    _sync_dir(path.parent)
                     return _etag(data)
                 except FileNotFoundError:
                     continue
@@ -202,6 +214,7 @@ class LocalBucket(Bucket):
             if path.is_dir():
                 raise InvalidKey(f"key {key!r} clashes with a folder of keys")
             os.replace(tmp, path)
+            _sync_dir(path.parent)
         except (NotADirectoryError, IsADirectoryError) as exc:
             raise InvalidKey(f"key {key!r} clashes with an existing key") from exc
         except OSError as exc:

@@ -82,8 +82,8 @@ class FleetJob:
         self.finished = asyncio.Event()  # the dataset is committed: every worker of this process leaves
         self.finalizing = asyncio.Lock()  # one worker of this process at a time goes for the finalize role
         self.role_seen = False  # the finalize role exists: look at it by a read, not a losing create
-        self.beat_started = asyncio.Event()
-        self.fresh_since: dict[str, float] = {}  # shard -> when a listing first showed it never claimed  # a worker here claimed: the process beats (images/fleet/beat.py)
+        self.beat_started = asyncio.Event()  # a worker here claimed: the process beats (images/fleet/beat.py)
+        self.fresh_since: dict[str, float] = {}  # shard -> when a listing first showed it never claimed
         self._dataset_watch: asyncio.Task | None = None
         self._quarantine: Quarantine | None = None
         self._stack = AsyncExitStack()
