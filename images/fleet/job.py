@@ -81,6 +81,8 @@ class FleetJob:
         self._children_of = 0  # markers of the cache (in insertion order) whose children are counted
         self.finished = asyncio.Event()  # the dataset is committed: every worker of this process leaves
         self.finalizing = asyncio.Lock()  # one worker of this process at a time goes for the finalize role
+        self.straggling = asyncio.Lock()  # one idle worker of this process at a time looks (Worker.straggler)
+        self._own: set[str] | None = None  # the shards of this process's own runs (keep_to_own_runs)
         self.role_seen = False  # the finalize role exists: look at it by a read, not a losing create
         self.beat_started = asyncio.Event()  # a worker here claimed: the process beats (images/fleet/beat.py)
         self.fresh_since: dict[str, float] = {}  # shard -> when a listing first showed it never claimed
@@ -221,8 +223,8 @@ class FleetJob:
         shards = self.plan.base_shards()
         runs = self.own_runs(len(shards))
         if runs:
-            inside = {s for lo, hi in runs for s in shards[lo:hi]}
-            self.unavailable |= set(shards) - inside
+            self._own = {s for lo, hi in runs for s in shards[lo:hi]}
+            self.unavailable |= set(shards) - self._own
 
     def own_runs(self, n_shards: int) -> list[tuple[int, int]] | None:
         """The index ranges this process's workers start on; None for ids the launcher did not spread evenly."""
@@ -242,19 +244,16 @@ class FleetJob:
                 merged.append((lo, hi))
         return merged
 
-    def ripe(self, fresh: list[str], shards: list[str]) -> tuple[set[str], float]:
+    def ripe(self, fresh: list[str]) -> tuple[set[str], float]:
         """Of the shards a listing shows never claimed, those this process may claim now: its own runs' at once,
         another process's only once unclaimed for FRESH_WAIT_S (its owner may be a process still starting: a
         hundred workers over forty shards lost four claims in ten to owners that came a second late). Also the
         seconds until the next one ripens."""
         now = time.monotonic()
-        runs = self.own_runs(len(shards))
-        index = {s: i for i, s in enumerate(shards)} if runs else {}
         ripe, wait = set(), FRESH_WAIT_S
         for s in fresh:
             since = self.fresh_since.setdefault(s, now)
-            mine = runs is None or any(lo <= index.get(s, -1) < hi for lo, hi in runs)
-            if mine or now - since >= FRESH_WAIT_S:
+            if self._own is None or s in self._own or now - since >= FRESH_WAIT_S:
                 ripe.add(s)
             else:
                 wait = min(wait, FRESH_WAIT_S - (now - since))
