@@ -82,6 +82,7 @@ class FleetJob:
         self.finished = asyncio.Event()  # the dataset is committed: every worker of this process leaves
         self.finalizing = asyncio.Lock()  # one worker of this process at a time goes for the finalize role
         self.straggling = asyncio.Lock()  # one idle worker of this process at a time looks (Worker.straggler)
+        self.straggler: Any = None  # the worker holding it
         self._own: set[str] | None = None  # the shards of this process's own runs (keep_to_own_runs)
         self.role_seen = False  # the finalize role exists: look at it by a read, not a losing create
         self.beat_started = asyncio.Event()  # a worker here claimed: the process beats (images/fleet/beat.py)

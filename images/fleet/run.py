@@ -26,7 +26,8 @@ try:  # pyarrow (and aioboto3) come with the fleet extra: without them main() fa
     from .beat import ProcessBeat
     from .job import FleetJob, FleetStopped
     from .progress import ProgressDuty
-    from .worker import GRACE_S, Stop, Worker
+    from .shardwork import Stop
+    from .worker import GRACE_S, Worker
 except ImportError as _exc:
     MISSING: ImportError | None = _exc
     GRACE_S = 0.0  # never used: main() refuses before any work; argparse needs a default

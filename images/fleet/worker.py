@@ -15,7 +15,6 @@ import hashlib
 import logging
 import random
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from bucketrun.events import codec, keys
@@ -27,6 +26,7 @@ from . import finalize, quarantine, tail
 from .commit import RowsDoNotCheck, commit_shard, list_shards
 from .job import FleetJob
 from .processors import CURRENT_WORKER
+from .shardwork import Candidate, FetchFailed, ShardWork, Stop
 
 log = logging.getLogger("bucketrun.fleet")
 GRACE_S = 25.0
@@ -37,43 +37,6 @@ LEDGER_BATCH = 50  # a process hands its won markers to the others and the final
 PARTS_EARLY = 256  # pending shards from which a process lists parts/ for its finalizer
 READS_PER_LOOK = 4  # candidate leases an idle worker reads per look
 MAX_ERRORS = 50  # store failures past botocore's own retries before a worker gives up
-
-
-class FetchFailed:
-    def __init__(self, error: str):
-        self.error = error
-
-
-@dataclass
-class Candidate:
-    """A shard picked and its inputs fetched while the current one runs; not claimed until its turn comes."""
-
-    index: int
-    shard: str
-    lo: int
-    hi: int
-    payloads: list[Any]
-
-
-@dataclass
-class ShardWork:
-    lease: claims.ShardLease
-    lo: int
-    hi: int
-    payloads: list[Any] = field(default_factory=list)
-
-
-class Stop:
-    """Process-wide flags: SIGTERM (drain) and the job leaving this attempt (stop)."""
-
-    def __init__(self):
-        self.draining = asyncio.Event()
-        self.stopped = asyncio.Event()
-        self.reason = ""
-
-    @property
-    def any(self) -> bool:
-        return self.draining.is_set() or self.stopped.is_set()
 
 
 class Worker:
@@ -242,8 +205,19 @@ class Worker:
         if self.job.straggling.locked():
             await self.sleep(0.5 + self.rng.uniform(0, 0.25))
             return None
-        async with self.job.straggling:
+        await self.job.straggling.acquire()
+        self.job.straggler = self
+        try:
             return await self._straggler()
+        finally:
+            self._stop_straggling()
+
+    def _stop_straggling(self) -> None:
+        """Let go of the process's look (at the end of it, or as its nap begins: a worker that just committed one
+        of the last shards must not wait out the looker's nap to see the fleet done)."""
+        if self.job.straggler is self:
+            self.job.straggler = None
+            self.job.straggling.release()
 
     async def _straggler(self) -> ShardWork | str | None:
         if self.all_done:  # seen complete once: wait for the dataset without listing again
@@ -367,6 +341,7 @@ class Worker:
     async def sleep(self, seconds: float) -> None:
         """Idle until `seconds` pass, SIGTERM, the job leaves this attempt, or the dataset is committed: a worker
         leaves a finished fleet within about a second, not at the end of its nap."""
+        self._stop_straggling()
         waits = [asyncio.create_task(e.wait()) for e in (self.stop.draining, self.stop.stopped, self.job.finished)]
         try:
             await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
