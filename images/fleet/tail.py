@@ -31,7 +31,7 @@ TAIL_SHARDS_PER_PAGE = 25
 LOOK_MIN_S = 1.0  # a process looks at most this often...
 LOOK_S_PER_SHARD = 0.01  # ...or less often by this much per shard it reads
 READ_CONCURRENCY = 8  # per process: the tail's reads must leave the store to the last commits
-NUDGE_PENDING = 8  # a commit with this few shards left pending at the last look makes the next look now
+NUDGE_PENDING = 4  # a commit with this few shards left pending at the last look makes the next look now
 
 
 def tail_limit(n_shards: int) -> int:
