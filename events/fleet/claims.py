@@ -82,14 +82,9 @@ async def claim_fresh(bucket, key: str, holder: str, ttl_s: float) -> ShardLease
     started = time.monotonic()
     try:
         etag = await bucket.create(key, codec.dumps(body), aconditional.JSON)
-    except PreconditionFailed as exc:
-        if not exc.retried:
+    except (PreconditionFailed, ConditionalConflict) as exc:  # a 409: a racing create the store could not order
+        if isinstance(exc, PreconditionFailed) and not exc.retried:
             return None
-        current, etag = await aconditional.read_json(bucket, key)
-        if current is None or current.get(aconditional.TOKEN) != body[aconditional.TOKEN]:
-            return None
-        body = current
-    except ConditionalConflict:  # a 409: a racing create the store could not order
         current, etag = await aconditional.read_json(bucket, key)
         if current is None or current.get(aconditional.TOKEN) != body[aconditional.TOKEN]:
             return None
@@ -168,13 +163,19 @@ async def release_stale(bucket, key: str, holder: str, generation: int) -> bool:
     return True
 
 
-def start_point(worker_id: str, count: int, n_shards: int, digest: int) -> int:
-    """Where a worker starts in the shard order: the launcher's ids (w0000, w0001, ...) spread evenly over it, so
-    each worker has a run of its own; any other id, by its hash."""
+def spread_start(worker_id: str, count: int, n_shards: int) -> int | None:
+    """A launcher id's start (w0000.. or w0001.. up to the manifest's count), spread evenly over the shard
+    order, so each worker has a run of its own; None for any other id."""
     m = re.fullmatch(r"w(\d+)", worker_id)
-    if m and 1 < count and int(m[1]) <= count:  # w0000.. or w0001.. up to the manifest's count
+    if m and 1 < count and int(m[1]) <= count:
         return (int(m[1]) % count) * n_shards // count
-    return digest % max(1, n_shards)
+    return None
+
+
+def start_point(worker_id: str, count: int, n_shards: int, digest: int) -> int:
+    """Where a worker starts in the shard order: a launcher id's spread start, any other id's by its hash."""
+    start = spread_start(worker_id, count, n_shards)
+    return start if start is not None else digest % max(1, n_shards)
 
 
 JUMP_CHOICES = 8  # a worker out of its own run jumps into one of this many longest free runs

@@ -22,7 +22,6 @@ from bucketrun.events.errors import BucketrunError, NotFound
 from bucketrun.events.fleet import claims
 
 from . import host
-from .commit import list_shards
 
 log = logging.getLogger("bucketrun.fleet")
 
@@ -79,13 +78,7 @@ class ProcessBeat:
         if self.last_at is None:
             return 0
         since = codec.parse_iso(self.last_at)
-        job_id = self.job.job_id
-
-        async def both():
-            return (await list_shards(self.job.bucket, keys.fleet_done_prefix(job_id)),
-                    await list_shards(self.job.bucket, keys.fleet_leases_prefix(job_id)))
-
-        done, leases = await self.job.shared_listing("both", both, 0.0, 0.0)
+        done, leases = await self.job.shared_listing("both", self.job.list_both, 0.0, 0.0)
         recent = [info.key for s, info in leases.items()
                   if s not in done and info.last_modified is not None and info.last_modified >= since]
         sem, released = asyncio.Semaphore(16), 0

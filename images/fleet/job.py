@@ -8,7 +8,6 @@ import itertools
 import logging
 import math
 import random
-import re
 import tempfile
 import time
 from contextlib import AsyncExitStack
@@ -32,7 +31,7 @@ from bucketrun.events.retry import record_failure
 from bucketrun.events.storage import open_bucket
 from bucketrun.events.storage.aio import open_async_bucket
 
-from .commit import PartsListing, list_parts_early, read_ledgers
+from .commit import PartsListing, list_parts_early, list_shards, read_ledgers
 from .processors import Processor, ProcessorContext, ProcessorError, make_processor, schema_of
 from .quarantine import Quarantine
 from .tail import TailLook
@@ -221,29 +220,18 @@ class FleetJob:
         they start on (claims.start_point): a run elsewhere looks free only because its owner, in another
         process, has not been seen claiming it, and a jump into it lost a claim to that owner. Called once the
         process's workers exist."""
-        shards = self.plan.base_shards()
-        runs = self.own_runs(len(shards))
-        if runs:
-            self._own = {s for lo, hi in runs for s in shards[lo:hi]}
-            self.unavailable |= set(shards) - self._own
+        shards, count = self.plan.base_shards(), self.body.workers.count
+        starts = [claims.spread_start(w.id, count, len(shards)) for w in self.workers]
+        if not starts or None in starts:  # ids the launcher did not spread evenly: no runs of their own
+            return
+        share = max(1, math.ceil(len(shards) / count))
+        self._own = {s for lo in starts for s in shards[lo:lo + share]}
+        self.unavailable |= set(shards) - self._own
 
-    def own_runs(self, n_shards: int) -> list[tuple[int, int]] | None:
-        """The index ranges this process's workers start on; None for ids the launcher did not spread evenly."""
-        count = self.body.workers.count
-        if not self.workers or n_shards != self.plan.n_shards or count < 2:
-            return None
-        if not all(re.fullmatch(r"w\d+", w.id) and int(w.id[1:]) <= count for w in self.workers):
-            return None
-        share = max(1, math.ceil(n_shards / count))
-        starts = sorted(claims.start_point(w.id, count, n_shards, 0) for w in self.workers)
-        merged: list[tuple[int, int]] = []
-        for lo in starts:
-            hi = min(n_shards, lo + share)
-            if merged and lo <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
-            else:
-                merged.append((lo, hi))
-        return merged
+    async def list_both(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Done markers and leases, a request per 1,000 keys each: what `shared_listing("both", ...)` holds."""
+        return (await list_shards(self.bucket, keys.fleet_done_prefix(self.job_id)),
+                await list_shards(self.bucket, keys.fleet_leases_prefix(self.job_id)))
 
     def ripe(self, fresh: list[str]) -> tuple[set[str], float]:
         """Of the shards a listing shows never claimed, those this process may claim now: its own runs' at once,

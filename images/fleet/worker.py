@@ -86,13 +86,9 @@ class Worker:
         if last or self.job.plan_existed:  # joining a fleet under way: learn what is taken before claiming
             await self.learn()
 
-    async def _list_both(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        return (await list_shards(self.bucket, keys.fleet_done_prefix(self.job.job_id)),
-                await list_shards(self.bucket, keys.fleet_leases_prefix(self.job.job_id)))
-
     async def learn(self) -> dict[str, Any]:
         """Leases and done markers (a request per thousand shards each), shared by this process's workers."""
-        return self._absorb(*await self.job.shared_listing("both", self._list_both, LISTING_MAX_AGE_S,
+        return self._absorb(*await self.job.shared_listing("both", self.job.list_both, LISTING_MAX_AGE_S,
                                                            LISTING_S_PER_PAGE))
 
     async def learn_leases(self) -> None:
@@ -242,12 +238,7 @@ class Worker:
         # listing does not show it: counting it fresh again would spin on 412s and starve the takeovers below.
         fresh = [s for s in pending if s not in leases and s not in self.leased]
         if fresh:
-            ripe, wait = self.job.ripe(fresh)
-            if ripe:
-                self.unavailable -= ripe
-            else:  # a short nap, not the whole wait: the listing may be older than their claims, and the
-                await self.sleep(min(wait, 0.5) + self.rng.uniform(0, 0.2))  # tail may end meanwhile
-            return None
+            return await self._free_ripe(fresh)
         await self.job.write_ledger(self.id)  # nothing left to claim fresh: hand the finalizer our markers
         now = codec.now()
         wake = MAX_IDLE_SLEEP_S
@@ -309,12 +300,7 @@ class Worker:
         mine = self.job.held_or_picked(self.body.lease_s)
         fresh = {s for s, snap in look.leases.items() if snap is None} - mine
         if fresh:  # never claimed as of the look: a create-if-absent tells whether someone was first
-            ripe, wait = self.job.ripe(sorted(fresh))
-            self.unavailable -= ripe
-            self.leased -= ripe
-            if not ripe:
-                await self.sleep(min(wait, 0.5) + self.rng.uniform(0, 0.2))
-            return None
+            return await self._free_ripe(sorted(fresh))
         lapsed = [(s, snap) for s, snap in look.leases.items() if snap is not None and not snap.live
                   and s not in self.job.taking]
         self.rng.shuffle(lapsed)
@@ -330,6 +316,16 @@ class Worker:
                 return await self._prepare(lease)
         await self.sleep(self.job.tail.interval(len(pending)) + self.rng.uniform(0, 0.5))
         return None
+
+    async def _free_ripe(self, fresh: list[str]) -> None:
+        """Make the ripe ones of the shards seen never claimed (FleetJob.ripe) free to pick; with none ripe, a
+        short nap rather than the whole wait: the listing may be older than their claims, and the tail may end
+        meanwhile."""
+        ripe, wait = self.job.ripe(fresh)
+        self.unavailable -= ripe
+        self.leased -= ripe
+        if not ripe:
+            await self.sleep(min(wait, 0.5) + self.rng.uniform(0, 0.2))
 
     async def bucket_has(self, key: str) -> bool:
         try:
