@@ -147,6 +147,7 @@ def test_a_job_page_shows_its_webhook_deliveries_and_worker_log(bucket_url, laun
     log = bucket.get(keys.log_key(view.job_id, view.attempt)).data.decode()
     last = [line for line in log.splitlines() if line.strip()][-1]
     assert codec_escape(last) in page
+    assert f"last {len(log.splitlines())} lines" in page  # the log's final newline starts no line of its own
     assert calls(page) > 0
 
 

@@ -168,6 +168,8 @@ def _log_tail(bucket, job_id: str, attempt: int) -> dict[str, Any] | None:
     except NotFound:
         return None
     lines = data.decode("utf-8", "replace").replace("\r\n", "\n").split("\n")
+    if lines and not lines[-1]:
+        lines.pop()  # the newline that ends the last line starts no line of its own
     lines = [screen_line(line) for line in lines]  # a `\r` bar in its last state, as a terminal shows it
     tail = lines[-LOG_LINES:]
     return {"attempt": attempt, "lines": len(tail), "text": "\n".join(tail)}
