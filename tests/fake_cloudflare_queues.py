@@ -12,6 +12,8 @@ and the API reference for messages/pull, messages/ack and the queue list.
 - Bearer tokens: each token has a set of permissions; pull and ack need "queues_write", the list "queues_read".
   A token without it gets 403 with {"success": false, "errors": [{"code": 10000, "message": "Authentication
   error"}]}; no Authorization header, 400 with code 6003.
+- A pull's `result` is `{"message_backlog_count", "messages": [...]}` as the guide shows it, or (`result_as_list`)
+  the bare array of messages an earlier API reference typed it as.
 - Bodies are stored as a producer sends them and served as the guide says: `json` and `bytes` base64-encoded,
   `text` as is, with metadata {"CF-Content-Type": ..., "CF-sourceMessageSource": ...}.
 """
@@ -65,6 +67,7 @@ class FakeQueues:
         self.served: list[tuple[str, int]] = []  # (message id, attempts) of every delivery
         self.fail_next: list[int] = []  # statuses to answer the next pulls/acks with (e.g. 503), one each
         self.drop_acks = False  # answer acks with 500 and forget them: the consumer never gets one through
+        self.result_as_list = False  # serve a pull's `result` as the bare array an earlier API reference typed
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_port}/client/v4"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -140,8 +143,8 @@ class FakeQueues:
                             "attempts": msg.attempts, "lease_id": msg.lease_id,
                             "metadata": {"CF-sourceMessageSource": "r2", "CF-Content-Type": msg.content_type}})
         backlog = len(q.messages)
-        return 200, {"success": True, "errors": [], "messages": [],
-                     "result": {"message_backlog_count": backlog, "messages": out}}
+        result: Any = out if self.result_as_list else {"message_backlog_count": backlog, "messages": out}
+        return 200, {"success": True, "errors": [], "messages": [], "result": result}
 
     def _ack(self, q: Queue, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         acks, retries = body.get("acks") or [], body.get("retries") or []

@@ -119,7 +119,8 @@ def register(add) -> None:
     r.set_defaults(fn=cmd_listen_r2_queue)
     common(r)
     r.add_argument("--account", required=True, metavar="A", help="Cloudflare account id")
-    r.add_argument("--queue", required=True, metavar="Q", help="the queue's id")
+    r.add_argument("--queue", required=True, metavar="Q",
+                   help="the queue's id (32 hex digits), or its name, looked up once at start")
     r.add_argument("--batch-size", type=number(int, 1, 100, "a batch size"), default=10, metavar="N",
                    help="messages pulled at a time (default 10)")
     r.add_argument("--visibility-timeout", type=_seconds, default=60.0, metavar="S",

@@ -164,7 +164,10 @@ class QueuesClient:
         body = {"batch_size": batch_size, "visibility_timeout_ms": visibility_timeout_ms,
                 "visibility_timeout": visibility_timeout_ms}
         result = self._call("POST", f"/queues/{quote(queue_id, safe='')}/messages/pull", body).get("result")
-        messages = result.get("messages") if isinstance(result, dict) else None
+        # The guide's example and the current reference: `result: {message_backlog_count, messages: [...]}`. An
+        # earlier reference (and the SDKs generated from it) typed `result` as the array of messages itself: a
+        # batch in that shape is taken too, not left to expire unacknowledged.
+        messages = result.get("messages") if isinstance(result, dict) else result
         return [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
 
     def ack(self, queue_id: str, acks: Acks) -> Any:

@@ -110,8 +110,11 @@ class Consumer:
     """The loop. `stop` ends it after the batch in hand is dispatched and acknowledged."""
 
     def __init__(self, client: QueuesClient, queue_id: str, ctx: DispatchContext, settings: Settings,
-                 stop: threading.Event, on_dispatched: Callable[[], None] | None = None):
+                 stop: threading.Event, on_dispatched: Callable[[], None] | None = None,
+                 on_started: Callable[[], None] | None = None):
+        """`on_started` runs once, after the first pull Cloudflare answered: the token works."""
         self.client = client
+        self.on_started = on_started
         self.queue_id = queue_id
         self.ctx = ctx
         self.settings = settings
@@ -123,23 +126,28 @@ class Consumer:
         self._failures = 0
 
     def run(self) -> None:
-        """Until `stop`; raises CloudflareAuthError or CloudflareError, which end the daemon."""
+        """Until `stop`; raises CloudflareAuthError or CloudflareError, which end the daemon. The first pull
+        comes before the first reconcile, so a refused token ends it before anything else is logged; the
+        reconcile on start follows at once, whether or not Cloudflare answered."""
         last_reconcile: float | None = None
         wait: float | None = None
         while not self.stop.is_set():
+            try:
+                busy = self.round() > 0
+                self._failures = 0
+                wait = self.pacing.next(wait, busy)
+                if self.on_started is not None:
+                    self.on_started()
+                    self.on_started = None
+            except CloudflareUnavailable as exc:
+                self._failures += 1
+                wait = UNAVAILABLE.delay(self._failures, retry_after=exc.retry_after)
+                log.warning("Cloudflare Queues unavailable (%s); trying again in %.1f s", exc, wait)
             now = time.monotonic()
             if last_reconcile is None or (self.settings.reconcile_s > 0
                                           and now - last_reconcile >= self.settings.reconcile_s):
                 self.inbox.reconcile_logged()
                 last_reconcile = now
-            try:
-                busy = self.round() > 0
-                self._failures = 0
-                wait = self.pacing.next(wait, busy)
-            except CloudflareUnavailable as exc:
-                self._failures += 1
-                wait = UNAVAILABLE.delay(self._failures, retry_after=exc.retry_after)
-                log.warning("Cloudflare Queues unavailable (%s); trying again in %.1f s", exc, wait)
             if wait and self.stop.wait(wait):
                 return
 
@@ -232,11 +240,15 @@ def run(args: Any, ctx: Any, stop: threading.Event | None = None) -> int:
         if queue_id is None:
             return 0
         settings = Settings.of(args)
-        log.info("pulling R2 notifications from queue %s of account %s (batch %d, visibility %.0f s) into %s",
-                 queue_id, args.account, settings.batch_size, settings.visibility_timeout_s, dctx.bucket.url)
+
+        def started() -> None:  # after the first answered pull: a refused token is the only line printed
+            log.info("pulling R2 notifications from queue %s of account %s (batch %d, visibility %.0f s) into %s; "
+                     "the inbox reconciled on start and every %g s", queue_id, args.account, settings.batch_size,
+                     settings.visibility_timeout_s, dctx.bucket.url, settings.reconcile_s)
         if sweeper is not None:
             sweeper.start()
-        Consumer(client, queue_id, dctx, settings, stop, on_dispatched or (sweeper and sweeper.wake)).run()
+        Consumer(client, queue_id, dctx, settings, stop, on_dispatched or (sweeper and sweeper.wake),
+                 on_started=started).run()
         return 0
     except CloudflareAuthError as exc:
         return _fail(f"Cloudflare refused the API token in {TOKEN_ENV} ({exc}): it needs {PERMISSION} "
