@@ -49,6 +49,20 @@ def minio_event(bucket, key: str) -> bytes:
     return json.dumps(event).encode()
 
 
+def descendants_environ(pid: int) -> dict[int, bytes]:
+    """The environment of every process below `pid` (Linux's /proc), to show a secret was not handed down."""
+    found: dict[int, bytes] = {}
+    todo = [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                for child in map(int, (task / "children").read_text().split()):
+                    with contextlib.suppress(OSError):
+                        found[child] = Path(f"/proc/{child}/environ").read_bytes()
+                    todo.append(child)
+    return found
+
+
 def request(port: int, method: str = "POST", body: bytes | None = None, authorization: str | None = None) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     headers = {"Content-Type": "application/json"} if body is not None else {}
@@ -113,6 +127,10 @@ def test_a_delivery_with_minios_authorization_header_becomes_a_job(bucket_url, t
         assert read_view(bucket, job_id).state is not None
         assert d.post(minio_event(bucket, "inbox/minio+drop.json")) == 200  # a redelivery: the same one job
         assert list(jobs_by_inbox_key(bucket).values()) == [job_id]
+        children = descendants_environ(d.proc.pid)  # the local worker, which ran the job
+        leaked = [pid for pid, env in children.items() if d.token.encode() in env]
+        assert len(children) > 0
+        assert leaked == []  # pids only: a failure must not print the environment, token and all
         err = d.stop()
     assert "Traceback" not in err and d.token not in err
 

@@ -319,13 +319,19 @@ def test_a_batch_whose_result_is_a_bare_array_is_taken_too(fake, bucket):
     assert sum(len(r["body"]["acks"]) for r in fake.calls("/messages/ack")) == 1
 
 
-def test_sigterm_stops_the_command_cleanly(fake, bucket):
+def test_sigterm_stops_the_command_cleanly(fake, bucket, token):
     queue_id = fake.create_queue("q")
     proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "bucketrun"), "listen", "r2-queue", "--bucket",
                              str(bucket.root), "--account", ACCOUNT, "--queue", queue_id, "--no-preload"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: pulled(fake) >= 1, timeout=60)
+        from test_listen_minio import descendants_environ
+
+        children = descendants_environ(proc.pid)  # the local worker: the token is not handed down to jobs
+        leaked = [pid for pid, env in children.items() if token.encode() in env]
+        assert len(children) > 0
+        assert leaked == []  # pids only: a failure must not print the environment, token and all
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     finally:

@@ -54,6 +54,7 @@ def cmd_listen_minio(args) -> int:
             minio.accepted_authorizations(token)
         except minio.TokenError as exc:
             raise CliError(f"listen minio: {exc}") from None
+    _keep_from_children(minio.TOKEN_ENV)
     _logging()
 
     def serve(ctx: DispatchContext) -> int:
@@ -88,8 +89,16 @@ def cmd_listen_r2_queue(args) -> int:
             raise CliError("listen r2-queue: not available in this installation "
                            f"({R2_QUEUE_MODULE} is missing)") from None
         raise CliError(f"listen r2-queue: needs the Python module {exc.name!r}, which is not installed") from None
+    token = os.environ.get(r2_queue.TOKEN_ENV)
+    _keep_from_children(r2_queue.TOKEN_ENV)
     _logging()
-    return _run_with_local_launchers(args, "listen", lambda ctx: r2_queue.run(args, ctx))
+    return _run_with_local_launchers(args, "listen", lambda ctx: r2_queue.run(args, ctx, token=token))
+
+
+def _keep_from_children(name: str) -> None:
+    """Read once, the daemon's token leaves its environment: the local worker and every job it runs (processes
+    started after this) never see it, so no job's log or crash report can carry it."""
+    os.environ.pop(name, None)
 
 
 _seconds = number(float, 1.0, 86400.0, "a number of seconds")

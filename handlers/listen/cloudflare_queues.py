@@ -1,9 +1,13 @@
 """Cloudflare Queues' HTTP pull-consumer API, the three calls `bucketrun listen r2-queue` makes: pull a batch
 under a visibility timeout, acknowledge and retry by lease id, and find a queue's id from its name.
 
-A small urllib3 client rather than the `cloudflare` SDK: urllib3 is already a core dependency (the Runpod
-launcher's), while the SDK would add a 39 MB package and httpx, anyio, distro and sniffio to every install for
-two POSTs and one GET. Wire format as documented at
+A small urllib3 client rather than the `cloudflare` SDK. The SDK (5.x) fits the pins (its httpx, anyio and
+pydantic are in constraints.txt, for the dev extra), but not the core install: urllib3 is already a core
+dependency (the Runpod launcher's), while the SDK would add a 39 MB package and httpx, anyio, distro and sniffio
+to every install, the Lambda's included, for two POSTs and one GET. Its generated types also follow each turn of
+the API reference: the pull's timeout was `visibility_timeout` in one SDK release and `visibility_timeout_ms` in
+another, and an earlier reference typed a pull's `result` as the bare array of messages. These few lines send
+both names and take both shapes. Wire format as documented at
 https://developers.cloudflare.com/queues/configuration/pull-consumers/ and the API reference
 (https://developers.cloudflare.com/api/resources/queues/subresources/messages/methods/pull/ and .../ack/).
 The API token is sent only in the Authorization header: it is never logged, shown in a repr or put in an error.

@@ -221,13 +221,14 @@ def _fail(text: str, code: int) -> int:
     return code
 
 
-def run(args: Any, ctx: Any, stop: threading.Event | None = None) -> int:
+def run(args: Any, ctx: Any, stop: threading.Event | None = None, token: str | None = None) -> int:
     """The command: `args.account`, `args.queue` (an id, or a name looked up once), and optional `batch_size`,
     `visibility_timeout` (s), `reconcile` (s); runs the sweep beside the consumer, as `bucketrun sim` does.
     Runs until SIGTERM/SIGINT (or `stop`); 0 on a clean stop, 2 when the token is missing or refused, 1 on any
-    other error Cloudflare will not get over by itself."""
+    other error Cloudflare will not get over by itself. `token`: the API token, if the caller already took it
+    out of the environment (the command does, so its worker never inherits it); by default, `CLOUDFLARE_API_TOKEN`."""
     dctx, on_dispatched = _context(ctx)
-    token = os.environ.get(TOKEN_ENV, "").strip()
+    token = (os.environ.get(TOKEN_ENV, "") if token is None else token).strip()
     if not token:
         return _fail(f"{TOKEN_ENV} is not set: create an API token with {PERMISSION} and export it", 2)
     client = QueuesClient(args.account, token, os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL)
