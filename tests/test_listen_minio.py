@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote_plus
 
 import pytest
 
@@ -37,14 +37,15 @@ SAMPLE = json.loads((SAMPLES / "minio-webhook.json").read_text())
 
 def minio_event(bucket, key: str) -> bytes:
     """The sample delivery re-pointed at `key` of `bucket` (its full key, ETag and size), as MinIO sends it: the
-    record's key URL-encoded, the top-level Key "BUCKET/KEY" decoded."""
+    record's key through Go's url.QueryEscape (cmd/event-notification.go: "/" as %2F, "+" as %2B, " " as "+"),
+    the top-level Key "BUCKET/KEY" decoded."""
     full, name = bucket.full_key(key), bucket.name
     info = bucket.head(key) if bucket.exists(key) else None
     event = copy.deepcopy(SAMPLE)
     event["Key"] = f"{name}/{full}"
     record = event["Records"][0]
     record["s3"]["bucket"].update(name=name, arn=f"arn:aws:s3:::{name}")
-    record["s3"]["object"].update(key=quote(full, safe="/"), size=info.size if info else 10,
+    record["s3"]["object"].update(key=quote_plus(full, safe=""), size=info.size if info else 10,
                                   eTag=(info.etag if info else '"0f343b0931126a20f133d67c2b018a3b"').strip('"'))
     return json.dumps(event).encode()
 
