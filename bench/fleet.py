@@ -195,6 +195,10 @@ def bucketrun_run(backend, args: argparse.Namespace, size: int, rep: int, kill: 
                     "verify_requests": verify_req})
         per = (f"; {fleet['total'] / size:.3f} S3 requests/item ("
                + ", ".join(f"{op} {fleet[op] / size:.3f}" for op in HTTP_OPS if fleet.get(op)) + ")")
+        cpu = fleet.get("server_cpu_s") or {}
+        if cpu:  # what the emulator's one GIL was spent on, by HTTP op (its serving threads' CPU)
+            per += ("; moto's CPU " + ", ".join(f"{op} {s:.1f} s" for op, s in
+                                                 sorted(cpu.items(), key=lambda kv: -kv[1])))
     log(f"{label}: {res['items_per_s']:,.0f} items/s ({wall:.1f} s"
         f"{', kill -9 at %.0f%%' % (100 * mon.kill['at_fraction']) if mon.kill else ''}){per}; verified row by "
         f"row; 99% -> succeeded {res['tail_s']} s; workers exited "

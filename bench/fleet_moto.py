@@ -88,6 +88,8 @@ class Classifier:
     def __init__(self, app):
         self.app, self.lock = app, threading.Lock()
         self.counts: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
+        # the server's CPU seconds per (operation, HTTP op): its serving thread's time, rendering included
+        self.cpu: collections.Counter[tuple[str, str]] = collections.Counter()
         self.enabled = True
 
     def __call__(self, environ, start_response):
@@ -101,10 +103,13 @@ class Classifier:
             status[0] = st.split(" ", 1)[0]
             return start_response(st, headers, exc_info)
 
+        t0 = time.thread_time()
         out = self.app(environ, sr)
+        spent = time.thread_time() - t0
         code = status[0]
         with self.lock:
             self.counts[(area, verb, op, code if code in ("404", "412") else code[:1] + "xx")] += 1
+            self.cpu[(area, op)] += spent
         return out
 
     @property
@@ -120,6 +125,7 @@ class Classifier:
         404/412 answers (lost creates, missing keys), then starts counting afresh."""
         with self.lock:
             snap, self.counts = self.counts, collections.Counter()
+            cpu, self.cpu = self.cpu, collections.Counter()
         by_op: collections.Counter[str] = collections.Counter()
         by_area: collections.Counter[str] = collections.Counter()
         detail: collections.Counter[str] = collections.Counter()
@@ -130,8 +136,14 @@ class Classifier:
             detail[f"{area} {op}"] += n
             if code in ("404", "412", "5xx"):
                 status[f"{area} {op} {code}"] += n
+        cpu_by_op: collections.Counter[str] = collections.Counter()
+        for (area, op), secs in cpu.items():
+            cpu_by_op[op] += secs
         return {**dict(by_op), "total": sum(by_op.values()), "by_operation": dict(by_area),
-                "by_operation_http": dict(detail), "refused": dict(status)}
+                "by_operation_http": dict(detail), "refused": dict(status),
+                "server_cpu_s": {k: round(v, 3) for k, v in sorted(cpu_by_op.items())},
+                "server_cpu_s_by_operation": {f"{a} {o}": round(v, 3) for (a, o), v in
+                                              sorted(cpu.items(), key=lambda kv: -kv[1])}}
 
 
 def make_atomic_conditional_puts() -> None:
