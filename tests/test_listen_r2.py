@@ -292,6 +292,30 @@ def test_a_token_without_the_permission_is_one_line_and_a_non_zero_exit(fake, bu
         done.stderr
 
 
+def test_without_the_r2_extra_one_line_naming_it_and_exit_2(bucket, token, tmp_path):
+    """The SDK lives in the r2 extra: on an install without it (made missing by test_missing_extras' meta-path
+    blocker), the command says which pip line to run, in one line, before starting anything; the rest of the CLI
+    and the dispatch path never import it."""
+    from test_missing_extras import BLOCKER
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    env = {**os.environ, "PYTHONPATH": str(site), "TEST_MODULES_GONE": "cloudflare", TOKEN_ENV: token,
+           BASE_URL_ENV: "http://127.0.0.1:9/client/v4"}
+    done = _cli("--bucket", str(bucket.root), "--account", ACCOUNT, "--queue", "q", "--no-preload", env=env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == ("bucketrun: listen r2-queue needs the r2 extra (the cloudflare SDK): "
+                           "pip install 'bucketrun[r2]'\n") and done.stdout == ""
+    assert list_job_ids(bucket) == []
+
+    code = ("import sys, bucketrun.handlers.cli, bucketrun.handlers.dispatch, bucketrun.handlers.listen.r2_queue\n"
+            "bad = [m for m in ('cloudflare', 'httpx') if m in sys.modules]\n"
+            "assert not bad, bad")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", check=False)
+    assert done.returncode == 0, done.stderr
+
+
 def test_the_secrets_come_from_the_documented_variables_and_reconcile_defaults_to_300_s():
     """The names the issue and docs/settings.md give, spelled out (the tests elsewhere use the constants), and the
     shared reconcile interval of both `listen` commands."""
@@ -342,7 +366,9 @@ def test_sigterm_stops_the_command_cleanly(fake, bucket, token):
 
 
 def test_the_token_is_never_logged_or_shown(fake, bucket, token, caplog, capsys, monkeypatch):
-    """The secret canary: a unique token, every logger at DEBUG (urllib3's too), every path that can fail."""
+    """The secret canary: a unique token, every logger at DEBUG (the cloudflare SDK's, which logs each request's
+    options, and httpx's and httpcore's under it), every path that can fail."""
+    import cloudflare  # noqa: F401 - its loggers exist before the capture sets every logger to DEBUG
     from test_secrets import capture_everything
 
     capture_everything(caplog, monkeypatch)
@@ -363,11 +389,29 @@ def test_the_token_is_never_logged_or_shown(fake, bucket, token, caplog, capsys,
     shown = capsys.readouterr()
     assert "Queues Write" in shown.err  # the refusal was reported ...
     logged = caplog.text + "\n".join(r.getMessage() for r in caplog.records) + shown.out + shown.err
-    assert any(r.name.startswith("urllib3") for r in caplog.records)  # (the capture saw urllib3's DEBUG)
+    seen = {r.name.split(".")[0] for r in caplog.records if r.levelno == logging.DEBUG}
+    assert {"cloudflare", "httpcore"} <= seen, seen  # (the capture saw the SDK's and its HTTP stack's DEBUG)
+    assert any(r.name == "cloudflare._base_client" and r.getMessage().startswith("Request options")
+               for r in caplog.records)
+    assert any(r.name == "httpx" and "/messages/pull" in r.getMessage() for r in caplog.records)
     written = b"".join(bucket.get(i.key).data for i in bucket.list(""))
     assert token not in logged and token.encode() not in written  # ... and is nowhere else
     from bucketrun.handlers.listen.cloudflare_queues import QueuesClient
     assert token not in repr(QueuesClient(ACCOUNT, token, fake.url))
+
+
+def test_the_api_token_is_what_is_sent_even_with_other_cloudflare_credentials_set(fake, token, monkeypatch):
+    """The SDK would prefer CLOUDFLARE_EMAIL / CLOUDFLARE_API_KEY (a global key exported for another tool) to the
+    token it is given; the consumer authenticates with its API token only."""
+    from bucketrun.handlers.listen.cloudflare_queues import QueuesClient
+
+    monkeypatch.setenv("CLOUDFLARE_API_KEY", "global-key")
+    monkeypatch.setenv("CLOUDFLARE_EMAIL", "someone@example.com")
+    monkeypatch.setenv("CLOUDFLARE_API_USER_SERVICE_KEY", "v1.0-service-key")
+    queue_id = fake.create_queue("q")
+    client = QueuesClient(ACCOUNT, token, fake.url)
+    assert client.queue_id("q") == queue_id and client.pull(queue_id, 5, 1000) == []
+    assert {r["authorization"] for r in fake.requests} == {f"Bearer {token}"}
 
 
 def test_bodies_decode_as_documented():

@@ -22,7 +22,8 @@ R2_QUEUE_MODULE = "bucketrun.handlers.listen.r2_queue"
 
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):  # "Found credentials in ..." on every start
+    # "Found credentials in ..." on every start; httpx (the cloudflare SDK's): "HTTP Request: ..." on every pull
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -89,6 +90,10 @@ def cmd_listen_r2_queue(args) -> int:
             raise CliError("listen r2-queue: not available in this installation "
                            f"({R2_QUEUE_MODULE} is missing)") from None
         raise CliError(f"listen r2-queue: needs the Python module {exc.name!r}, which is not installed") from None
+    try:  # before anything starts: without the r2 extra, one line naming the pip line
+        r2_queue.QueuesClient.load_sdk()
+    except r2_queue.SdkMissing as exc:
+        raise CliError(str(exc)) from None
     token = os.environ.get(r2_queue.TOKEN_ENV)
     _keep_from_children(r2_queue.TOKEN_ENV)
     _logging()

@@ -27,7 +27,7 @@ from ..dispatch import DispatchContext, dispatch, route
 from ..records import parse_r2_batch
 from .cloudflare_queues import (BASE_URL_ENV, DEFAULT_BASE_URL, MAX_BATCH, MAX_VISIBILITY_S, PERMISSION, TOKEN_ENV,
                                 Acks, CloudflareAuthError, CloudflareError, CloudflareUnavailable, QueuesClient,
-                                decode_body)
+                                SdkMissing, decode_body)
 from .reconcile import Inbox
 from .sweeper import Pacing, Sweeper
 
@@ -224,14 +224,18 @@ def _fail(text: str, code: int) -> int:
 def run(args: Any, ctx: Any, stop: threading.Event | None = None, token: str | None = None) -> int:
     """The command: `args.account`, `args.queue` (an id, or a name looked up once), and optional `batch_size`,
     `visibility_timeout` (s), `reconcile` (s); runs the sweep beside the consumer, as `bucketrun sim` does.
-    Runs until SIGTERM/SIGINT (or `stop`); 0 on a clean stop, 2 when the token is missing or refused, 1 on any
+    Runs until SIGTERM/SIGINT (or `stop`); 0 on a clean stop, 2 when the token is missing or refused or the r2 extra
+    is not installed, 1 on any
     other error Cloudflare will not get over by itself. `token`: the API token, if the caller already took it
     out of the environment (the command does, so its worker never inherits it); by default, `CLOUDFLARE_API_TOKEN`."""
     dctx, on_dispatched = _context(ctx)
     token = (os.environ.get(TOKEN_ENV, "") if token is None else token).strip()
     if not token:
         return _fail(f"{TOKEN_ENV} is not set: create an API token with {PERMISSION} and export it", 2)
-    client = QueuesClient(args.account, token, os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL)
+    try:
+        client = QueuesClient(args.account, token, os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL)
+    except SdkMissing as exc:  # the r2 extra (the cloudflare SDK) is not installed: the pip line, exit 2
+        return _fail(str(exc), 2)
     stop = stop or threading.Event()
     restore = _on_signals(stop)
     # The sweep, as `bucketrun sim` and `listen minio` run it: a notification only says "a manifest arrived".
