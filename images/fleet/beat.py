@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import time
+from datetime import timedelta
 from typing import Any
 
 from bucketrun.events import codec, keys
@@ -73,11 +74,13 @@ class ProcessBeat:
         """A previous life that died (no `offline` beat) held, besides what its last beat names, the shards it
         claimed after that beat. They would wait out their leases (lease_s, a kill -9's whole tail); instead the
         process lists leases and markers (the listing its workers then share) and reads each lease written since
-        that beat and not done (the fleet's in-flight shards, about one per worker): ours go back, a death each.
-        Returns how many."""
+        that beat and not done (the fleet's in-flight shards, about one per worker): ours go back, a death each,
+        and this process's workers take them over first (FleetJob.handed_back). Returns how many."""
         if self.last_at is None:
             return 0
-        since = codec.parse_iso(self.last_at)
+        # A listing's LastModified has whole seconds on S3 (moto too: ".000Z"): a lease claimed later in the same
+        # second as the beat lists as older than it. A second's margin costs a read of the few leases claimed then.
+        since = codec.parse_iso(self.last_at) - timedelta(seconds=1)
         done, leases = await self.job.shared_listing("both", self.job.list_both, 0.0, 0.0)
         recent = [info.key for s, info in leases.items()
                   if s not in done and info.last_modified is not None and info.last_modified >= since]
@@ -88,8 +91,10 @@ class ProcessBeat:
             async with sem:
                 snap = await claims.read(self.job.bucket, key)
                 holder = (snap.body.get("holder") if snap is not None else None) or ""
-                if holder in self.ids and snap.state == claims.HELD:
-                    released += await claims.release_stale(self.job.bucket, key, holder, snap.generation)
+                if holder in self.ids and snap.state == claims.HELD and \
+                        await claims.release_stale(self.job.bucket, key, holder, snap.generation):
+                    released += 1
+                    self.job.handed_back.append(key)
 
         await asyncio.gather(*(one(k) for k in recent))
         if released:

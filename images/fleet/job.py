@@ -70,6 +70,9 @@ class FleetJob:
         self.workers: list[Any] = []  # this process's workers (images/fleet/worker.py), for what they hold
         self.picked: dict[str, float] = {}  # shards a worker here picked (fetching, not yet claimed), and when
         self.taking: set[str] = set()  # lapsed leases a worker here is taking over right now
+        # lease keys this process's previous life held when it died, released at the restart: its workers take
+        # them over before anything else (Worker.take_back), so a kill -9 costs its shards now, not in the tail
+        self.handed_back: list[str] = []
         self._tail: TailLook | None = None
         self._ledger_lock = asyncio.Lock()
         self._ledgers_at = -1e9

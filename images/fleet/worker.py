@@ -83,6 +83,7 @@ class Worker:
                     continue  # committed after that heartbeat: nothing was under way
                 if await claims.release_stale(self.bucket, key, self.id, held["generation"]):
                     log.info("%s: released %s held by its previous life", self.id, held["shard"])
+                    self.job.handed_back.append(key)
         if last or self.job.plan_existed:  # joining a fleet under way: learn what is taken before claiming
             await self.learn()
 
@@ -182,6 +183,22 @@ class Worker:
         discard = getattr(self.job.processor, "discard", None)
         for payload in (p for p in payloads if discard is not None and not isinstance(p, FetchFailed)):
             discard(payload)
+
+    async def take_back(self) -> ShardWork | None:
+        """A shard this process's previous life held when it died, released at the restart: taken over before any
+        fresh claim (a read and a CAS), so its work is redone now, not left for the tail's looks at the end."""
+        while self.job.handed_back and not self.stop.any:
+            key = self.job.handed_back.pop()
+            snap = await claims.read(self.bucket, key)
+            if snap is None or snap.live:
+                continue
+            lease = await claims.take_over(self.bucket, self.id, self.body.lease_s, snap)
+            if lease is not None:
+                self.stats["takeovers"] += 1
+                self.leased.add(lease.shard)
+                self.unavailable.add(lease.shard)
+                return await self._prepare(lease)
+        return None
 
     async def _prepare(self, lease: claims.ShardLease) -> ShardWork:
         """A shard taken over: a suspected one's inputs are fetched by its quarantine process, not here."""
@@ -514,6 +531,15 @@ class Worker:
         return await finalize.finalize(self)
 
     # -- the loop ------------------------------------------------------------------------------------
+    async def work_on(self, work: ShardWork) -> None:
+        try:
+            await self.process(work)
+        except BucketrunError as exc:  # the store failed past its retries: the shard is handed back
+            await self._drop(work.lease, exc)
+            if isinstance(exc, quarantine.QuarantineFailed):
+                await self._pause(exc)
+        self.current, self.current_started = None, time.monotonic()  # idle from now: see beat.worker_entry()
+
     async def run(self, last: dict[str, Any] | None = None) -> str:
         CURRENT_WORKER.set(self.id)  # this task's context (and its to_thread calls): rows name this worker
         await self.recover(last)
@@ -534,6 +560,8 @@ class Worker:
                     break
                 work: ShardWork | str | None = None
                 try:
+                    while self.job.handed_back and (back := await self.take_back()) is not None:
+                        await self.work_on(back)  # the picked candidate waits, its shard kept from the others
                     work = await (self.claim(cand) if cand is not None else self.straggler())
                 except BucketrunError as exc:
                     await self._pause(exc)
@@ -541,15 +569,8 @@ class Worker:
                     outcome = "finished"
                     break
                 ahead = asyncio.create_task(self.prefetch())  # the next shard's inputs while this one runs
-                if work is None:
-                    continue
-                try:
-                    await self.process(work)
-                except BucketrunError as exc:  # the store failed past its retries: the shard is handed back
-                    await self._drop(work.lease, exc)
-                    if isinstance(exc, quarantine.QuarantineFailed):
-                        await self._pause(exc)
-                self.current, self.current_started = None, time.monotonic()  # idle from now: see beat.worker_entry()
+                if work is not None:
+                    await self.work_on(work)
         finally:
             if ahead is not None:
                 ahead.cancel()
