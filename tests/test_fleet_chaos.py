@@ -106,19 +106,26 @@ def assert_parts_are_the_datasets(bucket, dataset: dict) -> None:
     assert sorted(i.key for i in bucket.list(prefix)) == sorted(s["key"] for s in dataset["shards"])
 
 
-def test_kill_9_workers_mid_fleet_every_item_once(bucket_url, bucket, tmp_path):
-    """Two worker processes killed with -9 mid-run: one restarted under the same ids (it hands back its own
-    stale leases), one never (its leases expire and are taken over by generation). Only the shards they were
-    inside are charged a death; the parts they left are deleted before `succeeded`."""
-    n = 8_000
+def probe_fleet(bucket_url: str, bucket, tmp_path: Path, n: int, names: str, sleep_s: float, **over):
+    """n items under fleet_probe (each item sleeps sleep_s), and a worker process of three workers per letter
+    of `names` (wa0..wa2, ...): (job id, the processes' env, their ids, the processes)."""
     put_items(bucket, n)
     probe = tmp_path / "probe"
     probe.mkdir()
     env = {"FLEET_PROBE_DIR": str(probe)}
     job = harness.start_job(bucket_url, fleet(processor={"entry_point": "fleet_probe:make",
-                                                         "options": {"sleep_s": 0.0005}}))
-    ids = {p: [f"w{p}{i}" for i in range(3)] for p in "abc"}
-    procs = {p: spawn(bucket_url, job, ids[p], env, log=tmp_path / f"{p}.log") for p in "abc"}
+                                                         "options": {"sleep_s": sleep_s}}, **over))
+    ids = {p: [f"w{p}{i}" for i in range(3)] for p in names}
+    procs = {p: spawn(bucket_url, job, ids[p], env, log=tmp_path / f"{p}.log") for p in names}
+    return job, env, ids, procs
+
+
+def test_kill_9_workers_mid_fleet_every_item_once(bucket_url, bucket, tmp_path):
+    """Two worker processes killed with -9 mid-run: one restarted under the same ids (it hands back its own
+    stale leases), one never (its leases expire and are taken over by generation). Only the shards they were
+    inside are charged a death; the parts they left are deleted before `succeeded`."""
+    n = 8_000
+    job, env, ids, procs = probe_fleet(bucket_url, bucket, tmp_path, n, "abc", sleep_s=0.0005)
     shards = n // 50
     wait_for(lambda: done_count(bucket, job) >= shards * 0.15, timeout=120)
     procs["a"].send_signal(signal.SIGKILL)
@@ -145,14 +152,7 @@ def test_a_restarted_process_takes_back_what_its_dead_life_was_inside_first(buck
     back by the restarted process at once (Worker.take_back), not left for the tail's looks at the end, where on
     S3 a 507,387-item fleet spent 19 s. Leases last 30 s here, so none of them could simply expire meanwhile."""
     n = 6_000
-    put_items(bucket, n)
-    probe = tmp_path / "probe"
-    probe.mkdir()
-    env = {"FLEET_PROBE_DIR": str(probe)}
-    job = harness.start_job(bucket_url, fleet(processor={"entry_point": "fleet_probe:make",
-                                                         "options": {"sleep_s": 0.01}}, lease_s=30))
-    ids = {p: [f"w{p}{i}" for i in range(3)] for p in "ab"}
-    procs = {p: spawn(bucket_url, job, ids[p], env, log=tmp_path / f"{p}.log") for p in "ab"}
+    job, env, ids, procs = probe_fleet(bucket_url, bucket, tmp_path, n, "ab", sleep_s=0.01, lease_s=30)
     shards = n // 50
     wait_for(lambda: done_count(bucket, job) >= shards * 0.2, timeout=120)
     procs["a"].send_signal(signal.SIGKILL)
