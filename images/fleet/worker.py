@@ -532,6 +532,7 @@ class Worker:
 
     # -- the loop ------------------------------------------------------------------------------------
     async def work_on(self, work: ShardWork) -> None:
+        """One shard, fresh, taken over or taken back: whatever happens, the worker is idle after it."""
         try:
             await self.process(work)
         except BucketrunError as exc:  # the store failed past its retries: the shard is handed back
