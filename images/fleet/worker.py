@@ -194,14 +194,14 @@ class Worker:
                 continue
             lease = await claims.take_over(self.bucket, self.id, self.body.lease_s, snap)
             if lease is not None:
-                self.stats["takeovers"] += 1
                 self.leased.add(lease.shard)
                 self.unavailable.add(lease.shard)
                 return await self._prepare(lease)
         return None
 
     async def _prepare(self, lease: claims.ShardLease) -> ShardWork:
-        """A shard taken over: a suspected one's inputs are fetched by its quarantine process, not here."""
+        """A shard taken over (counted here): a suspected one's inputs are fetched by its quarantine process."""
+        self.stats["takeovers"] += 1
         self.holding[lease.shard] = lease
         self.job.beat_started.set()
         lo, hi = keys.parse_shard_id(lease.shard)
@@ -287,7 +287,6 @@ class Worker:
                 continue
             lease = await claims.take_over(self.bucket, self.id, self.body.lease_s, snap)
             if lease is not None:
-                self.stats["takeovers"] += 1
                 self.idle_s = 0.5
                 return await self._prepare(lease)
         if candidates:
@@ -329,7 +328,6 @@ class Worker:
                 self.job.taking.discard(shard)
                 self.job.tail.forget(shard)
             if lease is not None:
-                self.stats["takeovers"] += 1
                 return await self._prepare(lease)
         await self.sleep(self.job.tail.interval(len(pending)) + self.rng.uniform(0, 0.5))
         return None
