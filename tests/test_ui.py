@@ -242,6 +242,15 @@ def test_off_loopback_a_generated_token_is_printed_and_required(tmp_path):
         server.stop()
 
 
+def test_a_generated_token_can_be_passed_back_as_an_option():
+    """A printed token goes back on the command line as `--token T`: one starting with '-' would not parse (CI
+    once drew `-Wzp0YH8f…` from token_urlsafe, 1 in 64 of them)."""
+    from bucketrun.handlers.cli.ui import new_token
+
+    tokens = {new_token() for _ in range(2000)}
+    assert len(tokens) == 2000 and all(len(t) >= 32 and t[0].isalnum() for t in tokens)
+
+
 def test_without_the_ui_extra_one_line_and_exit_2():
     code = ("import sys; sys.modules['starlette'] = None\n"
             "from bucketrun.handlers.cli import main\n"

@@ -24,13 +24,18 @@ def cmd_ui(args) -> int:
         return _snapshot(args)
     token = args.token
     if token is None and args.host not in LOOPBACK:
-        token = secrets.token_urlsafe(24)
+        token = new_token()
         print(f"bucketrun ui: token {token} (open http://{args.host}:{args.port}/?token={token})", file=sys.stderr,
               flush=True)
     bucket = bucket_of(args)
     print(f"bucketrun ui: serving {bucket.url} on http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
     app.serve(bucket, args.host, args.port, args.refresh, token, args.budget)
     return 0
+
+
+def new_token() -> str:
+    """192 random bits in hex: a URL-safe token could start with '-', and `--token -X` does not parse."""
+    return secrets.token_hex(24)
 
 
 def _snapshot(args) -> int:
