@@ -83,8 +83,7 @@ class Server:
                 return
             except httpx.TransportError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise AssertionError(f"bucketrun ui did not start: {self.proc.stderr.read()}")
+                    raise AssertionError(f"bucketrun ui did not start: {self.stop()}")  # stop() reads its stderr
                 time.sleep(0.1)
 
     def get(self, path: str, **kw) -> httpx.Response:
