@@ -249,6 +249,29 @@ def test_the_live_jobs_page_filters_by_state_and_searches_by_id(server, scenario
     assert tab.errors == []
 
 
+def test_a_push_keeps_what_the_reader_is_typing_in_the_search_box(server, scenario, tab):
+    """A pushed update replaces <main>, search form included: text typed but not yet submitted, and the focus,
+    survive it (CI once saw a push wipe the typed prefix, and the empty search listed every job)."""
+    page = tab.open(server.base + "/")
+    search = page.locator('input[name="q"]')
+    search.click()
+    search.type(scenario.fleet[:10])
+    before = page.evaluate("document.body.getAttribute('data-updated')")
+    bucket = open_bucket(scenario.url)
+    extra, _ = submit(bucket, codec.dumps({"kind": "transcribe", "source": {"key": "media/hello.wav"}}))
+    try:
+        row(page, extra).wait_for()  # a push came: the new waiting row
+    finally:
+        bucket.delete(keys.inbox_key(f"{extra}.json"))
+    row(page, extra).wait_for(state="detached")
+    assert page.evaluate("document.body.getAttribute('data-updated')") != before
+    assert search.input_value() == scenario.fleet[:10]
+    assert page.evaluate("document.activeElement && document.activeElement.name") == "q"
+    search.type(scenario.fleet[10:21])  # typing goes on where it was
+    assert search.input_value() == scenario.fleet[:21]
+    assert tab.errors == []
+
+
 def test_a_transcriptions_artifacts_download_with_the_sha256_shown(site, scenario, tab):
     page = open_job(site, tab, scenario.transcription)
     assert page.locator("main b.state-succeeded").first.inner_text() == "succeeded"

@@ -47,13 +47,22 @@ function bucketrunAgo(s){s=Math.max(0,s);
 function bucketrunTick(){  // times since an instant count up here, so the server's HTML stays the same between changes
   var now=Date.now();document.querySelectorAll('time.since').forEach(function(el){
     el.textContent=bucketrunAgo((now-Date.parse(el.getAttribute('datetime')))/1000);});}
+function bucketrunSwap(main,html){  // a push must not wipe what the reader is typing: inputs keep value and focus
+  var kept={},active=document.activeElement,focused=null,sel=null;
+  main.querySelectorAll('input[name]').forEach(function(el){if(el.value!==el.defaultValue)kept[el.name]=el.value;});
+  if(active&&active.name&&main.contains(active)){focused=active.name;try{sel=[active.selectionStart,active.selectionEnd];}catch(e){}}
+  main.innerHTML=html;
+  main.querySelectorAll('input[name]').forEach(function(el){
+    if(Object.prototype.hasOwnProperty.call(kept,el.name))el.value=kept[el.name];
+    if(el.name===focused){el.focus();if(sel&&sel[0]!==null){try{el.setSelectionRange(sel[0],sel[1]);}catch(e){}}}
+  });}
 document.addEventListener('DOMContentLoaded',function(){
   bucketrunCharts(document);bucketrunTick();setInterval(bucketrunTick,1000);
   var live=document.body.getAttribute('data-live');if(!live||!window.EventSource)return;
   var source=new EventSource(live);
   source.addEventListener('page',function(e){
     var d=JSON.parse(e.data);var main=document.getElementById('main');
-    if(d.main!==undefined){main.innerHTML=d.main;bucketrunCharts(main);bucketrunTick();}
+    if(d.main!==undefined){bucketrunSwap(main,d.main);bucketrunCharts(main);bucketrunTick();}
     document.getElementById('calls').textContent=d.calls;
     document.getElementById('per-minute').textContent=d.per_minute;
     document.body.setAttribute('data-updated',d.seq);
